@@ -1,0 +1,2 @@
+"""restoreflow."""
+__version__ = "0.1.0"

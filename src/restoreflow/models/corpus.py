@@ -1,0 +1,88 @@
+"""The photo corpus used to train the default prior, and its held-out split.
+
+Photos come from Debian wallpaper packages (fetched with ``scripts/fetch-corpus.sh``,
+no install needed) plus scikit-image's bundled photos. Paths are relative to the corpus
+directory (setting ``corpus_dir``). Licenses are listed in the model card.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from restoreflow import samples
+
+_PLASMA = "plasma-workspace-wallpapers/usr/share/wallpapers/{}/contents/images/{}"
+_MATE = "mate-backgrounds/usr/share/backgrounds/mate/nature/{}.jpg"
+_LOM16 = "lomiri-wallpapers-16.04/usr/share/backgrounds/{}.jpg"
+_LOM20 = "lomiri-wallpapers-20.04/usr/share/backgrounds/{}.jpg"
+
+WALLPAPER_PHOTOS: tuple[str, ...] = (
+    *(_PLASMA.format(n, "1920x1080.jpg") for n in (
+        "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+        "Kite", "OneStandsOut", "Path", "summer_1am")),
+    _PLASMA.format("Volna", "5120x2880.jpg"),
+    *(_MATE.format(n) for n in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
+        "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")),
+    *(_LOM16.format(n) for n in (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
+        "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
+        "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich",
+        "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")),
+    *(_LOM20.format(n) for n in ("Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus")),
+)
+
+# Held out from training (benchmarks, calibration): chosen once, never trained on.
+HELD_OUT_WALLPAPERS: tuple[str, ...] = (
+    _PLASMA.format("FallenLeaf", "1920x1080.jpg"),
+    _MATE.format("Garden"),
+    _LOM16.format("aitzgorri_by_Aitzol_Berasategi"),
+    _LOM16.format("seeding_by_Clements_Engelhardt"),
+    _MATE.format("Storm"),
+    _LOM16.format("Wine_by_Jakkub_Mede"),
+)
+
+STELLARIUM_DIR = "stellarium-data/usr/share/stellarium/nebulae/default"
+
+
+def corpus_dir() -> Path:
+    """Where scripts/fetch-corpus.sh put the Debian packages' files."""
+    env = os.environ.get("RESTOREFLOW_CORPUS_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "restoreflow" / "corpus"
+
+
+def _existing(rel: tuple[str, ...], root: Path) -> list[Path]:
+    paths = [root / r for r in rel]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} corpus photos missing (first: {missing[0]}); "
+            "run scripts/fetch-corpus.sh"
+        )
+    return paths
+
+
+def training_photos(root: Path | None = None) -> list[Path]:
+    """Photos the default prior is trained on (wallpapers + skimage, minus held-out)."""
+    root = root or corpus_dir()
+    walls = [r for r in WALLPAPER_PHOTOS if r not in HELD_OUT_WALLPAPERS]
+    skim = [n for n in samples.PHOTOS if n not in samples.HELD_OUT]
+    return _existing(tuple(walls), root) + samples.sample_paths(skim)
+
+
+def held_out_photos(root: Path | None = None) -> list[Path]:
+    """Photos never trained on: for benchmarks and calibration."""
+    root = root or corpus_dir()
+    return _existing(HELD_OUT_WALLPAPERS, root) + samples.sample_paths(samples.HELD_OUT)
+
+
+def astronomy_images(root: Path | None = None) -> list[Path]:
+    """Deep-sky photos from stellarium-data (out of the photo domain), sorted."""
+    root = root or corpus_dir()
+    d = root / STELLARIUM_DIR
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: missing; run scripts/fetch-corpus.sh")
+    return sorted(p for p in d.iterdir() if p.suffix.lower() == ".png")

@@ -234,13 +234,13 @@ class DiffusionPrior:
         unet_dir, sched_file = _resolve_dirs(root)
         _check_safetensors(unet_dir)
         try:
-            unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
+            unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
         except Exception as exc:  # noqa: BLE001 - re-raised with the directory and reason
             raise ModelLoadError(f"{unet_dir}: cannot load UNet2DModel ({exc})") from exc
         sched_cfg = json.loads(sched_file.read_text()) if sched_file else None
         prior = cls.from_unet(unet, sched_cfg)
         prior.unet.eval().requires_grad_(False)
-        prior.to(device=device, dtype=dtype)
+        prior.unet.to(device)
         prior.model_hash = hash_model_dir(root)
         prior.source = str(name_or_path or "default")
         return prior

@@ -1,0 +1,28 @@
+"""Flow: train the default diffusion prior (resumable from its checkpoints)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from restoreflow.tasks.training import train_prior_task
+
+
+@flow(name="train-prior")
+def train_prior_flow(
+    out_dir: str,
+    steps: int = 16000,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_minutes: float | None = None,
+    images: list[str] | None = None,
+    num_threads: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Train on ``images`` (default: the project's photo corpus) and export the EMA prior."""
+    from restoreflow.models import corpus
+
+    train = images or [str(p) for p in corpus.training_photos()]
+    evals = [str(p) for p in corpus.held_out_photos()] if images is None else []
+    config = dict(out_dir=out_dir, steps=steps, batch_size=batch_size, device=device,
+                  max_minutes=max_minutes, num_threads=num_threads, seed=seed)
+    return train_prior_task(config, train, evals)

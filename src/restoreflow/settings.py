@@ -19,7 +19,7 @@ SECRET_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_toke
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESTOREFLOW_", extra="ignore", frozen=True)
 
-    store: str = Field("restoreflow-store", description="Store URI: a local path or s3://bucket/prefix")
+    store: str = Field("restoreflow-store", description="local path or s3://bucket/prefix")
     tile_size: int = Field(256, ge=16, le=8192, description="Tile edge T (one tile per chunk)")
     max_pixels: int = Field(
         400_000_000, ge=1, description="Images with more pixels are rejected (decompression bombs)"
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     )
     aws_session_token: SecretStr | None = Field(None, validation_alias="AWS_SESSION_TOKEN")
 
-    device: str = Field("cpu", description="torch device for model work: cpu, cuda, cuda:1, mps, auto")
+    device: str = Field("cpu", description="torch device for model work: cpu, cuda:N, mps, auto")
     dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler")
     dask_workers: int = Field(1, ge=1, description="workers of the embedded local cluster")
     gpu_resource: str = Field("GPU", description="Dask worker resource that model tasks need")

@@ -1,6 +1,9 @@
 """Train a small pixel-space diffusion prior (epsilon prediction, DDPM schedule).
 
-Loss (Ho et al. 2020): E_{x0, t, eps} || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2
+Loss (Ho et al. 2020), with x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps:
+
+    E_{x0, t, eps} || eps - eps_theta(x_t, t) ||^2
+
 with x0 random crops (flips, 90-degree rotations, several scales) of natural photos in
 [-1, 1] and t uniform in 0..T-1. AdamW with linear warm-up, gradient clipping, and an
 exponential moving average (EMA) of the weights, which is what gets exported.

@@ -1,0 +1,49 @@
+"""Where tasks run: the Dask task runner and the resource annotation for model tasks.
+
+Embedded default: a ``LocalCluster`` started by the flow (processes, one thread each, no
+dashboard port). Each local worker declares one unit of the model resource (default
+``GPU``), so model tasks still run on a laptop with no GPU, one per worker.
+External: ``RESTOREFLOW_DASK_ADDRESS=tcp://host:8786`` (any dask-distributed scheduler:
+dask-jobqueue on SLURM, Kubernetes, ...); start GPU workers with
+``dask worker ADDR --resources GPU=1 --nthreads 1``.
+
+Model tasks (adapt, restore, posterior samples, prior training) are submitted inside
+:func:`model_placement`, which asks the scheduler for one unit of the resource, so a GPU
+never runs two model tasks at once. CPU tasks (ingest, simulate, metrics, export) are
+submitted without it and go to any worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from restoreflow.settings import Settings
+
+
+def dask_task_runner(settings: Settings, n_workers: int | None = None):
+    """A prefect-dask ``DaskTaskRunner`` for the configured cluster."""
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers or settings.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "resources": {settings.gpu_resource: 1},
+            "host": "127.0.0.1",
+        },
+    )
+
+
+@contextlib.contextmanager
+def model_placement(settings: Settings) -> Iterator[None]:
+    """Submit model tasks inside this block: they need one unit of the model resource."""
+    import dask
+
+    with dask.annotate(resources={settings.gpu_resource: 1}):
+        yield

@@ -1,6 +1,8 @@
 """Denoising benchmark of a prior's one-step x0 estimate vs non-local means.
 
-For each held-out photo (256x256 centre crop, [0,1]) and noise level s/255:
+For each held-out photo (256x256 centre crop, [0,1]; the main set first resizes photos
+so the shorter side is 512 px, a second set crops the full-resolution files, which for
+the large wallpapers gives nearly flat patches) and noise level s/255:
 y = x + s/255 n; prior: x0 estimate at the t whose noise-to-signal ratio matches
 (see ``restoreflow.models.training.evaluate_x0``); baseline: scikit-image
 ``denoise_nl_means`` with its documented estimated-sigma settings
@@ -25,7 +27,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * math.log10(1.0 / float(np.mean((a - b) ** 2)))
 
 
-def run(prior_path: str | None, sigmas: list[float], size: int = 256, seed: int = 0) -> dict:
+def run(prior_path: str | None, sigmas: list[float], size: int = 256, seed: int = 0,
+        short_side: int | None = 512) -> dict:
     from skimage.restoration import denoise_nl_means, estimate_sigma
 
     from restoreflow.models import corpus
@@ -34,7 +37,7 @@ def run(prior_path: str | None, sigmas: list[float], size: int = 256, seed: int 
 
     prior = DiffusionPrior.load(prior_path)
     paths = corpus.held_out_photos()
-    clean = center_crops(paths, size)
+    clean = center_crops(paths, size, short_side)
     rows = []
     g = torch.Generator().manual_seed(seed)
     for s in sigmas:
@@ -55,16 +58,17 @@ def run(prior_path: str | None, sigmas: list[float], size: int = 256, seed: int 
     summary = {}
     for s in sigmas:
         r = [row for row in rows if row["sigma_255"] == s]
-        summary[f"{s:g}"] = {k: float(np.mean([row[k] for row in r]))
-                             for k in ("noisy", "prior_x0", "nlm")}
-        summary[f"{s:g}"]["gain_over_nlm"] = summary[f"{s:g}"]["prior_x0"] - summary[f"{s:g}"]["nlm"]
+        m = {k: float(np.mean([row[k] for row in r])) for k in ("noisy", "prior_x0", "nlm")}
+        summary[f"{s:g}"] = {**m, "gain_over_nlm": m["prior_x0"] - m["nlm"]}
     return {"prior": prior.source, "prior_hash": prior.model_hash, "images": len(paths),
-            "crop": size, "rows": rows, "summary": summary}
+            "crop": size, "short_side": short_side, "rows": rows, "summary": summary}
 
 
 def markdown(res: dict) -> str:
+    scale = (f"resized to a {res['short_side']} px shorter side" if res["short_side"]
+             else "at full resolution")
     lines = [f"Prior `{res['prior']}` (hash {res['prior_hash'][:12]}), {res['images']} held-out "
-             f"photos, {res['crop']}px centre crops. PSNR in dB.", "",
+             f"photos {scale}, {res['crop']}px centre crops. PSNR in dB.", "",
              "| sigma (/255) | noisy | NLM | prior x0 | prior - NLM |", "|---|---|---|---|---|"]
     for s, v in res["summary"].items():
         lines.append(f"| {s} | {v['noisy']:.2f} | {v['nlm']:.2f} | {v['prior_x0']:.2f} | "
@@ -77,8 +81,10 @@ def main() -> None:
     ap.add_argument("--prior", default=None, help="diffusers dir (default: shipped prior)")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[5, 15, 25, 50])
     args = ap.parse_args()
-    res = run(args.prior, args.sigmas)
-    path = write_results("prior_denoising", res, markdown(res))
+    web = run(args.prior, args.sigmas, short_side=512)
+    full = run(args.prior, args.sigmas, short_side=None)
+    path = write_results("prior_denoising", {"web_512": web, "full_resolution": full},
+                         markdown(web) + "\n\n" + markdown(full))
     print(path.read_text())
 
 

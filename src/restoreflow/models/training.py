@@ -279,12 +279,23 @@ def train_prior(
     return out / "prior"
 
 
-def center_crops(paths: list[Path], size: int = 256) -> list[torch.Tensor]:
-    """One centred size x size crop per image, float (3, size, size) in [0, 1]."""
+def center_crops(
+    paths: list[Path], size: int = 256, short_side: int | None = None
+) -> list[torch.Tensor]:
+    """One centred size x size crop per image, float (3, size, size) in [0, 1].
+
+    ``short_side`` first resizes larger images (Lanczos) so their shorter side is that
+    many pixels: a 256 px crop of a 5120 px wallpaper is a nearly flat patch, while a
+    photo at web resolution holds a representative amount of detail.
+    """
     out = []
     for p in paths:
         im = load_rgb(p, (1.0,), size)[0]
         _, h, w = im.shape
+        if short_side and min(h, w) > short_side:
+            s = short_side / min(h, w)
+            im = load_rgb(p, (s,), size)[0]
+            _, h, w = im.shape
         y, x = (h - size) // 2, (w - size) // 2
         out.append(im[:, y : y + size, x : x + size].float() / 255.0)
     return out

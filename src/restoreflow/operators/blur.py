@@ -1,0 +1,190 @@
+"""Convolution (blur) operators.
+
+A blur with a kernel ``k`` of shape (kh, kw) and centre ``c = (kh // 2, kw // 2)`` is
+
+    (A x)[i, j] = sum_{a, b} k[a, b] x[i - a + c_h, j - b + c_w],
+
+applied to each channel, with ``x`` extended outside the image either periodically
+(``boundary="circular"``) or by mirror reflection without repeating the edge pixel
+(``boundary="reflect"``: x[-1] = x[1], torch's "reflect" pad, scipy.ndimage's "mirror").
+This is ``scipy.ndimage.convolve(x, k, mode="wrap" | "mirror")`` (odd and even kernels).
+The output has the input's shape.
+
+Circular: A, A^T and A^+ are diagonal in the 2-D DFT with eigenvalues K = DFT(k):
+``A^+_eta y = IDFT(conj(K) Y / (|K|^2 + eta))``; at eta = 0 frequencies with
+``|K| <= rcond * max|K|`` are treated as exact zeros (minimum-norm solution).
+Reflect: A = conv(pad(x)); A^T = unpad^T(conv^T(y)) where unpad^T folds the gradient
+of the reflected border back onto the pixels it was copied from; A^+ by CGLS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .base import LinearOperator, ShapeError, _check_shape, check_input, eps_rcond, like
+from .kernels import gaussian_kernel, load_kernel, motion_kernel, uniform_kernel, validate_kernel
+
+Boundary = Literal["circular", "reflect"]
+BOUNDARIES: tuple[str, ...] = ("circular", "reflect")
+
+
+class Blur(LinearOperator):
+    """Shift-invariant blur with an arbitrary kernel (normalised to sum 1).
+
+    Args:
+        kernel: 2-D tensor, finite, non-negative, positive sum.
+        boundary: "circular" (FFT; exact A^+) or "reflect" (real photos; A^+ by CGLS).
+        dtype: dtype of the kernel buffer (default: torch's default dtype).
+    """
+
+    def __init__(
+        self,
+        kernel: torch.Tensor,
+        boundary: Boundary = "circular",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        k = validate_kernel(kernel)
+        self.boundary = boundary
+        self.register_buffer("kernel", k.to(dtype or torch.get_default_dtype()))
+        kh, kw = k.shape
+        self.center = (kh // 2, kw // 2)
+        # pad before/after along H and W so that out[i] uses x[i - a + c]
+        self.pads = (kh - 1 - kh // 2, kh // 2, kw - 1 - kw // 2, kw // 2)
+        self.halo = max(self.pads)
+        self.closed_form_dagger = boundary == "circular"
+        self.rcond: float | None = None  # None: sqrt(eps) of the input dtype
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, boundary: Boundary = "circular", dtype: torch.dtype | None = None
+    ) -> Blur:
+        """Blur with a PSF read from ``.npy`` or FITS (see :func:`load_kernel`)."""
+        return cls(load_kernel(path), boundary=boundary, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"kernel={tuple(self.kernel.shape)}, boundary={self.boundary!r}"
+
+    def y_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+        b, c, h, w = _check_shape(x_shape)
+        kh, kw = self.kernel.shape
+        if h < kh or w < kw:
+            raise ShapeError(
+                f"image {h}x{w} is smaller than the {kh}x{kw} blur kernel; "
+                f"images must be at least {kh}x{kw}"
+            )
+        return (b, c, h, w)
+
+    # --- circular (FFT) ---
+    def _otf(self, x: torch.Tensor) -> torch.Tensor:
+        """rfft2 of the kernel embedded in an H x W image with its centre at (0, 0)."""
+        h, w = x.shape[-2:]
+        k = like(self.kernel, x)
+        kh, kw = k.shape
+        kp = x.new_zeros(h, w)
+        kp[:kh, :kw] = k
+        kp = torch.roll(kp, shifts=(-self.center[0], -self.center[1]), dims=(0, 1))
+        return torch.fft.rfft2(kp)
+
+    # --- reflect (conv) ---
+    def _weight(self, x: torch.Tensor) -> torch.Tensor:
+        # conv2d is a correlation: flip the kernel to convolve
+        return like(self.kernel, x).flip(0, 1)[None, None]
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x)
+        b, c, h, w = self.y_shape(tuple(x.shape))
+        if self.boundary == "circular":
+            return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x), s=(h, w))
+        pt, pb, pl, pr = self.pads
+        xp = F.pad(x.reshape(b * c, 1, h, w), (pl, pr, pt, pb), mode="reflect")
+        return F.conv2d(xp, self._weight(x)).view(b, c, h, w)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        check_input(y)
+        b, c, h, w = self.y_shape(tuple(y.shape))
+        if self.boundary == "circular":
+            return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf(y).conj(), s=(h, w))
+        g = F.conv_transpose2d(y.reshape(b * c, 1, h, w), self._weight(y))
+        pt, pb, pl, pr = self.pads
+        g = _fold_reflect(g, pt, pb, dim=2)
+        g = _fold_reflect(g, pl, pr, dim=3)
+        return g.view(b, c, h, w)
+
+    def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
+        """Circular: ``IDFT(conj(K) Y / (|K|^2 + eta))``, zero where |K| <= rcond max|K|
+        at eta = 0. Reflect: CGLS fallback (see LinearOperator.A_dagger)."""
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if self.boundary != "circular":
+            return super().A_dagger(y, eta)
+        check_input(y)
+        h, w = self.y_shape(tuple(y.shape))[-2:]
+        otf = self._otf(y)
+        mag2 = otf.real**2 + otf.imag**2
+        if eta > 0:
+            filt = otf.conj() / (mag2 + eta)
+        else:
+            rcond = eps_rcond(y.dtype) if self.rcond is None else self.rcond
+            keep = mag2 > (rcond**2) * mag2.max()
+            filt = torch.where(keep, otf.conj() / torch.where(keep, mag2, 1.0), 0.0)
+        return torch.fft.irfft2(torch.fft.rfft2(y) * filt, s=(h, w))
+
+
+def _fold_reflect(g: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
+    """Adjoint of ``F.pad(..., mode="reflect")`` along one dim: padded index ``p - 1 - r``
+    (r < before) is a copy of x[r + 1]; padded index ``before + n + s`` is x[n - 2 - s]."""
+    n = g.shape[dim] - before - after
+    core = g.narrow(dim, before, n).clone()
+    if before:
+        top = g.narrow(dim, 0, before).flip(dim)  # top[r] belongs to x[r + 1]
+        core.narrow(dim, 1, before).add_(top)
+    if after:
+        bot = g.narrow(dim, before + n, after).flip(dim)  # bot[t] belongs to x[n - 1 - after + t]
+        core.narrow(dim, n - 1 - after, after).add_(bot)
+    return core
+
+
+class GaussianBlur(Blur):
+    """Isotropic Gaussian blur of standard deviation ``sigma`` px (see gaussian_kernel)."""
+
+    def __init__(
+        self,
+        sigma: float,
+        size: int | None = None,
+        boundary: Boundary = "circular",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(gaussian_kernel(sigma, size), boundary=boundary, dtype=dtype)
+        self.sigma = float(sigma)
+
+
+class UniformBlur(Blur):
+    """Box blur: mean over a ``size`` x ``size`` window."""
+
+    def __init__(
+        self, size: int, boundary: Boundary = "circular", dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(uniform_kernel(size), boundary=boundary, dtype=dtype)
+
+
+class MotionBlur(Blur):
+    """Blur with a random camera-shake kernel of path length ``length`` px drawn from
+    ``generator`` (see motion_kernel)."""
+
+    def __init__(
+        self,
+        length: int,
+        generator: torch.Generator,
+        intensity: float = 0.5,
+        boundary: Boundary = "circular",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        k = motion_kernel(length, generator, intensity).cpu()
+        super().__init__(k, boundary=boundary, dtype=dtype)

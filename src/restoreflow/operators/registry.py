@@ -116,7 +116,7 @@ class Param:
                 raise ParamError(f"{self.name}={value} must be a finite number")
         if t is str:
             value = value if self.choices is None else value.lower()
-            if not value:
+            if not value.strip():
                 raise ParamError(f"{self.name} must not be empty")
         if self.choices is not None:
             if value not in self.choices:
@@ -138,7 +138,7 @@ class Param:
         return value
 
     def parse_text(self, text: str) -> Any:
-        """Convert the text form of a value and validate it."""
+        """Convert the text form of a value and validate it (strings are kept verbatim)."""
         s = text.strip()
         if self.type is int:
             try:
@@ -151,7 +151,7 @@ class Param:
             except ValueError:
                 raise ParamError(f"{self.name}={text!r} is not a number") from None
         else:
-            value = s if self.choices is None else s.lower()
+            value = text if self.choices is None else s.lower()
         return self.check(value)
 
     def format(self, value: Any) -> str:

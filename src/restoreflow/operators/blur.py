@@ -13,8 +13,9 @@ The output has the input's shape.
 Circular: A, A^T and A^+ are diagonal in the 2-D DFT with eigenvalues K = DFT(k):
 ``A^+_eta y = IDFT(conj(K) Y / (|K|^2 + eta))``; at eta = 0 frequencies with
 ``|K| <= rcond * max|K|`` are treated as exact zeros (minimum-norm solution).
-Reflect: A = conv(pad(x)); A^T = unpad^T(conv^T(y)) where unpad^T folds the gradient
-of the reflected border back onto the pixels it was copied from; A^+ by CGLS.
+Reflect: A = crop(conv(pad(x))) (direct convolution for kernels up to 7x7, FFT of the
+padded image above); A^T = pad^T(conv^T(crop^T y)) where pad^T folds the values of the
+reflected border back onto the pixels they were copied from; A^+ by CGLS.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .base import LinearOperator, ShapeError, _check_shape, check_input, eps_rco
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, uniform_kernel, validate_kernel
 
 Boundary = Literal["circular", "reflect"]
+FFT_MIN_TAPS = 49  # reflect boundary: kernels with more taps are applied by FFT
 BOUNDARIES: tuple[str, ...] = ("circular", "reflect")
 
 
@@ -82,9 +84,9 @@ class Blur(LinearOperator):
         return (b, c, h, w)
 
     # --- circular (FFT) ---
-    def _otf(self, x: torch.Tensor) -> torch.Tensor:
+    def _otf(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """rfft2 of the kernel embedded in an H x W image with its centre at (0, 0)."""
-        h, w = x.shape[-2:]
+        h, w = size or x.shape[-2:]
         k = like(self.kernel, x)
         kh, kw = k.shape
         kp = x.new_zeros(h, w)
@@ -92,30 +94,57 @@ class Blur(LinearOperator):
         kp = torch.roll(kp, shifts=(-self.center[0], -self.center[1]), dims=(0, 1))
         return torch.fft.rfft2(kp)
 
-    # --- reflect (conv) ---
+    # --- reflect: direct convolution for small kernels, FFT on the padded image else ---
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
         # conv2d is a correlation: flip the kernel to convolve
         return like(self.kernel, x).flip(0, 1)[None, None]
 
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x)
-        b, c, h, w = self.y_shape(tuple(x.shape))
-        if self.boundary == "circular":
-            return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x), s=(h, w))
+    def _use_fft(self) -> bool:
+        return self.kernel.numel() > FFT_MIN_TAPS
+
+    def _reflect_A(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
         pt, pb, pl, pr = self.pads
         xp = F.pad(x.reshape(b * c, 1, h, w), (pl, pr, pt, pb), mode="reflect")
-        return F.conv2d(xp, self._weight(x)).view(b, c, h, w)
+        if not self._use_fft():
+            return F.conv2d(xp, self._weight(x)).view(b, c, h, w)
+        # linear convolution = circular convolution of the padded image, cropped: the
+        # kept pixels only read padded pixels, never wrapped ones
+        hp, wp = xp.shape[-2:]
+        full = torch.fft.irfft2(torch.fft.rfft2(xp) * self._otf(x, (hp, wp)), s=(hp, wp))
+        return full[..., pt : pt + h, pl : pl + w].reshape(b, c, h, w)
+
+    def _reflect_At(self, y: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = y.shape
+        pt, pb, pl, pr = self.pads
+        y2 = y.reshape(b * c, 1, h, w)
+        if not self._use_fft():
+            # conv_transpose2d(y, w) as a (faster) correlation of the zero-padded y
+            kh, kw = self.kernel.shape
+            yp = F.pad(y2, (kw - 1, kw - 1, kh - 1, kh - 1))
+            g = F.conv2d(yp, self._weight(y).flip(-2, -1))
+        else:  # adjoint of crop(circconv(.)): zero-embed, then conjugate filter
+            yp = F.pad(y2, (pl, pr, pt, pb))
+            hp, wp = yp.shape[-2:]
+            otf = self._otf(y, (hp, wp)).conj()
+            g = torch.fft.irfft2(torch.fft.rfft2(yp) * otf, s=(hp, wp))
+        g = _fold_reflect(g, pt, pb, dim=2)
+        g = _fold_reflect(g, pl, pr, dim=3)
+        return g.reshape(b, c, h, w)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x)
+        h, w = self.y_shape(tuple(x.shape))[-2:]
+        if self.boundary == "circular":
+            return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x), s=(h, w))
+        return self._reflect_A(x)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y)
-        b, c, h, w = self.y_shape(tuple(y.shape))
+        h, w = self.y_shape(tuple(y.shape))[-2:]
         if self.boundary == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf(y).conj(), s=(h, w))
-        g = F.conv_transpose2d(y.reshape(b * c, 1, h, w), self._weight(y))
-        pt, pb, pl, pr = self.pads
-        g = _fold_reflect(g, pt, pb, dim=2)
-        g = _fold_reflect(g, pl, pr, dim=3)
-        return g.view(b, c, h, w)
+        return self._reflect_At(y)
 
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
         """Circular: ``IDFT(conj(K) Y / (|K|^2 + eta))``, zero where |K| <= rcond max|K|

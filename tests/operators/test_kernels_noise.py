@@ -168,3 +168,28 @@ def test_poisson_noise_statistics():
 def test_invalid_noise_parameters(cls, args):
     with pytest.raises(ValueError):
         cls(*args)
+
+
+def test_inpainting_window_crops_the_mask():
+    mask = random_pixel_mask(12, 10, 0.5, _g(0))
+    op = Inpainting(mask)
+    tile = op.window(2, 3, 5, 4)
+    assert torch.equal(tile.mask, mask[2:7, 3:7])
+    assert GaussianBlur(1.0).window(0, 0, 4, 4) is not None
+
+
+@pytest.mark.parametrize(
+    "op", [GaussianBlur(1.0, boundary="reflect"), BicubicDownsample(2), BoxDownsample(4)]
+)
+def test_tile_with_halo_reproduces_the_whole_image(op):
+    """Degrading a tile read with ``halo`` extra pixels (rounded up to the SR factor) and
+    cropping gives the same pixels as degrading the whole image."""
+    op = op.double()
+    x = torch.rand(1, 2, 48, 48, generator=_g(0), dtype=torch.float64)
+    f = getattr(op, "factor", 1)
+    halo = -(-op.halo // f) * f
+    top, left, size = 16, 16, 16
+    tile = x[..., top - halo : top + size + halo, left - halo : left + size + halo]
+    got = op.A(tile)[..., halo // f : (halo + size) // f, halo // f : (halo + size) // f]
+    ref = op.A(x)[..., top // f : (top + size) // f, left // f : (left + size) // f]
+    assert torch.allclose(got, ref, atol=1e-12)

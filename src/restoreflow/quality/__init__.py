@@ -1,1 +1,80 @@
-"""restoreflow.quality."""
+"""Quality of restorations: full-reference metrics, no-reference features, split-conformal
+lower bounds on PSNR/SSIM and risk-controlled per-pixel intervals (RCPS).
+
+Pure numpy/scipy/torch core; no Prefect, no storage.
+"""
+
+from .conformal import (
+    ConformalInterval,
+    ConformalLowerBound,
+    LinearModel,
+    TrivialLowerBound,
+    calibration_from_dict,
+    conformal_lower_quantile,
+    conformal_quantile,
+    fit_quantile_regression,
+    fit_ridge,
+    flag,
+    pinball_loss,
+)
+from .features import (
+    FEATURE_NAMES,
+    compute_features,
+    feature_vector,
+    gradient_magnitude_mean,
+    high_frequency_energy,
+    measurement_consistency,
+    noise_level,
+    posterior_spread,
+    rca_feature,
+)
+from .metrics import mse, psnr, psnr_from_mse, ssim
+from .rcps import (
+    Intervals,
+    PixelCalibration,
+    RiskControlError,
+    base_intervals,
+    calibrate_lambda,
+    hb_pvalue,
+    hb_ucb,
+    loss_matrix,
+    miscoverage,
+    pixel_intervals,
+)
+
+__all__ = [
+    "FEATURE_NAMES",
+    "ConformalInterval",
+    "ConformalLowerBound",
+    "Intervals",
+    "LinearModel",
+    "PixelCalibration",
+    "RiskControlError",
+    "TrivialLowerBound",
+    "base_intervals",
+    "calibrate_lambda",
+    "calibration_from_dict",
+    "compute_features",
+    "conformal_lower_quantile",
+    "conformal_quantile",
+    "feature_vector",
+    "fit_quantile_regression",
+    "fit_ridge",
+    "flag",
+    "gradient_magnitude_mean",
+    "hb_pvalue",
+    "hb_ucb",
+    "high_frequency_energy",
+    "loss_matrix",
+    "measurement_consistency",
+    "miscoverage",
+    "mse",
+    "noise_level",
+    "pinball_loss",
+    "pixel_intervals",
+    "posterior_spread",
+    "psnr",
+    "psnr_from_mse",
+    "rca_feature",
+    "ssim",
+]

@@ -1,0 +1,360 @@
+"""Per-pixel uncertainty intervals with risk control (RCPS).
+
+From J posterior samples ``x^(1..J)`` of one image, per-pixel base intervals ``[l, u]``
+are either sample quantiles (``kind="quantile"``: ``l, u`` the ``lower_q`` and
+``upper_q`` quantiles over the J samples, linear interpolation) or
+``mean +- k std`` (``kind="std"``, ``ddof = 1``). They are widened by ``lambda >= 0``:
+
+    T_lambda(p) = [l(p) - lambda, u(p) + lambda]      (intensity units).
+
+The loss of an image is its miscoverage, the fraction of pixels whose true value lies
+outside its interval, ``L(lambda) = (1/P) #{p : x(p) not in T_lambda(p)}`` in [0, 1],
+non-increasing in ``lambda``. ``lambda`` is calibrated on n calibration images by the
+Risk-Controlling Prediction Sets procedure (Bates, Angelopoulos, Lei, Malik & Jordan,
+2021) with the Hoeffding-Bentkus upper confidence bound ``R^+(lambda)`` of the risk
+``R(lambda) = E L(lambda)``:
+
+    lambda_hat = min{lambda in grid : R^+(lambda') <= epsilon for all grid lambda' >= lambda}
+
+which guarantees ``P(R(lambda_hat) <= epsilon) >= 1 - delta`` over the calibration draw
+for images exchangeable with the calibration images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "IntervalKind",
+    "Intervals",
+    "PixelCalibration",
+    "RiskControlError",
+    "base_intervals",
+    "calibrate_lambda",
+    "excess",
+    "hb_pvalue",
+    "hb_ucb",
+    "loss_matrix",
+    "miscoverage",
+    "pixel_intervals",
+]
+
+IntervalKind = Literal["quantile", "std"]
+FORMAT_VERSION = 1
+_BISECTION_STEPS = 60  # interval length 2^-60: below float resolution of R
+
+
+class RiskControlError(ValueError):
+    """No lambda on the grid controls the risk at the requested (epsilon, delta)."""
+
+
+class Intervals(NamedTuple):
+    """Per-pixel interval bounds, each of the image's shape."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def _np(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return a
+
+
+def base_intervals(
+    samples: Any,
+    lower_q: float = 0.05,
+    upper_q: float = 0.95,
+    kind: IntervalKind = "quantile",
+    k: float = 2.0,
+    axis: int = 0,
+) -> Intervals:
+    """Unwidened intervals ``[l, u]`` over the J samples along ``axis`` (J >= 2):
+    ``lower_q``/``upper_q`` sample quantiles, or ``mean -+ k std`` for ``kind="std"``."""
+    s = _np(samples, "samples")
+    if s.shape[axis] < 2:
+        raise ValueError(f"need at least 2 samples along axis {axis}, got {s.shape[axis]}")
+    if kind == "quantile":
+        if not 0.0 <= lower_q < upper_q <= 1.0:
+            raise ValueError(f"need 0 <= lower_q < upper_q <= 1, got {lower_q}, {upper_q}")
+        lo, hi = np.quantile(s, [lower_q, upper_q], axis=axis)
+    elif kind == "std":
+        if not k >= 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        mu = s.mean(axis=axis)
+        sd = s.std(axis=axis, ddof=1)
+        lo, hi = mu - k * sd, mu + k * sd
+    else:
+        raise ValueError(f"kind must be 'quantile' or 'std', got {kind!r}")
+    return Intervals(lo, hi)
+
+
+def pixel_intervals(
+    samples: Any,
+    lam: float,
+    lower_q: float = 0.05,
+    upper_q: float = 0.95,
+    kind: IntervalKind = "quantile",
+    k: float = 2.0,
+) -> Intervals:
+    """``[l - lam, u + lam]`` per pixel from samples ``(J, C, H, W)`` (see
+    :func:`base_intervals`); ``lower``/``upper`` have shape ``(C, H, W)``."""
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    lo, hi = base_intervals(samples, lower_q, upper_q, kind, k)
+    return Intervals(lo - lam, hi + lam)
+
+
+def excess(intervals: Intervals, truth: Any) -> np.ndarray:
+    """``e(p) = max(l(p) - x(p), x(p) - u(p))``: pixel p is outside ``[l - lam, u + lam]``
+    iff ``e(p) > lam``."""
+    lo, hi = intervals
+    t = _np(truth, "truth")
+    if t.shape != np.shape(lo):
+        raise ValueError(f"truth has shape {t.shape} but intervals {np.shape(lo)}")
+    return np.maximum(lo - t, t - hi)
+
+
+def miscoverage(intervals: Intervals, truth: Any) -> float:
+    """Fraction of pixels with ``truth`` outside ``[lower, upper]`` (closed interval)."""
+    return float(np.mean(excess(intervals, truth) > 0))
+
+
+def loss_matrix(
+    samples: Any,
+    truths: Any,
+    lambdas: Any,
+    lower_q: float = 0.05,
+    upper_q: float = 0.95,
+    kind: IntervalKind = "quantile",
+    k: float = 2.0,
+) -> np.ndarray:
+    """Per-image miscoverage ``L_i(lambda_j)``, shape ``(n, len(lambdas))``.
+
+    ``samples`` is an array ``(n, J, C, H, W)`` or a sequence of n arrays ``(J, C, H, W)``
+    (images may differ in size); ``truths`` the matching ``(n, C, H, W)`` / sequence.
+    """
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if lam.ndim != 1:
+        raise ValueError("lambdas must be 1-D")
+    if isinstance(samples, np.ndarray) and isinstance(truths, np.ndarray):
+        if samples.ndim < 3 or samples.shape[0] != truths.shape[0]:
+            raise ValueError(f"samples {samples.shape} and truths {truths.shape} do not match")
+        e = excess(base_intervals(samples, lower_q, upper_q, kind, k, axis=1), truths)
+        e = np.sort(e.reshape(e.shape[0], -1), axis=1)
+        covered = np.stack([np.searchsorted(row, lam, side="right") for row in e])
+        return 1.0 - covered / e.shape[1]
+    if len(samples) != len(truths):
+        raise ValueError(f"{len(samples)} sample sets but {len(truths)} truths")
+    rows = []
+    for s, t in zip(samples, truths, strict=True):
+        e = np.sort(excess(base_intervals(s, lower_q, upper_q, kind, k), t).ravel())
+        rows.append(1.0 - np.searchsorted(e, lam, side="right") / e.size)
+    return np.stack(rows)
+
+
+# --------------------------------------------------------------------------- HB bound
+
+
+def _h1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``h1(a, b) = a log(a/b) + (1 - a) log((1 - a)/(1 - b))`` (KL of Bernoullis)."""
+    from scipy.special import xlogy
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return xlogy(a, a) - xlogy(a, b) + xlogy(1 - a, 1 - a) - xlogy(1 - a, 1 - b)
+
+
+def hb_pvalue(risk_hat: Any, n: int, R: Any) -> np.ndarray:
+    """Hoeffding-Bentkus p-value of the null ``risk >= R`` given the mean ``risk_hat`` of
+    n losses in [0, 1]:
+
+        p_H = exp(-n h1(min(risk_hat, R), R)),
+        p_B = e P(Binom(n, R) <= ceil(n risk_hat)),
+        p   = min(p_H, p_B).
+    """
+    from scipy.special import bdtr
+
+    r = np.asarray(risk_hat, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    p_h = np.exp(-n * _h1(np.minimum(r, R), R))
+    k = np.ceil(n * r - 1e-9)  # n * risk_hat is a count up to rounding error
+    p_b = math.e * bdtr(k, n, R)
+    return np.minimum(p_h, p_b)
+
+
+def hb_ucb(risk_hat: Any, n: int, delta: float) -> Any:
+    """Hoeffding-Bentkus upper confidence bound ``sup{R in [0, 1] : p(R) > delta}`` of
+    the risk (see :func:`hb_pvalue`), by bisection on ``[risk_hat, 1]`` (``p`` is
+    non-increasing there and ``p(risk_hat) > delta``); the returned value is the upper
+    end of the final bracket, so it errs on the conservative side. Vectorised over
+    ``risk_hat``; returns a float for scalar input.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    r = np.asarray(risk_hat, dtype=np.float64)
+    if ((r < 0) | (r > 1) | np.isnan(r)).any():
+        raise ValueError("risk_hat must lie in [0, 1]")
+    lo = r.copy()
+    hi = np.ones_like(r)
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        above = hb_pvalue(r, n, mid) > delta
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    hi = np.where(r >= 1.0, 1.0, hi)
+    return float(hi) if hi.ndim == 0 else hi
+
+
+def calibrate_lambda(
+    losses: np.ndarray | Callable[[float], Any],
+    lambdas: Any,
+    epsilon: float,
+    delta: float,
+    n: int | None = None,
+) -> float:
+    """RCPS: the smallest ``lambda`` on the (increasing) grid such that
+    ``hb_ucb(mean_i L_i(lambda'), n, delta) <= epsilon`` for every grid ``lambda' >= lambda``.
+
+    ``losses`` is the matrix ``L_i(lambda_j)`` of shape ``(n, len(lambdas))`` (see
+    :func:`loss_matrix`) or a function ``lambda -> (n,)`` per-image losses in [0, 1]
+    (evaluated from the largest lambda down, stopping at the first failure). Raises
+    :class:`RiskControlError` if even the largest lambda fails.
+    """
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if lam.ndim != 1 or lam.size == 0 or not (np.diff(lam) > 0).all():
+        raise ValueError("lambdas must be a non-empty strictly increasing 1-D grid")
+
+    def check(losses_j: Any) -> np.ndarray:
+        v = np.asarray(losses_j, dtype=np.float64)
+        if ((v < 0) | (v > 1) | np.isnan(v)).any():
+            raise ValueError("losses must lie in [0, 1]")
+        return v
+
+    if callable(losses):
+        chosen = None
+        for j in range(lam.size - 1, -1, -1):
+            v = check(losses(float(lam[j])))
+            if hb_ucb(float(v.mean()), v.size, delta) > epsilon:
+                break
+            chosen = j
+    else:
+        L = check(losses)
+        if L.ndim != 2 or L.shape[1] != lam.size:
+            raise ValueError(f"losses must have shape (n, {lam.size}), got {L.shape}")
+        ucb = np.atleast_1d(hb_ucb(L.mean(axis=0), L.shape[0], delta))
+        ok = ucb <= epsilon
+        # first index from the top where the UCB fails; everything above it passes
+        fails = np.flatnonzero(~ok)
+        chosen = 0 if fails.size == 0 else int(fails[-1]) + 1
+        if chosen >= lam.size:
+            chosen = None
+    if chosen is None:
+        raise RiskControlError(
+            f"no lambda up to {lam[-1]} controls the miscoverage at epsilon={epsilon}, "
+            f"delta={delta}; widen the grid or use more calibration images"
+        )
+    return float(lam[chosen])
+
+
+@dataclass(frozen=True)
+class PixelCalibration:
+    """A calibrated per-pixel interval rule ``[l - lam, u + lam]`` with
+    ``P(E miscoverage <= epsilon) >= 1 - delta`` over the n calibration images."""
+
+    lam: float
+    epsilon: float
+    delta: float
+    n: int
+    lower_q: float = 0.05
+    upper_q: float = 0.95
+    kind: IntervalKind = "quantile"
+    k: float = 2.0
+    ucb: float = math.nan
+    settings_hash: str = ""
+
+    @classmethod
+    def fit(
+        cls,
+        samples: Any,
+        truths: Any,
+        lambdas: Any,
+        epsilon: float,
+        delta: float,
+        lower_q: float = 0.05,
+        upper_q: float = 0.95,
+        kind: IntervalKind = "quantile",
+        k: float = 2.0,
+        settings_hash: str = "",
+    ) -> PixelCalibration:
+        """Calibrate ``lam`` by RCPS on calibration samples and truths (as in
+        :func:`loss_matrix`)."""
+        L = loss_matrix(samples, truths, lambdas, lower_q, upper_q, kind, k)
+        lam = calibrate_lambda(L, lambdas, epsilon, delta)
+        j = int(np.flatnonzero(np.asarray(lambdas, dtype=np.float64) == lam)[0])
+        return cls(
+            lam=lam,
+            epsilon=float(epsilon),
+            delta=float(delta),
+            n=int(L.shape[0]),
+            lower_q=float(lower_q),
+            upper_q=float(upper_q),
+            kind=kind,
+            k=float(k),
+            ucb=float(hb_ucb(float(L[:, j].mean()), L.shape[0], delta)),
+            settings_hash=settings_hash,
+        )
+
+    def intervals(self, samples: Any) -> Intervals:
+        """Calibrated intervals for one image's samples ``(J, C, H, W)``."""
+        return pixel_intervals(samples, self.lam, self.lower_q, self.upper_q, self.kind, self.k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "PixelCalibration",
+            "version": FORMAT_VERSION,
+            "lam": self.lam,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "n": self.n,
+            "lower_q": self.lower_q,
+            "upper_q": self.upper_q,
+            "interval_kind": self.kind,
+            "k": self.k,
+            "ucb": None if math.isnan(self.ucb) else self.ucb,
+            "settings_hash": self.settings_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PixelCalibration:
+        if d.get("kind") != "PixelCalibration" or d.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"expected a serialised PixelCalibration v{FORMAT_VERSION}, got "
+                f"kind={d.get('kind')!r} version={d.get('version')!r}"
+            )
+        if d["interval_kind"] not in ("quantile", "std"):
+            raise ValueError(f"unknown interval kind {d['interval_kind']!r}")
+        return cls(
+            lam=float(d["lam"]),
+            epsilon=float(d["epsilon"]),
+            delta=float(d["delta"]),
+            n=int(d["n"]),
+            lower_q=float(d["lower_q"]),
+            upper_q=float(d["upper_q"]),
+            kind=d["interval_kind"],
+            k=float(d["k"]),
+            ucb=math.nan if d["ucb"] is None else float(d["ucb"]),
+            settings_hash=str(d["settings_hash"]),
+        )

@@ -1,0 +1,180 @@
+"""RCPS per-pixel intervals: the Hoeffding-Bentkus bound, lambda calibration and the
+risk-control guarantee on synthetic posteriors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from restoreflow.quality.rcps import (
+    PixelCalibration,
+    RiskControlError,
+    base_intervals,
+    calibrate_lambda,
+    excess,
+    hb_pvalue,
+    hb_ucb,
+    loss_matrix,
+    miscoverage,
+    pixel_intervals,
+)
+
+# --------------------------------------------------------------------------- HB bound
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+@pytest.mark.parametrize("delta", [0.05, 0.1])
+def test_hb_ucb_closed_form_at_zero_risk(n, delta):
+    # r_hat = 0: p_H(R) = (1 - R)^n and p_B(R) = e (1 - R)^n, so p = (1 - R)^n and the
+    # UCB solves (1 - R)^n = delta
+    assert hb_ucb(0.0, n, delta) == pytest.approx(1 - delta ** (1 / n), abs=1e-12)
+
+
+def test_hb_pvalue_matches_the_formula():
+    r, n, R = 0.1, 100, 0.2
+    h1 = r * math.log(r / R) + (1 - r) * math.log((1 - r) / (1 - R))
+    p_h = math.exp(-n * h1)
+    p_b = math.e * binom.cdf(math.ceil(n * r), n, R)
+    assert float(hb_pvalue(r, n, R)) == pytest.approx(min(p_h, p_b), rel=1e-10)
+    # at the UCB the p-value crosses delta
+    u = hb_ucb(r, n, 0.1)
+    assert float(hb_pvalue(r, n, u)) <= 0.1 < float(hb_pvalue(r, n, u - 1e-6))
+
+
+def test_hb_ucb_exceeds_empirical_risk_and_decreases_with_n():
+    ns = [10, 100, 1000, 10000, 100000]
+    for r in [0.0, 0.01, 0.1, 0.3, 0.5, 0.9]:
+        u = [hb_ucb(r, n, 0.1) for n in ns]
+        assert all(x >= r for x in u)
+        assert all(a > b for a, b in zip(u, u[1:], strict=False)), (r, u)
+        assert u[-1] - r < 0.01
+    assert hb_ucb(1.0, 50, 0.1) == 1.0
+    # vectorised over risk_hat, monotone in it
+    v = hb_ucb(np.linspace(0, 1, 11), 200, 0.1)
+    assert v.shape == (11,) and (np.diff(v) > 0).all()
+
+
+def test_hb_ucb_is_a_valid_upper_confidence_bound():
+    """P(UCB < true risk) <= delta for Bernoulli losses (the worst case for [0,1] losses)."""
+    rng = np.random.default_rng(0)
+    n, R, delta = 100, 0.1, 0.1
+    risk_hat = rng.binomial(n, R, size=4000) / n
+    miss = np.mean(hb_ucb(risk_hat, n, delta) < R)
+    assert miss <= delta
+    # and the plain empirical risk is not one: it falls below R about half the time
+    assert np.mean(risk_hat < R) > 0.3
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_intervals_and_miscoverage_known_values():
+    # J = 5 samples of a 1 x 1 x 2 image; pixel 0 samples 0..4, pixel 1 samples 10..14
+    samples = np.stack([np.array([[[j, 10 + j]]], dtype=float) for j in range(5)])
+    lo, hi = pixel_intervals(samples, 0.0, lower_q=0.25, upper_q=0.75)
+    np.testing.assert_allclose(lo, [[[1.0, 11.0]]])
+    np.testing.assert_allclose(hi, [[[3.0, 13.0]]])
+    truth = np.array([[[3.5, 10.0]]])  # both outside by 0.5 and 1.0
+    np.testing.assert_allclose(excess((lo, hi), truth), [[[0.5, 1.0]]])
+    assert miscoverage((lo, hi), truth) == 1.0
+    assert miscoverage(pixel_intervals(samples, 0.5, 0.25, 0.75), truth) == 0.5  # closed
+    assert miscoverage(pixel_intervals(samples, 1.0, 0.25, 0.75), truth) == 0.0
+    lo_s, hi_s = base_intervals(samples, kind="std", k=1.0)
+    sd = np.std(np.arange(5.0), ddof=1)
+    np.testing.assert_allclose(lo_s, [[[2 - sd, 12 - sd]]])
+    np.testing.assert_allclose(hi_s, [[[2 + sd, 12 + sd]]])
+
+
+def _posterior(rng, n, j=8, shape=(1, 8, 8)):
+    """Truth and J samples from the same per-image Gaussian (scale varies per image)."""
+    s = rng.uniform(0.02, 0.2, size=(n, 1, 1, 1))
+    mu = rng.uniform(0.2, 0.8, size=(n, *shape))
+    truth = mu + s * rng.normal(size=(n, *shape))
+    samples = mu[:, None] + s[:, None] * rng.normal(size=(n, j, *shape))
+    return samples, truth
+
+
+def test_loss_matrix_array_and_list_paths_agree_with_miscoverage():
+    rng = np.random.default_rng(1)
+    samples, truth = _posterior(rng, 6)
+    lams = np.array([0.0, 0.01, 0.05, 0.2])
+    L = loss_matrix(samples, truth, lams)
+    L_list = loss_matrix(list(samples), list(truth), lams)
+    np.testing.assert_array_equal(L, L_list)
+    for i in range(6):
+        for j, lam in enumerate(lams):
+            assert L[i, j] == miscoverage(pixel_intervals(samples[i], lam), truth[i])
+    assert (np.diff(L, axis=1) <= 0).all()  # monotone in lambda
+
+
+def test_calibrate_lambda_scans_from_the_top():
+    lams = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    n = 1000
+    means = np.array([0.5, 0.01, 0.2, 0.01, 0.0])  # lambda = 0.2 fails: answer is 0.3
+    L = np.repeat(means[None], n, axis=0)
+    assert calibrate_lambda(L, lams, epsilon=0.05, delta=0.1) == 0.3
+    calls = []
+
+    def fn(lam):
+        calls.append(lam)
+        return L[:, int(round(lam * 10))]
+
+    assert calibrate_lambda(fn, lams, epsilon=0.05, delta=0.1) == 0.3
+    assert calls == [0.4, 0.3, 0.2]  # stops at the first failure from the top
+    # empirical risk 0.04 <= 0.05 but its UCB with n = 1000 is not
+    assert hb_ucb(0.04, n, 0.1) > 0.05
+    with pytest.raises(RiskControlError, match="epsilon"):
+        calibrate_lambda(np.full((n, 5), 0.04), lams, 0.05, 0.1)
+    with pytest.raises(ValueError, match="increasing"):
+        calibrate_lambda(L, lams[::-1], 0.05, 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        calibrate_lambda(L + 1.0, lams, 0.05, 0.1)
+
+
+def test_rcps_controls_risk_over_random_calibration_sets():
+    """P(R(lambda_hat) <= epsilon) >= 1 - delta over 200 calibration draws.
+
+    The true risk R(lambda) is estimated once on a pool of 20 000 fresh test images
+    (sd < 0.001). Tolerance: the observed failure rate may exceed delta by 0.03 (about
+    1.5 binomial sd for 200 trials); HB is conservative, so it is far below in practice.
+    The naive rule (empirical risk <= epsilon) fails about half the time, which shows
+    this test can detect a calibration that does not control the risk.
+    """
+    rng = np.random.default_rng(2024)
+    eps, delta, n_cal, trials = 0.1, 0.1, 200, 200
+    lams = np.linspace(0.0, 0.4, 401)
+    pool = np.concatenate([loss_matrix(*_posterior(rng, 5000), lams) for _ in range(4)]).mean(
+        axis=0
+    )
+    fail_rcps, fail_naive = 0, 0
+    for _ in range(trials):
+        L = loss_matrix(*_posterior(rng, n_cal), lams)
+        lam = calibrate_lambda(L, lams, eps, delta)
+        j = int(np.searchsorted(lams, lam))
+        fail_rcps += pool[j] > eps
+        ok = L.mean(axis=0) <= eps
+        j_naive = int(np.flatnonzero(~ok)[-1]) + 1
+        fail_naive += pool[j_naive] > eps
+    assert fail_rcps / trials <= delta + 0.03
+    assert fail_naive / trials > delta + 0.2
+
+
+def test_pixel_calibration_fit_round_trip():
+    rng = np.random.default_rng(3)
+    samples, truth = _posterior(rng, 100)
+    lams = np.linspace(0, 0.4, 81)
+    cal = PixelCalibration.fit(samples, truth, lams, 0.1, 0.1, settings_hash="s1")
+    L = loss_matrix(samples, truth, lams)
+    assert cal.lam == calibrate_lambda(L, lams, 0.1, 0.1)
+    assert cal.n == 100 and cal.ucb <= 0.1
+    back = PixelCalibration.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False)))
+    assert back == cal
+    test_samples, _ = _posterior(rng, 1)
+    for a, b in zip(cal.intervals(test_samples[0]), back.intervals(test_samples[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="PixelCalibration"):
+        PixelCalibration.from_dict({**cal.to_dict(), "kind": "x"})

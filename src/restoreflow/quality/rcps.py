@@ -221,7 +221,6 @@ def calibrate_lambda(
     lambdas: Any,
     epsilon: float,
     delta: float,
-    n: int | None = None,
 ) -> float:
     """RCPS: the smallest ``lambda`` on the (increasing) grid such that
     ``hb_ucb(mean_i L_i(lambda'), n, delta) <= epsilon`` for every grid ``lambda' >= lambda``.

@@ -36,6 +36,167 @@ def main(
 # --- commands are added below, one block per verb ---------------------------------
 
 
+# --- storage: ingest / export / ls / serve-s3 ----------------------------------------
+
+
+def _open_store(store: str | None, tile_size: int | None = None):
+    from restoreflow.settings import get_settings
+    from restoreflow.storage.store import TileStore
+
+    settings = get_settings()
+    try:
+        return TileStore(store or settings.store, settings, tile_size=tile_size)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def ingest(
+    sources: list[str] = typer.Argument(
+        ..., metavar="SRC...", help="Files, directories, globs or s3://bucket/prefix."
+    ),
+    store: str | None = typer.Option(
+        None, "--store", help="Store URI (default: RESTOREFLOW_STORE)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any file was rejected."),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", min=16, help="Tile edge T for a NEW store."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Ingest images into the store's `input` collection (incremental, content-addressed)."""
+    from rich.console import Console
+
+    from restoreflow.storage.ingest import IngestRejected
+    from restoreflow.storage.ingest import ingest as run_ingest
+
+    ts = _open_store(store, tile_size)
+    try:
+        report = run_ingest(sources, ts, ts.settings, progress=progress, strict=strict)
+        failed = False
+    except IngestRejected as exc:
+        report, failed = exc.report, True
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for row in report.rejected:
+        typer.echo(f"REJECTED {row.source}: {row.reason}")
+    Console(width=160).print(report.summary_table())
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    store: str | None = typer.Option(None, "--store", help="Store URI."),
+    collection: str = typer.Option("input", "--collection", help="Collection to export."),
+    fmt: str = typer.Option(..., "--format", help="png, tiff or fits."),
+    out: str = typer.Option(..., "--out", help="Output directory."),
+    image_id: list[str] | None = typer.Option(
+        None, "--id", help="Export only these image ids (repeatable)."
+    ),
+) -> None:
+    """Export a collection as PNG / TIFF / FITS files named <image_id>_<name>.<ext>."""
+    from restoreflow.storage.export import export as run_export
+
+    fmt = fmt.lower()
+    if fmt not in ("png", "tiff", "fits"):
+        typer.echo(f"error: --format must be png, tiff or fits, not {fmt!r}", err=True)
+        raise typer.Exit(2)
+    ts = _open_store(store)
+    if collection not in ts.collections():
+        typer.echo(f"error: {ts.uri} has no collection {collection!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
+    except (KeyError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for p in paths:
+        typer.echo(str(p))
+    typer.echo(f"{len(paths)} file(s) written to {out}", err=True)
+
+
+@app.command("ls")
+def ls_store(
+    store: str | None = typer.Option(None, "--store", help="Store URI."),
+) -> None:
+    """List the store's collections and images (name, size, dtype, status)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ts = _open_store(store)
+    console = Console(width=160)
+    if not ts.exists_store:
+        console.print(f"{ts.uri}: no store here yet")
+        return
+    cols = ts.collections()
+    console.print(f"store {ts.uri}  tile size {ts.tile_size}  collections: {len(cols)}")
+    for c in cols:
+        images = ts.image_attrs(c)
+        done = sum(1 for a in images.values() if a.get("status") == "complete")
+        t = Table(title=f"{c}: {len(images)} image(s), {done} complete")
+        for col in ("image id", "name", "size", "dtype", "status"):
+            t.add_column(col, overflow="fold")
+        for iid, a in images.items():
+            shape = a.get("shape") or []
+            size = f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else ""
+            if len(shape) == 3:
+                size += f"x{shape[2]}"
+            t.add_row(iid, str(a.get("name", "")), size, str(a.get("dtype", "")),
+                      str(a.get("status", "")))
+        console.print(t)
+
+
+@app.command("serve-s3")
+def serve_s3(
+    data_dir: str = typer.Option("restoreflow-s3", "--dir", help="Data directory."),
+    port: int = typer.Option(0, "--port", help="S3 port (0: a free one; must be < 55535)."),
+    bucket: str = typer.Option("restoreflow", "--bucket", help="Bucket to create."),
+) -> None:
+    """Run a local S3 server (SeaweedFS) on 127.0.0.1 until Ctrl-C."""
+    import os
+    import time
+
+    from restoreflow.storage.s3server import free_ports, random_credentials, seaweedfs_server
+
+    key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    generated = not (key and secret)
+    if generated:
+        key, secret = random_credentials()
+    ports = None
+    if port:
+        if not 1024 <= port < 55535:
+            typer.echo("error: --port must be in 1024..55534 (gRPC uses port + 10000)", err=True)
+            raise typer.Exit(2)
+        ports = {"s3": port, **free_ports(("master", "volume", "filer", "admin", "webdav"),
+                                         taken={port, port + 10000})}
+    try:
+        with seaweedfs_server(data_dir, key, secret, ports=ports, bucket=bucket) as srv:
+            typer.echo(f"S3 endpoint: {srv.endpoint_url}  bucket: {srv.bucket}  "
+                       f"data: {srv.data_dir}  log: {srv.log_path}")
+            typer.echo("Use it with:")
+            typer.echo(f"  export RESTOREFLOW_S3_ENDPOINT_URL={srv.endpoint_url}")
+            typer.echo(f"  export RESTOREFLOW_STORE=s3://{srv.bucket}/restoreflow-store")
+            if generated:
+                typer.echo("  # credentials generated for this server (set them before "
+                           "serve-s3 to choose your own):")
+                typer.echo(f"  export AWS_ACCESS_KEY_ID={key}")
+                typer.echo(f"  export AWS_SECRET_ACCESS_KEY={secret}")
+            else:
+                typer.echo("  # with the same AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as here")
+            typer.echo("Press Ctrl-C to stop.")
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    except (RuntimeError, TimeoutError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("train-prior")
 def train_prior_cmd(
     out: str = typer.Option(..., "--out", help="Output directory (checkpoints, log, prior/)"),

@@ -1,1 +1,36 @@
-"""restoreflow.storage."""
+"""restoreflow.storage: the tile store (zarr v3 over fsspec, local or S3), image
+readers and writers, source expansion, ingest and export.
+
+See docs/store-layout.md for the on-disk layout. The verbs live in their modules
+(``restoreflow.storage.ingest.ingest``, ``restoreflow.storage.export.export``), whose
+names would clash with the package attributes.
+"""
+
+from restoreflow.storage.ingest import IngestRejected, IngestReport, ingest_array
+from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.store import (
+    INPUT,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    TileStore,
+    from_normalised,
+    normalisation,
+    tile_grid,
+    to_normalised,
+)
+
+__all__ = [
+    "INPUT",
+    "STATUS_COMPLETE",
+    "STATUS_WRITING",
+    "ImageRejected",
+    "IngestRejected",
+    "IngestReport",
+    "TileStore",
+    "from_normalised",
+    "ingest_array",
+    "normalisation",
+    "read_image",
+    "tile_grid",
+    "to_normalised",
+]

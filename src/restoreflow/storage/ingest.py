@@ -1,0 +1,283 @@
+"""Ingest image files into a store's ``input`` collection, incrementally.
+
+The image id is the content hash of the file's bytes (first 20 hex digits of SHA-256),
+so ingesting is idempotent: an image already complete in the store is skipped without
+being decoded ("present"); one left with status "writing" by a crashed run is written
+again from scratch. A bad file never stops the batch: it is rejected with a reason,
+listed in the report and appended to the store's ``rejected`` table. Status "complete"
+is set in the last metadata write, after every tile, so nothing half-written is ever
+marked complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from restoreflow.settings import Settings
+from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.sources import SourceItem, expand_sources, read_source, strip_credentials
+from restoreflow.storage.store import (
+    INPUT,
+    SOURCE_DTYPES,
+    STATUS_COMPLETE,
+    TileStore,
+    jsonable,
+    normalisation,
+)
+
+INGESTED, PRESENT, REJECTED = "ingested", "present", "rejected"
+REJECTED_TABLE = "rejected"
+
+
+def content_id(data: bytes) -> str:
+    """Image id of a source file: the first 20 hex digits of SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def array_id(array: np.ndarray) -> str:
+    """Image id of an in-memory array: hash of dtype, shape and values."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class IngestRow:
+    source: str
+    name: str
+    status: str  # "ingested" | "present" | "rejected"
+    image_id: str | None = None
+    reason: str | None = None
+    shape: list[int] | None = None
+    dtype: str | None = None
+    nbytes: int = 0  # bytes of the source file
+
+
+@dataclass
+class IngestReport:
+    store: str
+    rows: list[IngestRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def _with(self, status: str) -> list[IngestRow]:
+        return [r for r in self.rows if r.status == status]
+
+    @property
+    def ingested(self) -> list[IngestRow]:
+        return self._with(INGESTED)
+
+    @property
+    def present(self) -> list[IngestRow]:
+        return self._with(PRESENT)
+
+    @property
+    def rejected(self) -> list[IngestRow]:
+        return self._with(REJECTED)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: len(self._with(s)) for s in (INGESTED, PRESENT, REJECTED)}
+
+    @property
+    def bytes_ingested(self) -> int:
+        return sum(r.nbytes for r in self.ingested)
+
+    def as_dict(self) -> dict:
+        return {"store": self.store, "seconds": self.seconds, "counts": self.counts,
+                "rows": [asdict(r) for r in self.rows]}
+
+    def summary_table(self):
+        """A rich Table: one row per file, then the totals in the caption."""
+        from rich.table import Table
+
+        c = self.counts
+        t = Table(title=f"ingest into {self.store}",
+                  caption=f"{c[INGESTED]} ingested, {c[PRESENT]} already present, "
+                          f"{c[REJECTED]} rejected in {self.seconds:.1f} s")
+        for col in ("file", "status", "image id", "shape", "dtype", "reason"):
+            t.add_column(col, overflow="fold")
+        style = {INGESTED: "green", PRESENT: "cyan", REJECTED: "red"}
+        for r in self.rows:
+            t.add_row(r.source, f"[{style[r.status]}]{r.status}[/]", r.image_id or "",
+                      "x".join(map(str, r.shape)) if r.shape else "", r.dtype or "",
+                      r.reason or "")
+        return t
+
+
+class IngestRejected(Exception):
+    """Raised by ``ingest(strict=True)`` after the whole batch when files were rejected."""
+
+    def __init__(self, report: IngestReport) -> None:
+        n = len(report.rejected)
+        super().__init__(f"{n} file{'s' if n != 1 else ''} rejected")
+        self.report = report
+
+
+def _validate_array(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype.name not in SOURCE_DTYPES:
+        raise ValueError(f"unsupported dtype {a.dtype} (one of {SOURCE_DTYPES})")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ValueError(f"expected (H, W) grey or (H, W, 3) RGB, got {a.shape}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError("array has NaN or Inf values")
+    return a
+
+
+def _input_attrs(a: np.ndarray, image_id: str, *, source: str, name: str, fmt: str,
+                 meta: dict | None = None) -> dict:
+    offset, scale = normalisation(a)
+    lo, hi = a.min(), a.max()
+    meta = dict(meta or {})
+    attrs = {
+        "image_id": image_id,
+        "source": strip_credentials(source),
+        "name": name,
+        "format": fmt,
+        "shape": list(a.shape),
+        "dtype": a.dtype.name,
+        "value_range": [lo.item(), hi.item()],
+        "norm_offset": float(offset),
+        "norm_scale": float(scale),
+        "source_metadata": meta.pop("source_metadata", {}),
+        "row_order": meta.pop("row_order", "top-down"),
+    }
+    meta.pop("format", None)
+    attrs.update(meta)  # dropped_alpha, converted_from, planar, fits_hdu, ...
+    return jsonable(attrs)
+
+
+def _store_input(store: TileStore, a: np.ndarray, image_id: str, attrs: dict,
+                 overwrite: bool) -> None:
+    chw = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    store.create_image(INPUT, image_id, chw.shape, a.dtype, attrs, overwrite=overwrite)
+    store.write_image(INPUT, image_id, chw)
+    store.mark_complete(INPUT, image_id, ingested_at=_now())
+
+
+def ingest_array(store: TileStore, array: np.ndarray, name: str, *, image_id: str | None = None,
+                 source: str | None = None, fmt: str = "array", metadata: dict | None = None,
+                 overwrite: bool = False) -> str:
+    """Store an in-memory (H, W) / (H, W, 3) array in ``input``; returns its image id.
+
+    The id defaults to a hash of the array. An image already complete under that id is
+    left alone unless ``overwrite``. Raises ValueError for unsupported arrays.
+    """
+    a = _validate_array(array)
+    image_id = image_id or array_id(a)
+    st = store.status(INPUT, image_id)
+    if st == STATUS_COMPLETE and not overwrite:
+        return image_id
+    attrs = _input_attrs(a, image_id, source=source or f"array:{name}", name=name, fmt=fmt,
+                         meta=metadata)
+    _store_input(store, a, image_id, attrs, overwrite=st is not None)
+    return image_id
+
+
+def _ingest_one(item: SourceItem, store: TileStore, settings: Settings, seen: dict,
+                fs_cache: dict) -> IngestRow:
+    row = IngestRow(source=item.uri, name=item.name, status=REJECTED)
+    if item.error:
+        row.reason = item.error
+        return row
+    try:
+        if item.kind == "s3" and "s3" not in fs_cache:
+            from restoreflow.storage.sources import _s3fs
+
+            fs_cache["s3"] = _s3fs(settings)
+        data = read_source(item, settings, fs_cache.get("s3"))
+    except OSError as exc:
+        row.reason = f"cannot read: {exc.strerror or exc}"
+        return row
+    except Exception as exc:  # noqa: BLE001 - e.g. botocore errors: reported per file
+        row.reason = f"cannot read: {type(exc).__name__}: {exc}"
+        return row
+    row.nbytes = len(data)
+    image_id = content_id(data)
+    row.image_id = image_id
+    if image_id in seen:
+        row.status, row.reason = PRESENT, f"same content as {seen[image_id]}"
+        return row
+    status = store.status(INPUT, image_id)
+    if status == STATUS_COMPLETE:
+        a = store.attrs(INPUT, image_id)
+        row.status, row.shape, row.dtype = PRESENT, a.get("shape"), a.get("dtype")
+        seen[image_id] = item.uri
+        return row
+    try:
+        arr, meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
+    except ImageRejected as exc:
+        row.reason = exc.reason
+        return row
+    attrs = _input_attrs(arr, image_id, source=item.uri, name=item.name, fmt=meta["format"],
+                         meta=meta)
+    _store_input(store, arr, image_id, attrs, overwrite=status is not None)
+    seen[image_id] = item.uri
+    row.status, row.shape, row.dtype = INGESTED, list(arr.shape), arr.dtype.name
+    if status is not None:
+        row.reason = f"rewrote an incomplete image (status {status})"
+    return row
+
+
+def ingest(sources: list[str], store: TileStore, settings: Settings | None = None,
+           progress: bool = True, strict: bool = False) -> IngestReport:
+    """Ingest every image named by ``sources`` into ``store``'s ``input`` collection.
+
+    Sources are files, directories (recursive), globs and ``s3://`` prefixes (see
+    :func:`restoreflow.storage.sources.expand_sources`). Returns an
+    :class:`IngestReport`. With ``strict`` the whole batch is still processed and
+    reported, then :class:`IngestRejected` is raised if any file was rejected.
+    Store errors (the store itself failing) propagate; rejections collected until then
+    are still recorded.
+    """
+    settings = settings or store.settings
+    t0 = time.perf_counter()
+    report = IngestReport(store=strip_credentials(store.uri))
+    items = expand_sources(list(sources), settings)
+    seen: dict[str, str] = {}
+    fs_cache: dict = {}
+    bar = None
+    if progress and len(items) > 3:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), TextColumn("{task.description}"),
+                       console=Console(stderr=True), transient=True)
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("", total=len(items))
+        for item in items:
+            if bar is not None:
+                bar.update(task, description=item.name[:40])
+            report.rows.append(_ingest_one(item, store, settings, seen, fs_cache))
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+        rejected = [{"source": r.source, "reason": r.reason, "time": _now()}
+                    for r in report.rows if r.status == REJECTED]
+        if rejected:
+            store.append_rows(REJECTED_TABLE, rejected, key=("source", "reason"))
+        report.seconds = time.perf_counter() - t0
+    if strict and report.rejected:
+        raise IngestRejected(report)
+    return report

@@ -1,0 +1,150 @@
+"""Encode arrays as PNG, TIFF or FITS bytes (and write files atomically).
+
+- PNG: uint8 or uint16, (H, W) grey or (H, W, 3) RGB. 8-bit and 16-bit grey go through
+  Pillow; 16-bit RGB through :mod:`restoreflow.storage.pngcodec` (Pillow cannot).
+- TIFF: any supported dtype via tifffile (zlib-compressed, lossless).
+- FITS: via astropy; uint16 is stored as BITPIX 16 with BZERO 32768 (the FITS
+  convention), which reads back as uint16. RGB is written as a 3 x H x W cube.
+
+All three round-trip bit-exactly through :func:`restoreflow.storage.readers.read_image`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from restoreflow.storage import pngcodec
+
+FORMATS = ("png", "tiff", "fits")
+EXTENSIONS = {"png": ".png", "tiff": ".tif", "fits": ".fits"}
+# FITS header keywords that describe the data layout: never copied from a source header
+_FITS_STRUCTURAL = {
+    "SIMPLE", "BITPIX", "EXTEND", "BZERO", "BSCALE", "BLANK", "PCOUNT", "GCOUNT",
+    "XTENSION", "CHECKSUM", "DATASUM", "END", "COMMENT", "HISTORY", "ZIMAGE", "ZBITPIX",
+    "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0", "ZSIMPLE", "ZTENSION", "ZEXTEND", "ZBLOCKED",
+    "ZPCOUNT", "ZGCOUNT", "ZHECKSUM", "ZDATASUM", "ZTILE1", "ZTILE2", "ZTILE3",
+}
+
+
+def _check_layout(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ValueError(f"expected (H, W) or (H, W, 3), got {a.shape}")
+    return a
+
+
+def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of a uint8 or uint16 (H, W) / (H, W, 3) array."""
+    a = _check_layout(array)
+    if a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG holds uint8 or uint16, not {a.dtype}")
+    if a.dtype == np.uint16 and a.ndim == 3:
+        return pngcodec.encode(a, text=text)
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    im = Image.fromarray(np.ascontiguousarray(a))  # uint16 (H, W) -> mode "I;16"
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", pnginfo=info, compress_level=6)
+    return buf.getvalue()
+
+
+def encode_tiff(array: np.ndarray, description: str | None = None,
+                resolution: tuple | None = None) -> bytes:
+    """TIFF bytes (zlib-compressed) of an (H, W) / (H, W, 3) array of any supported dtype."""
+    import tifffile
+
+    a = _check_layout(array)
+    buf = io.BytesIO()
+    kwargs: dict = {}
+    if resolution is not None:
+        kwargs["resolution"] = resolution
+    tifffile.imwrite(
+        buf,
+        a,
+        photometric="rgb" if a.ndim == 3 else "minisblack",
+        compression="zlib",
+        description=description,
+        metadata=None,
+        software="restoreflow",
+        **kwargs,
+    )
+    return buf.getvalue()
+
+
+def encode_fits(array: np.ndarray, cards: dict | None = None,
+                source_header: dict | None = None) -> bytes:
+    """FITS bytes. (H, W, 3) is written as a (3, H, W) cube (NAXIS3 = 3).
+
+    ``source_header`` (a dict as made by ``readers.fits_header_dict``) is copied except
+    structural keywords, so WCS and observation cards survive; ``cards`` are added last
+    (provenance). Cards that FITS cannot hold are skipped and counted in a HISTORY card.
+    """
+    from astropy.io import fits
+
+    a = _check_layout(array)
+    if a.dtype.name not in ("uint8", "uint16", "int16", "int32", "float32", "float64"):
+        raise ValueError(f"FITS export does not support {a.dtype}")
+    data = np.moveaxis(a, -1, 0) if a.ndim == 3 else a
+    hdu = fits.PrimaryHDU(data=np.ascontiguousarray(data))
+    skipped = 0
+    for src in (source_header or {}), (cards or {}):
+        for key, value in src.items():
+            if key in _FITS_STRUCTURAL or key.startswith("NAXIS"):
+                continue
+            if isinstance(value, (list, dict)):
+                continue
+            try:
+                hdu.header[key] = value
+            except (ValueError, KeyError, TypeError):
+                skipped += 1
+    for line in (source_header or {}).get("HISTORY", []) or []:
+        hdu.header.add_history(str(line))
+    for line in (source_header or {}).get("COMMENT", []) or []:
+        hdu.header.add_comment(str(line))
+    if skipped:
+        hdu.header.add_history(f"restoreflow: {skipped} source header cards not copied")
+    buf = io.BytesIO()
+    hdu.writeto(buf, output_verify="silentfix")
+    return buf.getvalue()
+
+
+def encode(array: np.ndarray, fmt: str, provenance: dict | None = None,
+           source_metadata: dict | None = None) -> bytes:
+    """Encode ``array`` in ``fmt`` ("png", "tiff", "fits") with a provenance record."""
+    prov = json.dumps(provenance or {}, sort_keys=True)
+    if fmt == "png":
+        return encode_png(array, text={"restoreflow": prov})
+    if fmt == "tiff":
+        return encode_tiff(array, description=prov)
+    if fmt == "fits":
+        cards = {}
+        if provenance:
+            for k, v in provenance.items():
+                if isinstance(v, (str, int, float, bool)):
+                    cards[f"HIERARCH RF {k.upper()}"[:60]] = v
+        return encode_fits(array, cards=cards, source_header=source_metadata)
+    raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path``, then rename (no half-written files)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

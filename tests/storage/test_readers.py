@@ -1,0 +1,261 @@
+"""Image readers: every format decodes to the right values; every bad input is rejected
+with a specific one-line reason; size limits are checked from the header."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from storage_files import (
+    fits_bytes,
+    huge_fits_header,
+    huge_png_header,
+    jpeg_bytes,
+    pil_bytes,
+    png_bytes,
+    rng_image,
+    smooth_image,
+    tiff_bytes,
+)
+
+from restoreflow.storage import pngcodec
+from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.writers import encode
+
+
+def read(data, name, **kw):
+    return read_image(data, name, kw.get("max_pixels", 10**8), kw.get("min_side", 8))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [rng_image((30, 41), "uint8"), rng_image((30, 41, 3), "uint8"),
+     rng_image((30, 41), "uint16"), rng_image((30, 41, 3), "uint16")],
+    ids=["png8-grey", "png8-rgb", "png16-grey", "png16-rgb"],
+)
+def test_png_exact(array):
+    for data in (encode(array, "png"), png_bytes(array) if array.ndim == 2 else None):
+        if data is None:
+            continue
+        out, meta = read(data, "x.PNG")
+        assert out.dtype == array.dtype and meta["format"] == "png"
+        np.testing.assert_array_equal(out, array)
+
+
+def test_png16_colour_decoder_matches_every_filter_and_alpha():
+    a = rng_image((23, 37, 3), "uint16", seed=4)
+    rgba = np.concatenate([a, rng_image((23, 37, 1), "uint16", seed=5)], axis=2)
+    for filters in (np.arange(23) % 5, np.full(23, 4), np.full(23, 3)):
+        np.testing.assert_array_equal(pngcodec.decode(pngcodec.encode(a, filters=filters)), a)
+    # RGBA 16-bit, hand-built: the decoder drops alpha, values stay exact
+    raw = np.ascontiguousarray(rgba.astype(">u2")).view(np.uint8).reshape(23, -1)
+    rows = np.concatenate([np.zeros((23, 1), np.uint8), raw], axis=1)
+    import struct
+    import zlib
+
+    from storage_files import png_chunk
+
+    data = (pngcodec.SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 37, 23, 16, 6, 0,
+                                                                  0, 0))
+            + png_chunk(b"IDAT", zlib.compress(rows.tobytes())) + png_chunk(b"IEND", b""))
+    out, meta = read(data, "rgba16.png")
+    assert meta["dropped_alpha"] is True
+    np.testing.assert_array_equal(out, a)
+
+
+def _adam7_encode(a):
+    """Interlaced 16-bit RGB PNG (test-side encoder, Sub filter on every pass row)."""
+    import struct
+    import zlib
+
+    from storage_files import png_chunk
+
+    h, w = a.shape[:2]
+    stream = b""
+    for x0, y0, dx, dy in pngcodec._ADAM7:
+        sub = a[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        enc = pngcodec.encode(sub, filters=np.full(sub.shape[0], 1))
+        chunks = dict(pngcodec._chunks(enc))
+        stream += zlib.decompress(chunks[b"IDAT"])
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 1)
+    return (pngcodec.SIGNATURE + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(stream)) + png_chunk(b"IEND", b""))
+
+
+def test_png16_interlaced():
+    a = rng_image((13, 11, 3), "uint16", seed=6)
+    np.testing.assert_array_equal(pngcodec.decode(_adam7_encode(a)), a)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), rgb=st.booleans(), seed=st.integers(0, 99))
+def test_png16_codec_property(h, w, rgb, seed):
+    a = rng_image((h, w, 3) if rgb else (h, w), "uint16", seed=seed)
+    filters = np.random.default_rng(seed).integers(0, 5, h)
+    np.testing.assert_array_equal(pngcodec.decode(pngcodec.encode(a, filters=filters)), a)
+
+
+def test_png_modes_are_converted():
+    rgb = smooth_image((20, 24, 3))
+    rgba = Image.fromarray(np.dstack([rgb, np.full((20, 24), 128, np.uint8)]))
+    out, meta = read(pil_bytes(rgba), "a.png")
+    assert meta["dropped_alpha"] is True
+    np.testing.assert_array_equal(out, rgb)
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    out, meta = read(pil_bytes(pal), "p.png")
+    assert meta["converted_from"] == "palette" and out.shape == (20, 24, 3)
+    np.testing.assert_array_equal(out, np.asarray(pal.convert("RGB")))
+    la = Image.fromarray(rgb[..., 0]).convert("LA")
+    out, meta = read(pil_bytes(la), "la.png")
+    assert meta["dropped_alpha"] is True and out.shape == (20, 24)
+    bw = Image.fromarray(rgb[..., 0] > 128)
+    out, meta = read(pil_bytes(bw), "bw.png")
+    assert meta["converted_from"] == "1-bit" and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 255}
+
+
+def test_jpeg_values_equal_pillow_decode():
+    data = jpeg_bytes(smooth_image((40, 50, 3)))
+    out, meta = read(data, "photo.JPEG")
+    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(data))))
+    assert meta["format"] == "jpeg"
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "float32", "float64"])
+def test_tiff_dtypes(dtype):
+    a = rng_image((21, 34), dtype)
+    out, meta = read(tiff_bytes(a), "a.tif")
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, a)
+
+
+def test_tiff_layouts():
+    rgb = rng_image((20, 30, 3), "uint16")
+    out, _ = read(tiff_bytes(rgb, photometric="rgb"), "rgb.tiff")
+    np.testing.assert_array_equal(out, rgb)
+    planar = np.moveaxis(rgb, -1, 0)
+    out, meta = read(tiff_bytes(planar, photometric="rgb", planarconfig="separate"), "p.tif")
+    assert meta.get("planar") is True
+    np.testing.assert_array_equal(out, rgb)
+    rgba = np.dstack([rgb, rgb[..., :1]])
+    out, meta = read(tiff_bytes(rgba, photometric="rgb", extrasamples=["unassalpha"]), "a.tif")
+    assert meta["dropped_alpha"] is True
+    np.testing.assert_array_equal(out, rgb)
+    out, meta = read(tiff_bytes(rgb, photometric="rgb", resolution=(300, 300),
+                                description="scan 7"), "r.tif")
+    sm = meta["source_metadata"]
+    assert sm["x_resolution"] == [300, 1] and sm["photometric"] == "RGB"
+    assert sm["description"] == "scan 7"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16", "int32", "uint8", "uint16"])
+def test_fits_dtypes(dtype):
+    a = rng_image((19, 27), dtype)
+    out, meta = read(fits_bytes(a, {"OBJECT": "M31", "EXPTIME": 30.0}), "m31.fits")
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+    np.testing.assert_array_equal(out, a)
+    assert meta["source_metadata"]["OBJECT"] == "M31"
+    assert meta["row_order"] == "bottom-up"
+
+
+def test_fits_cube_and_first_image_hdu():
+    from astropy.io import fits
+
+    cube = rng_image((3, 16, 18), "float32")
+    out, _ = read(fits_bytes(cube), "rgb.fit")
+    np.testing.assert_array_equal(out, np.moveaxis(cube, 0, -1))
+    img = rng_image((16, 18), "int16")
+    hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(img, name="SCI")])
+    hdul[0].header["HISTORY"] = "step 1"
+    buf = io.BytesIO()
+    hdul.writeto(buf)
+    out, meta = read(buf.getvalue(), "ext.fts")
+    assert meta["fits_hdu"] == 1
+    np.testing.assert_array_equal(out, img)
+
+
+def _truncate(data, frac=0.6):
+    return data[: int(len(data) * frac)]
+
+
+BIG = smooth_image((64, 64, 3))
+BAD_INPUTS = {
+    "zero-byte": (b"", "x.png", "empty file"),
+    "text-as-png": (b"hello, this is not an image\n" * 4, "notes.png",
+                    "not a PNG file: bad signature (looks like text"),
+    "unknown-ext": (png_bytes(BIG), "image.bmp", "unsupported file extension '.bmp'"),
+    "no-ext": (png_bytes(BIG), "README", "unsupported file extension '(none)'"),
+    "truncated-png": (_truncate(png_bytes(BIG)), "t.png", "truncated"),
+    "corrupt-png-crc": (png_bytes(BIG)[:40] + b"\x00\x00" + png_bytes(BIG)[42:], "c.png",
+                        "corrupt"),
+    "truncated-jpeg": (_truncate(jpeg_bytes(BIG), 0.5), "t.jpg", "truncated JPEG"),
+    "corrupt-jpeg": (b"\xff\xd8\xff" + bytes(200), "c.jpeg", "corrupt or truncated JPEG"),
+    "truncated-tiff": (_truncate(tiff_bytes(rng_image((64, 64), "float32"))), "t.tif",
+                       "truncated TIFF"),
+    "corrupt-tiff": (b"II*\x00" + b"\xff" * 60, "c.tiff", "corrupt TIFF"),
+    "truncated-fits": (_truncate(fits_bytes(rng_image((64, 64), "float32")), 0.5), "t.fits",
+                       "truncated FITS"),
+    "corrupt-fits": (b"SIMPLE  = garbage".ljust(400), "c.fits", "corrupt FITS"),
+    "complex-tiff": (tiff_bytes(np.ones((16, 16), np.complex64)), "z.tif",
+                     "unsupported dtype complex64"),
+    "int64-fits": (fits_bytes(np.ones((16, 16), np.int64)), "i.fits",
+                   "unsupported dtype int64"),
+    "4d-tiff": (tiff_bytes(np.zeros((2, 3, 16, 16), np.uint8), photometric="minisblack"),
+                "4d.tif",
+                "unsupported dimensions (2, 3, 16, 16)"),
+    "nan-fits": (fits_bytes(np.where(np.eye(16) > 0, np.nan, 1.0).astype(np.float32)),
+                 "nan.fits", "16 non-finite pixels (16 NaN, 0 Inf)"),
+    "inf-fits": (fits_bytes(np.where(np.eye(16) > 0, np.inf, 1.0)), "inf.fits",
+                 "non-finite pixels (0 NaN, 16 Inf)"),
+    "tiny-1x1": (png_bytes(np.zeros((1, 1), np.uint8)), "dot.png", "too small: 1x1"),
+    "bool-tiff": (tiff_bytes(np.eye(16, dtype=bool)), "b.tif", "unsupported dtype bool"),
+    "empty-fits": (fits_bytes(None), "e.fits", "no HDU with 2-D image data"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_are_rejected_specifically(case):
+    data, name, expected = BAD_INPUTS[case]
+    with pytest.raises(ImageRejected) as info:
+        read(data, name)
+    reason = info.value.reason
+    assert expected in reason, reason
+    assert "\n" not in reason
+
+
+def test_huge_png_header_rejected_before_decoding():
+    data = huge_png_header(50000, 50000)
+    t = time.perf_counter()
+    with pytest.raises(ImageRejected, match=r"too many pixels: header declares 50000x50000"):
+        read_image(data, "bomb.png", max_pixels=400_000_000)
+    assert time.perf_counter() - t < 0.5
+    # Pillow's own bomb limit does not get in the way of a raised limit
+    ok = png_bytes(smooth_image((40, 40)))
+    assert read_image(ok, "ok.png", max_pixels=10**12)[0].shape == (40, 40)
+
+
+def test_huge_fits_header_rejected_before_reading_data():
+    with pytest.raises(ImageRejected, match="too many pixels: header declares 50000x50000"):
+        read_image(huge_fits_header(50000), "big.fits", max_pixels=400_000_000)
+
+
+def test_limits_from_arguments():
+    data = png_bytes(smooth_image((40, 50)))
+    with pytest.raises(ImageRejected, match="limit 1,000"):
+        read_image(data, "a.png", max_pixels=1000, min_side=8)
+    with pytest.raises(ImageRejected, match="at least 64"):
+        read_image(data, "a.png", max_pixels=10**6, min_side=64)
+
+
+def test_extension_mismatch_is_read_by_content():
+    a = smooth_image((20, 20, 3))
+    out, meta = read(png_bytes(a), "really-a-png.jpg")
+    np.testing.assert_array_equal(out, a)
+    assert meta["format"] == "png" and "content is png" in meta["extension_mismatch"]

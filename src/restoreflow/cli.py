@@ -36,6 +36,32 @@ def main(
 # --- commands are added below, one block per verb ---------------------------------
 
 
+@app.command("simulate")
+def simulate_cmd(
+    degradation: str = typer.Option(
+        ..., "--degradation", "-d", help="e.g. 'gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)'"
+    ),
+    store: str = typer.Option(None, "--store", help="Store URI (default: settings.store)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of kernels, masks and noise"),
+    collection: str = typer.Option("degraded", "--collection", help="Output collection"),
+) -> None:
+    """Write a degraded copy of every input image (deterministic; reruns write nothing)."""
+    from restoreflow.flows.simulate import simulate_flow
+    from restoreflow.settings import get_settings
+    from restoreflow.spec import DegradationSpec, SpecError
+
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--degradation") from None
+    uri = store or get_settings().store
+    rows = simulate_flow(store=uri, degradation=spec.text, seed=seed, collection=collection,
+                         progress=True)
+    written = sum(r["status"] == "written" for r in rows)
+    typer.echo(f"{collection}: {written} written, {len(rows) - written} already present "
+               f"({spec.text}, seed {seed}, hash {spec.hash})")
+
+
 # --- storage: ingest / export / ls / serve-s3 ----------------------------------------
 
 

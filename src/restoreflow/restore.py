@@ -1,0 +1,190 @@
+"""Restore one image with a guided diffusion sampler: the core of the ``restore`` step.
+
+Units. Callers work in [0, 1]: ``y = A x + n`` with x in [0, 1] and n ~ N(0, sigma_y^2).
+The prior works in model space [-1, 1] (``x_m = 2 x - 1``), so by linearity of A
+
+    y_m = 2 y - A 1 = A x_m + 2 n,      sigma_m = 2 sigma_y,
+
+and the samplers receive ``(y_m, sigma_m)``. The output is mapped back with
+``x = (x_m + 1) / 2`` and clamped to [0, 1].
+
+Large images. The prior is wrapped in :class:`~restoreflow.models.tiled.TiledPrior`: the
+UNet runs on overlapping tiles (``tile``, ``overlap``, ``tile_batch``) blended into one
+image-sized eps, while the guidance (A, A^T, A^+) acts on the whole image. An image no
+larger than one tile is evaluated in one piece (padded to the UNet's size multiple).
+
+Greyscale. The operator is built for the prior's channels (3 for an RGB prior). A 1-channel
+``y`` whose ``A^T y`` has 1 channel (blur, SR, masks act per channel) is replicated to 3
+channels, restored as a grey RGB image and the output averaged back to 1 channel. A
+1-channel ``y`` for a colourisation operator (``A^T y`` has 3 channels) is kept as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+
+from restoreflow.samplers import DEFAULT_SAMPLER, get_sampler
+from restoreflow.samplers.schedule import Progress
+
+TaskKind = Literal["deblur", "sr", "inpaint", "denoise", "other"]
+
+# Operator class name -> task kind whose default options apply.
+TASK_OF_OPERATOR: dict[str, TaskKind] = {
+    "Blur": "deblur",
+    "BicubicDownsample": "sr",
+    "BoxDownsample": "sr",
+    "Inpainting": "inpaint",
+    "Identity": "denoise",
+}
+
+# Default options per sampler and task kind (sampler keyword arguments). "other" tasks use
+# the sampler function's own defaults. How they were chosen: see benchmarks/results/
+# bench_samplers.md (grid on held-out photos with the default prior); the reasons are
+# noted per entry. sigma values are in [0, 1] units.
+DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
+    "ddpg": {
+        # Published CelebA setting for Gaussian deblur at sigma_y = 0.05.
+        "deblur": dict(gamma=8.0, zeta=0.5, eta_tilde=0.7, step_size="decay"),
+        # Published bicubic SR x4 setting at sigma_y = 0.01 (BP nearly throughout).
+        "sr": dict(gamma=300.0, zeta=1.0, eta_tilde=1.0, step_size="constant"),
+        # Masks: A A^T = I, so BP = LS up to 1/(1 + eta); as SR at sigma_y = 0.01.
+        "inpaint": dict(gamma=300.0, zeta=1.0, eta_tilde=1.0, step_size="constant"),
+        "denoise": dict(gamma=8.0, zeta=0.5, eta_tilde=0.7, step_size="decay"),
+        "other": {},
+    },
+    "ddnm": {
+        # Authors' simplified DDNM+ uses eta = 0.85.
+        "deblur": dict(eta=0.85, eta_tilde=1.0),
+        "sr": dict(eta=0.85, eta_tilde=1.0),
+        "inpaint": dict(eta=0.85, eta_tilde=1.0),
+        "denoise": dict(eta=0.85, eta_tilde=1.0),
+        "other": {},
+    },
+    "dps": {
+        # Paper: zeta' = 1 (FFHQ), DDPM ancestral steps.
+        "deblur": dict(eta=1.0, zeta_prime=1.0),
+        "sr": dict(eta=1.0, zeta_prime=1.0),
+        "inpaint": dict(eta=1.0, zeta_prime=1.0),
+        "denoise": dict(eta=1.0, zeta_prime=1.0),
+        "other": {},
+    },
+    "diffpir": {
+        # Authors' code: deblur lambda = 7, zeta = 0.3 (= lambda 1.75 here, see diffpir.py);
+        # SR lambda = 1, zeta = 0.1 (0.25 here); inpainting zeta = 1.
+        "deblur": dict(lam=1.75, zeta=0.3),
+        "sr": dict(lam=0.25, zeta=0.1),
+        "inpaint": dict(lam=0.25, zeta=1.0),
+        "denoise": dict(lam=1.75, zeta=0.3),
+        "other": {},
+    },
+}
+
+
+def task_kind(operator) -> TaskKind:
+    """The task kind of an operator, by the names of its classes (GaussianBlur is a Blur);
+    unknown operators are "other"."""
+    for cls in type(operator).__mro__:
+        if cls.__name__ in TASK_OF_OPERATOR:
+            return TASK_OF_OPERATOR[cls.__name__]
+    return "other"
+
+
+def default_options(sampler: str, task: str, sigma_y: float | None = None) -> dict:
+    """A copy of the default options of ``sampler`` for ``task``.
+
+    For a noiseless problem (``sigma_y == 0``) DDPG uses the constant step size, so the
+    last step enforces ``A x = y`` exactly, as in the paper's noiseless runs.
+    """
+    get_sampler(sampler)
+    table = DEFAULT_OPTIONS.get(sampler, {})
+    if task not in table:
+        raise ValueError(f"unknown task kind {task!r}; choose one of {', '.join(table)}")
+    opts = copy.deepcopy(table[task])
+    if sampler == "ddpg" and sigma_y == 0:
+        opts["step_size"] = "constant"
+    return opts
+
+
+def _prior_channels(prior) -> int:
+    unet = getattr(prior, "unet", None)
+    cfg = getattr(unet, "config", None)
+    return int(getattr(cfg, "in_channels", 3))
+
+
+def restore_image(
+    prior,
+    operator,
+    y: torch.Tensor,
+    sigma_y: float,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = 100,
+    generator: torch.Generator | None = None,
+    num_samples: int = 1,
+    tile: int = 256,
+    overlap: int = 64,
+    tile_batch: int = 4,
+    options: dict | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Restore one degraded image; returns (num_samples, C, H, W) in [0, 1] (clamped).
+
+    Args:
+        prior: a DiffusionPrior (or TiledPrior; it is then used as it is).
+        operator: LinearOperator A built for the prior's channel count (see module doc).
+        y: measurements (C', H', W') in [0, 1] units, ``y = A x + n``.
+        sigma_y: std of n in [0, 1] units (0 = noiseless).
+        sampler: name in :data:`restoreflow.samplers.SAMPLERS`.
+        steps: UNet evaluations (DPS also runs a backward pass per step).
+        generator: the only source of randomness; None = ``torch.Generator().manual_seed(0)``
+            on the CPU (reproducible by default).
+        num_samples: J posterior samples (for uncertainty), returned on dim 0.
+        tile, overlap, tile_batch: tiled UNet evaluation for images larger than ``tile``.
+        options: sampler options; they override :func:`default_options` for the task
+            kind of ``operator`` key by key.
+        progress: optional callback(step_number, total).
+    """
+    from restoreflow.models.tiled import TiledPrior
+
+    sample = get_sampler(sampler)
+    if y.dim() != 3:
+        raise ValueError(f"y must be one image (C, H, W), got shape {tuple(y.shape)}")
+    if not (math.isfinite(sigma_y) and sigma_y >= 0):
+        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    opts = default_options(sampler, task_kind(operator), sigma_y)
+    opts.update(options or {})
+
+    device = prior.device
+    y = y.to(device=device, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
+    yb = y[None]
+    x_channels = operator.A_adjoint(yb).shape[1]
+    grey = x_channels == 1 and _prior_channels(prior) == 3
+    if grey:
+        yb = yb.expand(-1, 3, -1, -1).contiguous()
+    x_shape = tuple(operator.A_adjoint(yb).shape)
+    ones = torch.ones(x_shape, device=device, dtype=yb.dtype)
+    y_m = 2.0 * yb - operator.A(ones)  # model units: A (2x - 1) + 2n
+    sigma_m = 2.0 * float(sigma_y)
+
+    if not isinstance(prior, TiledPrior):
+        prior = TiledPrior(prior, tile=tile, overlap=min(overlap, tile - 1), batch=tile_batch)
+    x_m = sample(
+        prior,
+        operator,
+        y_m,
+        sigma_m,
+        steps,
+        generator,
+        num_samples=num_samples,
+        progress=progress,
+        **opts,
+    )
+    x = ((x_m + 1.0) / 2.0).clamp(0.0, 1.0)
+    if grey:
+        x = x.mean(dim=1, keepdim=True)
+    return x

@@ -1,0 +1,140 @@
+"""Plumbing shared by every sampler: the respaced schedule, the noise source, set-up checks.
+
+Respacing (DDIM, Song et al. 2021): a sampler with ``steps`` steps visits the timesteps
+
+    tau_1 > tau_2 > ... > tau_S,   tau_i = round((T - 1) (S - i) / (S - 1)),
+
+evenly spaced in [0, T-1] (T = 1000 for the default prior: 999, ..., 0), and steps from
+tau_i to tau_{i+1}. In the samplers' notation ``abar_t = abar(tau_i)`` and
+``abar_prev`` (the papers' abar_{t-1}) ``= abar(tau_{i+1})``, with ``abar_prev = 1`` after
+the last step (t = -1 is the clean image). The one-step "beta" of a respaced step is
+``beta_t = 1 - abar_t / abar_prev``.
+
+All randomness goes through :func:`randn`: noise is drawn from the caller's
+``torch.Generator`` on the generator's device and moved to the working device, so a run is
+bit-identical for a given generator seed on a given device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One respaced step from timestep ``t`` to the next one (``abar_prev``)."""
+
+    index: int  # 0-based position in the schedule
+    t: int  # training timestep tau_i fed to the UNet
+    abar_t: float  # abar at t
+    abar_prev: float  # abar at the next (smaller) timestep; 1.0 after the last step
+
+    @property
+    def beta(self) -> float:
+        """Respaced one-step beta_t = 1 - abar_t / abar_prev."""
+        return 1.0 - self.abar_t / self.abar_prev
+
+
+def respaced_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """``steps`` distinct timesteps evenly spaced in [0, T-1], descending (starts at T-1)."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    if steps == 1:
+        return [num_train_timesteps - 1]
+    last = num_train_timesteps - 1
+    return [round(last * (steps - 1 - i) / (steps - 1)) for i in range(steps)]
+
+
+def respaced_steps(prior, steps: int) -> list[Step]:
+    """The schedule of :func:`respaced_timesteps` with abar_t and abar_prev of each step."""
+    ts = respaced_timesteps(prior.num_train_timesteps, steps)
+    abar = prior.alphas_cumprod
+    out = []
+    for i, t in enumerate(ts):
+        prev = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        out.append(Step(index=i, t=t, abar_t=float(abar[t]), abar_prev=prev))
+    return out
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """N(0, I) noise of ``shape`` from ``generator`` (on its device), moved to ``like``'s."""
+    z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return z.to(device=like.device, dtype=like.dtype)
+
+
+@dataclass
+class Setup:
+    """Validated inputs of a sampler run."""
+
+    y: torch.Tensor  # measurements repeated num_samples times: (B*J, ...), working dtype
+    x_shape: tuple[int, ...]  # (B*J, C, H, W)
+    sigma_y: float
+    steps: list[Step]
+
+
+def setup(
+    prior,
+    operator,
+    y: torch.Tensor,
+    sigma_y: float,
+    steps: int,
+    generator: torch.Generator,
+    num_samples: int,
+) -> Setup:
+    """Check the common arguments, move y to the prior's device and repeat it J times.
+
+    The image shape is read off ``A^T y``. The working dtype is float32 (float64 if y is
+    float64), whatever the UNet's dtype. Output sample ``b * J + j`` belongs to y[b].
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (got {type(generator).__name__}); "
+            "samplers take no implicit randomness"
+        )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not (math.isfinite(sigma_y) and sigma_y >= 0):
+        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+    if y.dim() != 4:
+        raise ValueError(f"y must be a batch (B, C, H, W), got shape {tuple(y.shape)}")
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    y = y.to(device=prior.device, dtype=dtype)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y has NaN or infinite values")
+    x_shape = tuple(operator.A_adjoint(y).shape)
+    expected = tuple(operator.y_shape(x_shape))
+    if expected != tuple(y.shape):
+        raise ValueError(f"y has shape {tuple(y.shape)} but A maps {x_shape} to {expected}")
+    if num_samples > 1:
+        y = y.repeat_interleave(num_samples, dim=0)
+    x_shape = (y.shape[0], *x_shape[1:])
+    return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
+
+
+def operator_norm_sq(operator, x_shape: tuple[int, ...], like: torch.Tensor, iters: int = 20):
+    """Largest eigenvalue of A^T A (= ||A||_2^2) by power iteration on one batch item.
+
+    The start vector comes from a private generator with a fixed seed (no global RNG, and
+    the caller's generator is left untouched), so the estimate is deterministic.
+    """
+    g = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn((1, *x_shape[1:]), generator=g, dtype=torch.float32)
+    v = v.to(device=like.device, dtype=like.dtype)
+    lam = 1.0
+    for _ in range(iters):
+        v = v / v.norm().clamp_min(1e-30)
+        w = operator.A_adjoint(operator.A(v))
+        lam = float((v * w).sum())
+        v = w
+    return max(lam, 1e-12)
+
+
+def report(progress: Progress | None, step: Step, total: int) -> None:
+    if progress is not None:
+        progress(step.index + 1, total)

@@ -380,3 +380,135 @@ def make_generator(
     g = torch.Generator(device=device)
     g.manual_seed(seed_for(spec.hash, seed, image_id))
     return g
+
+
+# ---------------------------------------------------------------------------------------
+# Run specs: what one pipeline run does (YAML, typed, validated, hashed)
+# ---------------------------------------------------------------------------------------
+
+from typing import Literal  # noqa: E402
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestoreOptions(_Strict):
+    sampler: Literal["ddpg", "ddnm", "dps", "diffpir"] = "ddpg"
+    steps: int = Field(100, ge=1, le=1000, description="UNet evaluations per sample")
+    tile: int = Field(256, ge=32, le=4096)
+    overlap: int = Field(64, ge=0, le=2048)
+    tile_batch: int = Field(4, ge=1, le=256)
+    posterior_samples: int = Field(
+        1, ge=1, le=64, description="J samples (J >= 2 gives uncertainty maps)"
+    )
+    options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class AdaptOptions(_Strict):
+    enabled: bool = False
+    corpus: list[str] = Field(default_factory=list, description="reference images (sources)")
+    neighbours: int = Field(8, ge=1, le=1000)
+    steps: int | None = Field(None, ge=1, le=100000)
+    rank: int | None = Field(None, ge=1, le=256)
+    embedder: str = "efficientnet-lite0"
+
+
+class CalibrationOptions(_Strict):
+    clean: list[str] = Field(description="clean calibration images (sources), held out")
+    alpha: float = Field(0.1, gt=0, lt=1)
+    min_psnr: float | None = Field(None, ge=0, le=100)
+    method: Literal["residual", "cqr"] = "residual"
+    pixel_epsilon: float = Field(0.1, gt=0, lt=1)
+    pixel_delta: float = Field(0.1, gt=0, lt=1)
+
+
+class ExportOptions(_Strict):
+    format: Literal["png", "tiff", "fits"] = "png"
+    out: str = "restoreflow-out"
+    collections: list[str] = Field(default_factory=lambda: ["restored"])
+
+
+class RunSpec(_Strict):
+    """One pipeline run: ingest -> (simulate) -> retrieve -> adapt -> restore -> score ->
+    export. ``hash`` is sha256 of the canonical JSON (first 16 hex digits)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sources: list[str] = Field(min_length=1)
+    store: str | None = None
+    degradation: str
+    simulate: bool = Field(True, description="degrade the sources (benchmark) or not (real y)")
+    seed: int = Field(0, ge=0, le=2**62)
+    prior: str | None = None
+    restore: RestoreOptions = Field(default_factory=RestoreOptions)
+    adapt: AdaptOptions = Field(default_factory=AdaptOptions)
+    calibration: CalibrationOptions | None = None
+    export: ExportOptions | None = None
+    report: str | None = "report.html"
+
+    @field_validator("degradation")
+    @classmethod
+    def _canonical_degradation(cls, v: str) -> str:
+        try:
+            return DegradationSpec.parse(v).text
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def degradation_spec(self) -> DegradationSpec:
+        return DegradationSpec.parse(self.degradation)
+
+    @property
+    def hash(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "run spec") -> RunSpec:
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise SpecError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+    @classmethod
+    def from_yaml(cls, path: str) -> RunSpec:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a run spec is a mapping of fields, got {type(data).__name__}")
+        return cls.from_dict(data, where=path)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _allowed(loc: tuple) -> str:
+    model: Any = RunSpec
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")),
+                     ann)
+    fields = getattr(model, "model_fields", {})
+    return ", ".join(sorted(fields))
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown field (allowed: {_allowed(loc)})"
+    return f"{where}: {err['msg']}"

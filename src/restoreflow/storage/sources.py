@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -123,6 +124,59 @@ def _expand_s3(uri: str, settings: Settings) -> list[SourceItem]:
     ]
 
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Regex for a glob over "/"-separated paths: ``*``, ``?``, ``[...]`` stay within one
+    path component, a ``**`` component matches zero or more directories."""
+    out = []
+    parts = pattern.split("/")
+    for n, part in enumerate(parts):
+        last = n == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:[^/]*/)*")
+            continue
+        i = 0
+        while i < len(part):
+            c = part[i]
+            if c == "*":
+                out.append("[^/]*")
+            elif c == "?":
+                out.append("[^/]")
+            elif c == "[" and part.find("]", i + 2) != -1:
+                j = part.find("]", i + 2)
+                body = part[i + 1:j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = j
+            else:
+                out.append(re.escape(c))
+            i += 1
+        if not last:
+            out.append("/")
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _glob(pattern: str) -> list[str]:
+    """Sorted matches of a glob. Patterns with ``**`` are matched while walking the
+    directory tree WITHOUT following symlinked directories (plain ``glob`` follows them
+    and loops); files under the walk are matched against the whole pattern."""
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    parts = pattern.split(os.sep)
+    k = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
+    base = os.sep.join(parts[:k]) or ("/" if pattern.startswith("/") else ".")
+    rx = _glob_regex("/".join(parts[k:]))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, base)
+        for f in filenames:
+            rel = f if rel_dir == "." else f"{rel_dir}/{f}".replace(os.sep, "/")
+            if rx.match(rel):
+                found.append(os.path.join(dirpath, f))
+    return sorted(found)
+
+
 def expand_sources(sources: list[str], settings: Settings) -> list[SourceItem]:
     """Expand each source, in order, into items; duplicates (same path) are kept once.
 
@@ -137,7 +191,7 @@ def expand_sources(sources: list[str], settings: Settings) -> list[SourceItem]:
     seen: set[str] = set()
 
     def add(it: SourceItem) -> None:
-        key = it.uri if it.kind == "s3" else os.path.abspath(it.uri)
+        key = it.uri if it.kind == "s3" or it.error else os.path.realpath(it.uri)
         if key not in seen:
             seen.add(key)
             items.append(it)
@@ -154,7 +208,7 @@ def expand_sources(sources: list[str], settings: Settings) -> list[SourceItem]:
             for it in _walk(path):
                 add(it)
         elif not os.path.lexists(path) and any(c in path for c in _GLOB_CHARS):
-            matches = sorted(glob.glob(path, recursive=True))
+            matches = _glob(path)
             if not matches:
                 add(SourceItem(src, os.path.basename(path), "file",
                                error="no files match the pattern"))

@@ -24,6 +24,7 @@ Every other (derived) collection holds float32 in normalised units, where
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import posixpath
 import re
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +54,36 @@ STATUS_COMPLETE = "complete"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _RESERVED = {TABLES_DIR, "zarr.json"}
+
+
+_ASYNC_FS: weakref.WeakSet = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_async_filesystems() -> None:
+    """Close the aiohttp sessions of async s3fs instances in zarr's event loop at exit
+    (otherwise aiohttp prints "Unclosed client session" at interpreter shutdown)."""
+    from zarr.core.sync import sync
+
+    for fs in list(_ASYNC_FS):
+        s3 = getattr(fs, "_s3", None)
+        if s3 is None:
+            continue
+        try:
+            sync(s3.__aexit__(None, None, None), timeout=2)
+        except Exception:  # noqa: BLE001 - best effort during interpreter shutdown
+            pass
+        fs._s3 = None
+
+
+def _track_async_fs(fs) -> None:
+    global _ATEXIT_REGISTERED
+    _ASYNC_FS.add(fs)
+    if not _ATEXIT_REGISTERED:
+        import zarr.core.sync  # noqa: F401 - registered after zarr's, so runs before it
+
+        atexit.register(_close_async_filesystems)
+        _ATEXIT_REGISTERED = True
 
 
 @contextmanager
@@ -199,6 +231,7 @@ class TileStore:
                     asynchronous=True, use_listings_cache=False,
                     **self.settings.storage_options(),
                 )
+                _track_async_fs(fs)
                 self._zstore = FsspecStore(fs, path=self._root)
             else:
                 from zarr.storage import LocalStore
@@ -429,10 +462,11 @@ class TileStore:
             {PIXELS: (DIMS, da.zeros(shape, chunks=(c, T, T), dtype=dt))},
             attrs=jsonable(full),
         )
-        ds.to_zarr(
-            self.zarr_store, group=f"{collection}/{image_id}", mode="w", compute=False,
-            zarr_format=3, consolidated=False, encoding={PIXELS: encoding},
-        )
+        with _quiet_listing():
+            ds.to_zarr(
+                self.zarr_store, group=f"{collection}/{image_id}", mode="w", compute=False,
+                zarr_format=3, consolidated=False, encoding={PIXELS: encoding},
+            )
 
     def mark_complete(self, collection: str, image_id: str, **extra_attrs: Any) -> None:
         """Record ``extra_attrs`` and status "complete" in ONE metadata write (driver only).

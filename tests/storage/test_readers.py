@@ -259,3 +259,16 @@ def test_extension_mismatch_is_read_by_content():
     out, meta = read(png_bytes(a), "really-a-png.jpg")
     np.testing.assert_array_equal(out, a)
     assert meta["format"] == "png" and "content is png" in meta["extension_mismatch"]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16", "F"])
+def test_lzw_tiff_is_exact_without_imagecodecs(mode):
+    rng = np.random.default_rng(3)
+    a = {"L": rng_image((40, 60), "uint8"), "RGB": rng_image((40, 60, 3), "uint8"),
+         "I;16": rng_image((40, 60), "uint16"),
+         "F": rng.random((40, 60), dtype=np.float32)}[mode]
+    data = pil_bytes(Image.fromarray(a), "TIFF", compression="tiff_lzw")
+    out, meta = read(data, "scan.tif")
+    assert out.dtype == a.dtype
+    np.testing.assert_array_equal(out, a)
+    assert meta["source_metadata"]["compression"] == "LZW"

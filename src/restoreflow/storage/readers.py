@@ -325,16 +325,45 @@ def _read_tiff(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarray,
             raise
         except Exception as exc:  # noqa: BLE001
             msg = str(exc)
-            if "imagecodecs" in msg:
-                raise ImageRejected(
-                    f"TIFF compression {getattr(page.compression, 'name', page.compression)} "
-                    "is not supported (needs the imagecodecs package)"
-                ) from exc
-            raise ImageRejected(f"corrupt TIFF: {type(exc).__name__}: {msg}") from exc
+            if "imagecodecs" not in msg:
+                raise ImageRejected(f"corrupt TIFF: {type(exc).__name__}: {msg}") from exc
+            # LZW / JPEG / ... without imagecodecs: Pillow decodes the common layouts
+            arr = _tiff_via_pillow(data, page, shape, dtype)
+            meta = {"source_metadata": smeta, "decoder": "pillow"}
     if planar and arr.ndim == 3 and arr.shape[0] in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
         meta["planar"] = True
     return _finish(arr, "tiff", meta, max_pixels, min_side)
+
+
+def _tiff_via_pillow(data: bytes, page, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Decode a single-page TIFF with Pillow when tifffile lacks the codec; only layouts
+    Pillow holds losslessly (8-bit grey/RGB/RGBA, 16/32-bit grey) are accepted."""
+    compression = getattr(page.compression, "name", page.compression)
+    spp, bps = int(page.samplesperpixel), int(page.bitspersample)
+    planar = getattr(page.planarconfig, "name", "") == "SEPARATE"
+    layout_ok = (bps == 8 and spp in (1, 3, 4)) or (bps in (16, 32) and spp == 1)
+    if not layout_ok or planar or len(shape) not in (2, 3):
+        raise ImageRejected(
+            f"TIFF compression {compression} with {spp} x {bps}-bit samples is not "
+            "supported (needs the imagecodecs package)"
+        )
+    from PIL import TiffImagePlugin
+
+    try:
+        im = TiffImagePlugin.TiffImageFile(io.BytesIO(data))  # pixel count checked already
+        im.load()
+        arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageRejected(
+            f"corrupt or truncated TIFF ({compression}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if arr.shape != tuple(shape) or arr.dtype.newbyteorder("=") != dtype.newbyteorder("="):
+        raise ImageRejected(
+            f"TIFF compression {compression} is not supported for {dtype} {shape} "
+            "(needs the imagecodecs package)"
+        )
+    return arr
 
 
 # --- FITS (astropy) ------------------------------------------------------------------

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from .schedule import Progress, randn, report, setup
+from .schedule import Progress, randn, report, setup, tweedie_x0
 
 
 def sample(
@@ -53,6 +53,7 @@ def sample(
     num_samples: int = 1,
     eta: float = 0.85,
     eta_tilde: float = 1.0,
+    clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Restore ``y`` (model space) with DDNM+; returns (B*num_samples, C, H, W), model space.
@@ -62,6 +63,7 @@ def sample(
             :func:`restoreflow.samplers.ddpg.sample` (y and sigma_y in model units).
         eta: DDIM stochasticity in [0, 1] (1 = DDPM ancestral, the paper's Algorithm 2).
         eta_tilde: regularisation of A^+ relative to sigma_y^2 (0 = exact A^+).
+        clip_x0: clamp x0|t to [-1, 1] before the correction (see :mod:`.schedule`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -72,8 +74,7 @@ def sample(
         x = randn(s.x_shape, generator, y)  # x_T
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
-            _, x0 = prior.eps_x0(x, st.t)
-            x0 = x0.to(y.dtype)  # x0|t
+            x0 = tweedie_x0(prior, x, st.t, clip_x0)  # x0|t
             var = eta**2 * (1.0 - ab_prev) / (1.0 - ab) * st.beta  # sigma_t^2
             c_eps = math.sqrt(max(1.0 - ab_prev - var, 0.0))
             a_t = math.sqrt(ab_prev) - c_eps * math.sqrt(ab) / math.sqrt(1.0 - ab)

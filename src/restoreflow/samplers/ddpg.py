@@ -37,7 +37,7 @@ from typing import Literal
 
 import torch
 
-from .schedule import Progress, operator_norm_sq, randn, report, setup
+from .schedule import Progress, operator_norm_sq, randn, report, setup, tweedie_x0
 
 StepSize = Literal["auto", "constant", "decay"]
 
@@ -68,6 +68,7 @@ def sample(
     mu_scale: float = 1.0,
     ls_scale: float | Literal["auto"] = "auto",
     eta_min: float = 1e-4,
+    clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Restore ``y`` (model space) with DDPG; returns (B*num_samples, C, H, W) in model space.
@@ -89,6 +90,7 @@ def sample(
         mu_scale: constant factor of mu_t.
         ls_scale: c, the LS step constant; "auto" = 1 / ||A||^2 (power iteration).
         eta_min: floor of eta (keeps A_dagger well conditioned when sigma_y = 0).
+        clip_x0: clamp x0_t to [-1, 1] before the guidance (see :mod:`.schedule`).
         progress: optional callback(step_number, total).
     """
     if step_size not in ("auto", "constant", "decay"):
@@ -106,8 +108,7 @@ def sample(
         x = randn(s.x_shape, generator, y)  # x_T ~ N(0, I)
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
-            _, x0 = prior.eps_x0(x, st.t)
-            x0 = x0.to(y.dtype)
+            x0 = tweedie_x0(prior, x, st.t, clip_x0)
             r = operator.A(x0) - y  # A x0_t - y
             delta = ab_prev**gamma if noisy else 0.0  # delta_t
             g = torch.zeros_like(x0)

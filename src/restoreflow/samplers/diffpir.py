@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .schedule import Progress, randn, report, setup
+from .schedule import Progress, randn, report, setup, tweedie_x0
 
 
 def sample(
@@ -46,6 +46,7 @@ def sample(
     lam: float = 1.0,
     zeta: float = 0.3,
     sigma_min: float = 2e-3,
+    clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Restore ``y`` (model space) with DiffPIR; returns (B*num_samples, C, H, W), model space.
@@ -57,6 +58,7 @@ def sample(
         lam: lambda, weight of the prior in rho_t = lambda sigma_n^2 / sigma_bar_t^2.
         zeta: share of fresh noise in the update (paper: 0.3 deblur, 1.0 inpainting).
         sigma_min: floor of sigma_n (model units) for noiseless problems.
+        clip_x0: clamp x0^(t) to [-1, 1] before the data step (see :mod:`.schedule`).
     """
     if not 0.0 <= zeta <= 1.0:
         raise ValueError(f"zeta must be in [0, 1], got {zeta}")
@@ -69,8 +71,7 @@ def sample(
         x = randn(s.x_shape, generator, y)  # x_T
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
-            _, x0 = prior.eps_x0(x, st.t)
-            x0 = x0.to(y.dtype)  # x0^(t)
+            x0 = tweedie_x0(prior, x, st.t, clip_x0)  # x0^(t)
             rho = lam * sigma_n**2 * ab / (1.0 - ab)  # lambda sigma_n^2 / sigma_bar_t^2
             x0_hat = x0 + operator.A_dagger(y - operator.A(x0), eta=rho)  # data step
             if ab_prev >= 1.0:

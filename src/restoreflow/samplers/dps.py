@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .schedule import Progress, randn, report, setup
+from .schedule import Progress, randn, report, setup, tweedie_x0
 
 
 def sample(
@@ -41,6 +41,7 @@ def sample(
     num_samples: int = 1,
     eta: float = 1.0,
     zeta_prime: float = 1.0,
+    clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Restore ``y`` (model space) with DPS; returns (B*num_samples, C, H, W), model space.
@@ -51,6 +52,8 @@ def sample(
             (DPS folds it into zeta'); it is validated for a uniform interface.
         eta: DDIM stochasticity (1 = DDPM ancestral sampling, as in the paper).
         zeta_prime: step size zeta' of the measurement gradient.
+        clip_x0: clamp ^x0 to [-1, 1] (as the authors' code); the DDIM step then uses
+            the eps consistent with the clamped ^x0.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -61,12 +64,12 @@ def sample(
         ab, ab_prev = st.abar_t, st.abar_prev
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            eps, x0 = prior.eps_x0(x, st.t)
-            x0 = x0.to(y.dtype)
+            x0 = tweedie_x0(prior, x, st.t, clip_x0)
             resid = (y - operator.A(x0)).flatten(1).norm(dim=1)  # ||y - A ^x0|| per sample
             (grad,) = torch.autograd.grad(resid.sum(), x)
         with torch.no_grad():
-            eps, x0 = eps.detach().to(y.dtype), x0.detach()
+            x0 = x0.detach()
+            eps = (x.detach() - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
             var = eta**2 * (1.0 - ab_prev) / (1.0 - ab) * st.beta  # s_t^2
             x_prev = math.sqrt(ab_prev) * x0
             c_eps = math.sqrt(max(1.0 - ab_prev - var, 0.0))

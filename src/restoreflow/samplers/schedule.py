@@ -117,6 +117,18 @@ def setup(
     return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
 
 
+def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:
+    """The prior's x0 estimate at x_t in x_t's dtype, clamped to [-1, 1] when ``clip``.
+
+    Clamping (``clip_denoised`` in the DDPM/DDIM reference code, also used by DPS) bounds
+    the estimate at large t, where x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    multiplies any error of eps by up to 1/sqrt(abar_T) (~160 for the linear schedule);
+    samplers that need eps use the one consistent with the clamped x0.
+    """
+    x0 = prior.eps_x0(x_t, t)[1].to(x_t.dtype)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
 def operator_norm_sq(operator, x_shape: tuple[int, ...], like: torch.Tensor, iters: int = 20):
     """Largest eigenvalue of A^T A (= ||A||_2^2) by power iteration on one batch item.
 

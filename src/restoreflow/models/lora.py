@@ -1,0 +1,488 @@
+"""Per-image adaptation of the diffusion prior with LoRA (ADIR: Abu-Hussein, Tirer, Giryes).
+
+ADIR fine-tunes a low-rank adapter of the prior's UNet on the K reference images most
+similar to the degraded input, with the prior's own training loss, and then restores with
+the adapted prior. Each adapted layer computes
+
+    W' x = W x + (alpha / r) B A x,      A: r x fan_in (random init), B: out x r (zero init),
+
+so before training the adapted prior equals the base prior. The loss is the DDPM
+epsilon-prediction objective on the neighbours (Ho et al. 2020):
+
+    L = E_{x0, t, eps} || eps - eps_theta'(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
+
+with x0 random crops (flips, 90-degree rotations) of the neighbours in [-1, 1], t uniform
+in 0..T-1; only A and B are trained (Adam). v- and sample-prediction priors use their own
+target. After training the adapter is merged into the (copied) weights, so sampling with
+the adapted prior costs the same as with the base prior; the adapter stays available for
+:func:`save_adapter`.
+
+Defaults (``LoraSettings()``) and why. ADIR uses K = 20 neighbours, rank 16, alpha 8,
+Adam lr 1e-4, 400 iterations of batch 6 at the model's 256 px on a GPU. Here the default
+prior is a small (4.1M parameter, 32-128 channel) fully convolutional UNet on CPU, and
+adaptation should cost about as much as sampling. Measured on one CPU thread: one UNet
+evaluation at 256 px takes ~0.32 s, so 100 sampling steps take ~32 s; one LoRA training
+step (forward + backward, fp32) on 4 crops of 64 px takes ~0.3 s. Hence 100 steps of
+batch 4 at 64 px (~30-40 s, measured 24-45 s on a shared machine). Rank 16 is half the
+width of the first UNet stage, so the default rank is 8 (alpha 8, scale 1); rank 16 gave
+the same gains. With 4x fewer steps than ADIR, its lr of 1e-4 barely moves the adapter:
+on an early checkpoint of the default prior (1.4k steps), adapting on one half of an image and
+testing the one-step x0 estimate on the other half (sigma 25/255; hubble_deep_field /
+brick) gave +0.3 / +0.5 dB at lr 1e-4, +1.1 / +1.6 at 5e-4, +1.6 / +2.1 at 1e-3,
++1.9 / +2.6 at 2e-3 and +2.0 / +2.6 at 5e-3: the default lr 2e-3 is where the gain
+levels off (that checkpoint had trained 14 minutes: a better prior will gain less). On a
+GPU or a larger prior, ADIR's settings (``LoraSettings.adir()``) are the reference.
+
+Randomness (LoRA init, crops, t, eps) comes from one ``torch.Generator`` seeded with
+``settings.seed``: the same settings on the same device give bit-identical adapters.
+Adapters are saved in peft's layout (``adapter_config.json`` +
+``adapter_model.safetensors``) and never loaded from pickles.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from restoreflow.models.prior import PICKLE_SUFFIXES, DiffusionPrior, ModelLoadError
+from restoreflow.models.training import CropSampler
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+PROVENANCE = "restoreflow_adapter.json"
+
+# Resnet convolutions, the time-embedding MLP and attention projections (when present).
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "conv1",
+    "conv2",
+    "time_embedding.linear_1",
+    "time_embedding.linear_2",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+)
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adaptation settings (see the module docstring for the defaults)."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    lr: float = 2e-3
+    steps: int = 100
+    batch_size: int = 4
+    crop: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "steps", "batch_size", "crop"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LoraSettings.{name} must be a positive integer, got {v!r}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"LoraSettings.lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"LoraSettings.seed must be an integer, got {self.seed!r}")
+        targets = tuple(self.target_modules)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("LoraSettings.target_modules must be non-empty module names")
+        object.__setattr__(self, "target_modules", targets)
+
+    @classmethod
+    def adir(cls, **overrides) -> LoraSettings:
+        """ADIR's published settings (rank 16, alpha 8, lr 1e-4, 400 steps of batch 6)."""
+        base = {"rank": 16, "alpha": 8.0, "lr": 1e-4, "steps": 400, "batch_size": 6}
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoraSettings:
+        d = dict(d)
+        d["target_modules"] = tuple(d.get("target_modules", DEFAULT_TARGETS))
+        return cls(**d)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the settings (canonical JSON)."""
+        d = self.to_dict()
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def adapter_key(
+    image_id: str, prior_hash: str, neighbour_ids: Sequence[str], settings_hash: str
+) -> str:
+    """Cache key (sha256) of an adapter: the image, base prior, neighbours and settings.
+
+    The neighbour order matters (crops are drawn from the list in order), so pass the ids
+    in the order the images were given to :func:`adapt_prior`.
+    """
+    payload = {
+        "image": str(image_id),
+        "prior": str(prior_hash),
+        "neighbours": [str(i) for i in neighbour_ids],
+        "settings": str(settings_hash),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _present_targets(unet: torch.nn.Module, targets: Sequence[str]) -> list[str]:
+    """The target names that match at least one Linear/Conv2d module (peft suffix match)."""
+    names = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    found = [t for t in targets if any(n == t or n.endswith("." + t) for n in names)]
+    if not found:
+        raise ValueError(
+            f"none of the LoRA target modules {list(targets)} is a Linear/Conv2d layer of "
+            f"{type(unet).__name__}"
+        )
+    return found
+
+
+def _fork_rng_devices(device: torch.device) -> list:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _inject(unet: torch.nn.Module, config) -> None:
+    """Inject the LoRA layers without touching the caller's global RNG state."""
+    from peft import inject_adapter_in_model
+
+    with torch.random.fork_rng(devices=_fork_rng_devices(next(unet.parameters()).device)):
+        inject_adapter_in_model(config, unet)
+
+
+def _lora_layers(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _init_lora(unet: torch.nn.Module, g: torch.Generator) -> None:
+    """A ~ kaiming-uniform (peft's default) from ``g``; B = 0 (adapter starts as identity)."""
+    with torch.no_grad():
+        for _, layer in _lora_layers(unet):
+            for name in layer.lora_A:
+                a = layer.lora_A[name].weight
+                w = torch.empty(a.shape, dtype=a.dtype)
+                torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+                a.copy_(w)
+                layer.lora_B[name].weight.zero_()
+
+
+def _merge(unet: torch.nn.Module) -> None:
+    for _, layer in _lora_layers(unet):
+        if not layer.merged:
+            layer.merge()
+
+
+def _adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {
+        k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(unet).items()
+    }
+
+
+def adapter_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the adapter tensors (names, dtypes, shapes and bytes, sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}\0".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def _lora_config(settings: LoraSettings, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        init_lora_weights=True,
+    )
+
+
+def _prepare_images(images: Sequence[torch.Tensor], channels: int) -> list[torch.Tensor]:
+    """(C, H, W) in [0, 1] -> (channels, H, W) float in [0, 255] (CropSampler's units)."""
+    out = []
+    for i, im in enumerate(images):
+        if im.dim() != 3:
+            raise ValueError(f"neighbour {i}: expected (C, H, W), got shape {tuple(im.shape)}")
+        x = im.detach().to("cpu", torch.float32)
+        c = x.shape[0]
+        if c == channels:
+            pass
+        elif c == 1:
+            x = x.expand(channels, -1, -1)
+        elif channels == 1 and c in (3, 4):
+            x = x[:3].mean(0, keepdim=True)
+        elif c == 4 and channels == 3:
+            x = x[:3]
+        else:
+            raise ValueError(f"neighbour {i}: {c} channels for a {channels}-channel prior")
+        out.append((x.clamp(0, 1) * 255.0).contiguous())
+    if not out:
+        raise ValueError("no neighbour images to adapt on")
+    return out
+
+
+def _crop_size(images: list[torch.Tensor], crop: int, multiple: int) -> int:
+    smallest = min(min(im.shape[-2:]) for im in images)
+    c = min(crop, smallest) // multiple * multiple
+    if c < multiple:
+        raise ValueError(
+            f"neighbour images ({smallest} px) are smaller than the prior's size multiple "
+            f"({multiple} px)"
+        )
+    if c != crop:
+        log.warning("LoRA crop reduced from %d to %d px to fit the smallest neighbour", crop, c)
+    return c
+
+
+def _loss(
+    unet: torch.nn.Module,
+    prior: DiffusionPrior,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """DDPM loss with the target of the prior's parametrisation (eps, v or x0)."""
+    ab = prior.alphas_cumprod[t].to(x0.device, torch.float32).reshape(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    pred = unet(x_t.to(prior.dtype), t.to(x0.device)).sample.float()
+    if prior.prediction_type == "epsilon":
+        target = noise
+    elif prior.prediction_type == "v_prediction":
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    else:
+        target = x0
+    return torch.nn.functional.mse_loss(pred, target)
+
+
+def _draw(sampler: CropSampler, prior: DiffusionPrior, n: int, g: torch.Generator):
+    x0 = sampler.batch(n).to(prior.device)
+    t = torch.randint(0, prior.num_train_timesteps, (n,), generator=g)
+    noise = torch.randn(x0.shape, generator=g).to(prior.device)
+    return x0, t, noise
+
+
+def _adapted_prior(prior: DiffusionPrior, unet: torch.nn.Module, info: dict) -> DiffusionPrior:
+    a_hash = info["adapter_hash"]
+    model_hash = hashlib.sha256(f"{prior.model_hash}+lora:{a_hash}".encode()).hexdigest()
+    return DiffusionPrior(
+        unet=unet,
+        alphas_cumprod=prior.alphas_cumprod.clone(),
+        prediction_type=prior.prediction_type,
+        model_hash=model_hash,
+        source=f"{prior.source}+lora:{a_hash[:12]}",
+        extra={**prior.extra, "lora": info},
+    )
+
+
+# -- public API ------------------------------------------------------------------------------
+def neighbour_loss(
+    prior: DiffusionPrior,
+    neighbour_images: Sequence[torch.Tensor],
+    crop: int = 64,
+    batches: int = 4,
+    batch_size: int = 8,
+    seed: int = 12345,
+) -> float:
+    """Mean training loss of ``prior`` on fixed draws (crops, t, eps from ``seed``).
+
+    The same seed gives the same draws, so the value before and after adaptation measures
+    how well the prior fits the neighbours.
+    """
+    channels = int(getattr(prior.unet.config, "in_channels", 3))
+    images = _prepare_images(neighbour_images, channels)
+    crop = _crop_size(images, crop, prior.size_multiple)
+    g = torch.Generator().manual_seed(seed)
+    sampler = CropSampler(images, crop, g)
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(batches):
+            total += float(_loss(prior.unet, prior, *_draw(sampler, prior, batch_size, g)))
+    return total / batches
+
+
+def adapt_prior(
+    prior: DiffusionPrior,
+    neighbour_images: Sequence[torch.Tensor],
+    settings: LoraSettings | None = None,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> DiffusionPrior:
+    """A new prior: a copy of ``prior``'s UNet with a LoRA trained on the neighbours.
+
+    ``neighbour_images``: (C, H, W) tensors in [0, 1] (any sizes; grey is repeated to the
+    prior's channels). ``generator`` (CPU) defaults to one seeded with ``settings.seed``;
+    adapter caches keyed by :func:`adapter_key` assume that default. ``progress`` is
+    called after every step with (step, steps, loss). The base prior is not modified.
+    The result's ``extra["lora"]`` records the settings, base hash, adapter hash and the
+    per-step losses.
+    """
+    settings = settings or LoraSettings()
+    if hasattr(prior.unet, "peft_config"):
+        raise ValueError("the prior already carries an adapter; adapt the base prior")
+    channels = int(getattr(prior.unet.config, "in_channels", 3))
+    images = _prepare_images(neighbour_images, channels)
+    crop = _crop_size(images, settings.crop, prior.size_multiple)
+    g = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
+
+    t_start = time.perf_counter()
+    unet = copy.deepcopy(prior.unet).eval().requires_grad_(False)
+    targets = _present_targets(unet, settings.target_modules)
+    _inject(unet, _lora_config(settings, targets))
+    _init_lora(unet, g)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    sampler = CropSampler(images, crop, g)
+    losses: list[float] = []
+    with torch.enable_grad():
+        for step in range(settings.steps):
+            loss = _loss(unet, prior, *_draw(sampler, prior, settings.batch_size, g))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, settings.steps, losses[-1])
+    unet.requires_grad_(False)
+    state = _adapter_state(unet)
+    _merge(unet)
+    info = {
+        "base_hash": prior.model_hash,
+        "settings": settings.to_dict(),
+        "settings_hash": settings.hash,
+        "targets": targets,
+        "crop": crop,
+        "neighbours": len(images),
+        "adapter_hash": adapter_hash(state),
+        "losses": losses,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    log.info(
+        "LoRA adapted in %.1f s (%d steps, loss %.4f -> %.4f)",
+        info["seconds"],
+        settings.steps,
+        losses[0],
+        losses[-1],
+    )
+    return _adapted_prior(prior, unet, info)
+
+
+def save_adapter(prior: DiffusionPrior, directory: str | Path) -> Path:
+    """Write the adapter of an adapted prior in peft's layout (safetensors, no pickle).
+
+    Files: ``adapter_model.safetensors``, ``adapter_config.json`` and
+    ``restoreflow_adapter.json`` (base prior hash, settings, adapter hash). The directory
+    is written under a temporary name and renamed, so a reader never sees a partial
+    adapter; if another writer got there first, its (identical) adapter is kept.
+    """
+    from safetensors.torch import save_file
+
+    info = prior.extra.get("lora")
+    if info is None or not hasattr(prior.unet, "peft_config"):
+        raise ValueError("this prior carries no LoRA adapter (use adapt_prior first)")
+    directory = Path(directory)
+    if (directory / ADAPTER_WEIGHTS).is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp.mkdir()
+    try:
+        save_file(_adapter_state(prior.unet), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        prior.unet.peft_config["default"].save_pretrained(str(tmp))
+        keep = {k: v for k, v in info.items() if k != "losses"}
+        keep["final_loss"] = info["losses"][-1] if info.get("losses") else None
+        (tmp / PROVENANCE).write_text(json.dumps(keep, indent=2, sort_keys=True) + "\n")
+        try:
+            tmp.rename(directory)
+        except OSError:
+            if not (directory / ADAPTER_WEIGHTS).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+def load_adapter(prior: DiffusionPrior, directory: str | Path) -> DiffusionPrior:
+    """A copy of ``prior`` with the adapter saved in ``directory`` (safetensors only).
+
+    Refuses a directory whose weights are only pickled (``adapter_model.bin``), and an
+    adapter recorded as trained on a different base prior.
+    """
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: no such adapter directory")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        pickled = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        reason = (
+            f"only pickled weights ({', '.join(sorted(pickled))}); refusing to unpickle"
+            if pickled
+            else f"no {ADAPTER_WEIGHTS}"
+        )
+        raise ModelLoadError(f"{directory}: {reason}")
+    if not (directory / ADAPTER_CONFIG).is_file():
+        raise ModelLoadError(f"{directory}: no {ADAPTER_CONFIG}")
+    if hasattr(prior.unet, "peft_config"):
+        raise ValueError("the prior already carries an adapter; load onto the base prior")
+    info: dict = {}
+    if (directory / PROVENANCE).is_file():
+        info = json.loads((directory / PROVENANCE).read_text())
+    base = info.get("base_hash")
+    unsaved = ("unsaved", None)
+    if base not in unsaved and prior.model_hash not in unsaved and base != prior.model_hash:
+        raise ModelLoadError(
+            f"{directory}: adapter trained on prior {base[:12]}, not {prior.model_hash[:12]}"
+        )
+    config = LoraConfig.from_pretrained(str(directory))
+    state = load_file(weights)
+    unet = copy.deepcopy(prior.unet).eval().requires_grad_(False)
+    _inject(unet, config)
+    result = set_peft_model_state_dict(unet, state)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{directory}: adapter does not fit this prior "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    unet.requires_grad_(False)
+    _merge(unet)
+    info = {**info, "adapter_hash": adapter_hash(_adapter_state(unet)), "source": str(directory)}
+    return _adapted_prior(prior, unet, info)

@@ -72,8 +72,9 @@ def _open_store(store: str | None, tile_size: int | None = None):
     settings = get_settings()
     try:
         return TileStore(store or settings.store, settings, tile_size=tile_size)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: cannot open store {store or settings.store}: "
+                   f"{type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
@@ -103,8 +104,8 @@ def ingest(
         failed = False
     except IngestRejected as exc:
         report, failed = exc.report, True
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (ValueError, OSError) as exc:  # the store itself failed (not a bad file)
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc
     for row in report.rejected:
         typer.echo(f"REJECTED {row.source}: {row.reason}")
@@ -136,7 +137,7 @@ def export(
         raise typer.Exit(2)
     try:
         paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     for p in paths:
@@ -152,6 +153,8 @@ def ls_store(
     from rich.console import Console
     from rich.table import Table
 
+    from restoreflow.storage.ingest import size_text
+
     ts = _open_store(store)
     console = Console(width=160)
     if not ts.exists_store:
@@ -166,11 +169,8 @@ def ls_store(
         for col in ("image id", "name", "size", "dtype", "status"):
             t.add_column(col, overflow="fold")
         for iid, a in images.items():
-            shape = a.get("shape") or []
-            size = f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else ""
-            if len(shape) == 3:
-                size += f"x{shape[2]}"
-            t.add_row(iid, str(a.get("name", "")), size, str(a.get("dtype", "")),
+            t.add_row(iid, str(a.get("name", "")), size_text(a.get("shape")),
+                      str(a.get("dtype", "")),
                       str(a.get("status", "")))
         console.print(t)
 

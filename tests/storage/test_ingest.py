@@ -247,7 +247,7 @@ def test_cli_ingest_exit_codes_and_rejection_lines(tmp_path, monkeypatch, local_
     assert res.exit_code == 0
     res = runner.invoke(app, ["ls", "--store", uri])
     assert res.exit_code == 0 and "input: 2 image(s), 2 complete" in res.output
-    assert "img0_0.png" in res.output and "90x70x3" in res.output
+    assert "img0_0.png" in res.output and "90x70 rgb" in res.output
     out = tmp_path / "exported"
     res = runner.invoke(app, ["export", "--store", uri, "--collection", "input",
                               "--format", "tiff", "--out", str(out)])

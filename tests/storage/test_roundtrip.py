@@ -148,7 +148,7 @@ def test_cross_format_export_keeps_values_and_orientation(make_store, tmp_path):
 def test_derived_collection_exports_in_source_units(make_store, tmp_path, dtype):
     store = make_store("local")
     raw = rng_image((50, 66, 3), dtype, 13)
-    (tmp_path / "a.tif").write_bytes(tiff_bytes(raw))
+    (tmp_path / "a.tif").write_bytes(tiff_bytes(raw, photometric="rgb"))
     (row,) = ingest([str(tmp_path / "a.tif")], store, progress=False).rows
     iid = row.image_id
     norm = store.read("input", iid, normalised=True)

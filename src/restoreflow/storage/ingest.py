@@ -47,6 +47,13 @@ def array_id(array: np.ndarray) -> str:
     return h.hexdigest()[:20]
 
 
+def size_text(shape) -> str:
+    """``[H, W]`` / ``[H, W, 3]`` as "WxH grey" / "WxH rgb" (how people read image sizes)."""
+    if not shape or len(shape) < 2:
+        return ""
+    return f"{shape[1]}x{shape[0]} " + ("rgb" if len(shape) == 3 else "grey")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -104,12 +111,12 @@ class IngestReport:
         t = Table(title=f"ingest into {self.store}",
                   caption=f"{c[INGESTED]} ingested, {c[PRESENT]} already present, "
                           f"{c[REJECTED]} rejected in {self.seconds:.1f} s")
-        for col in ("file", "status", "image id", "shape", "dtype", "reason"):
+        for col in ("file", "status", "image id", "size", "dtype", "reason"):
             t.add_column(col, overflow="fold")
         style = {INGESTED: "green", PRESENT: "cyan", REJECTED: "red"}
         for r in self.rows:
             t.add_row(r.source, f"[{style[r.status]}]{r.status}[/]", r.image_id or "",
-                      "x".join(map(str, r.shape)) if r.shape else "", r.dtype or "",
+                      size_text(r.shape), r.dtype or "",
                       r.reason or "")
         return t
 

@@ -194,6 +194,11 @@ class TileStore:
         self.is_s3 = self.uri.startswith("s3://")
         if self.is_s3:
             path = self.uri[len("s3://"):].strip("/")
+            if "@" in path.split("/", 1)[0]:
+                raise ValueError(
+                    "credentials in the store URI are not supported: use AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+                )
             if not path:
                 raise ValueError(f"{self.uri!r}: an S3 store needs s3://bucket[/prefix]")
             self._root = path
@@ -285,6 +290,13 @@ class TileStore:
         except (FileNotFoundError, zarr.errors.NodeNotFoundError):
             self._root_attrs = None
             return None
+        except OSError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
+                # e.g. EndpointConnectionError: not an OSError, but it is one in spirit
+                raise ConnectionError(f"cannot reach store {self.uri}: {exc}") from exc
+            raise
         attrs = dict(g.attrs)
         if attrs.get("restoreflow_layout") != LAYOUT_VERSION:
             raise ValueError(

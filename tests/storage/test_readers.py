@@ -272,3 +272,18 @@ def test_lzw_tiff_is_exact_without_imagecodecs(mode):
     assert out.dtype == a.dtype
     np.testing.assert_array_equal(out, a)
     assert meta["source_metadata"]["compression"] == "LZW"
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "fits"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "float32", "float64"])
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+def test_writers_roundtrip_through_reader(fmt, dtype, rgb):
+    if fmt == "png" and dtype not in ("uint8", "uint16"):
+        with pytest.raises(ValueError, match="PNG holds"):
+            encode(rng_image((9, 9), dtype), fmt)
+        return
+    a = rng_image((17, 23, 3) if rgb else (17, 23), dtype, seed=21)
+    data = encode(a, fmt, provenance={"image_id": "abc", "collection": "input"})
+    out, meta = read(data, f"x.{fmt}")
+    assert out.dtype == a.dtype and meta["format"] == fmt
+    np.testing.assert_array_equal(out, a)

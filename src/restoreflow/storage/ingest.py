@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -191,48 +192,68 @@ def ingest_array(store: TileStore, array: np.ndarray, name: str, *, image_id: st
     return image_id
 
 
-def _ingest_one(item: SourceItem, store: TileStore, settings: Settings, seen: dict,
-                fs_cache: dict) -> IngestRow:
-    row = IngestRow(source=item.uri, name=item.name, status=REJECTED)
-    if item.error:
-        row.reason = item.error
-        return row
-    try:
-        if item.kind == "s3" and "s3" not in fs_cache:
-            from restoreflow.storage.sources import _s3fs
+@dataclass
+class _Prepared:
+    """What the prefetch thread learned about one item (no store writes happen there)."""
 
-            fs_cache["s3"] = _s3fs(settings)
+    item: SourceItem
+    reason: str | None = None
+    nbytes: int = 0
+    image_id: str | None = None
+    status: str | None = None
+    array: np.ndarray | None = None
+    meta: dict | None = None
+
+
+def _prepare(item: SourceItem, store: TileStore, settings: Settings, fs_cache: dict,
+             seen: dict) -> _Prepared:
+    """Read, hash and (unless already complete) decode one item. Runs one item ahead of
+    the writes, in a thread, so decoding overlaps the previous image's tile writes."""
+    if item.error:
+        return _Prepared(item, reason=item.error)
+    try:
         data = read_source(item, settings, fs_cache.get("s3"))
     except OSError as exc:
-        row.reason = f"cannot read: {exc.strerror or exc}"
-        return row
+        return _Prepared(item, reason=f"cannot read: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - e.g. botocore errors: reported per file
-        row.reason = f"cannot read: {type(exc).__name__}: {exc}"
-        return row
-    row.nbytes = len(data)
-    image_id = content_id(data)
-    row.image_id = image_id
-    if image_id in seen:
-        row.status, row.reason = PRESENT, f"same content as {seen[image_id]}"
-        return row
-    status = store.status(INPUT, image_id)
-    if status == STATUS_COMPLETE:
-        a = store.attrs(INPUT, image_id)
-        row.status, row.shape, row.dtype = PRESENT, a.get("shape"), a.get("dtype")
-        seen[image_id] = item.uri
-        return row
+        return _Prepared(item, reason=f"cannot read: {type(exc).__name__}: {exc}")
+    p = _Prepared(item, nbytes=len(data), image_id=content_id(data))
+    if p.image_id in seen:
+        return p
+    p.status = store.status(INPUT, p.image_id)
+    if p.status == STATUS_COMPLETE:
+        return p  # present: not decoded
     try:
-        arr, meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
+        p.array, p.meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
     except ImageRejected as exc:
-        row.reason = exc.reason
+        p.reason = exc.reason
+    return p
+
+
+def _commit(p: _Prepared, store: TileStore, seen: dict) -> IngestRow:
+    """Decide and write (driver thread): present, rejected or ingested."""
+    item = p.item
+    row = IngestRow(source=item.uri, name=item.name, status=REJECTED, image_id=p.image_id,
+                    nbytes=p.nbytes)
+    if p.image_id is not None and p.image_id in seen:
+        row.status, row.reason = PRESENT, f"same content as {seen[p.image_id]}"
         return row
-    attrs = _input_attrs(arr, image_id, source=item.uri, name=item.name, fmt=meta["format"],
-                         meta=meta)
-    _store_input(store, arr, image_id, attrs, overwrite=status is not None)
-    seen[image_id] = item.uri
+    if p.reason is not None:
+        row.reason = p.reason
+        return row
+    if p.status == STATUS_COMPLETE:
+        a = store.attrs(INPUT, p.image_id)
+        row.status, row.shape, row.dtype = PRESENT, a.get("shape"), a.get("dtype")
+        seen[p.image_id] = item.uri
+        return row
+    arr, meta = p.array, p.meta
+    attrs = _input_attrs(arr, p.image_id, source=item.uri, name=item.name,
+                         fmt=meta["format"], meta=meta)
+    _store_input(store, arr, p.image_id, attrs, overwrite=p.status is not None)
+    seen[p.image_id] = item.uri
     row.status, row.shape, row.dtype = INGESTED, list(arr.shape), arr.dtype.name
-    if status is not None:
-        row.reason = f"rewrote an incomplete image (status {status})"
+    if p.status is not None:
+        row.reason = f"rewrote an incomplete image (status {p.status})"
     return row
 
 
@@ -271,12 +292,22 @@ def ingest(sources: list[str], store: TileStore, settings: Settings | None = Non
         if bar is not None:
             bar.start()
             task = bar.add_task("", total=len(items))
-        for item in items:
-            if bar is not None:
-                bar.update(task, description=item.name[:40])
-            report.rows.append(_ingest_one(item, store, settings, seen, fs_cache))
-            if bar is not None:
-                bar.advance(task)
+        if any(it.kind == "s3" and not it.error for it in items):
+            from restoreflow.storage.sources import _s3fs
+
+            fs_cache["s3"] = _s3fs(settings)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
+            ahead = None
+            for i, item in enumerate(items):
+                current = ahead.result() if ahead is not None else _prepare(
+                    item, store, settings, fs_cache, seen)
+                ahead = (pool.submit(_prepare, items[i + 1], store, settings, fs_cache, seen)
+                         if i + 1 < len(items) else None)
+                if bar is not None:
+                    bar.update(task, description=item.name[:40])
+                report.rows.append(_commit(current, store, seen))
+                if bar is not None:
+                    bar.advance(task)
     finally:
         if bar is not None:
             bar.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,10 @@ def test_plain_xarray_reads_the_store(store):
     assert ds["pixels"].dtype == np.float32
     assert ds.attrs["status"] == "complete" and ds.attrs["name"] == "x.fits"
     np.testing.assert_array_equal(ds["pixels"].values, data)
+    with warnings.catch_warnings():  # without consolidated=False: works, with a warning
+        warnings.simplefilter("ignore")
+        plain = xr.open_zarr(store.uri, group="input/img2", storage_options=opts)
+        np.testing.assert_array_equal(plain["pixels"].values, data)
     tree = xr.open_datatree(store.uri, engine="zarr", consolidated=False,
                             storage_options=opts)
     assert tree.attrs["restoreflow_layout"] == 1 and tree.attrs["tile_size"] == store.tile_size

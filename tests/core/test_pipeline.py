@@ -1,0 +1,121 @@
+"""Pipeline stages on a real local store with a tiny prior: restore, adapt, calibrate, score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import save_tiny_prior
+from restoreflow import pipeline as P
+from restoreflow.simulate import simulate_image
+from restoreflow.spec import DegradationSpec
+from restoreflow.storage.ingest import ingest_array
+from restoreflow.storage.store import TileStore
+
+SPEC = "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)"
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    return save_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny")
+
+
+def _images(store, n, size=32, seed=0, grey_every=0):
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        base = rng.random((size // 4, size // 4, 3))
+        img = np.kron(base, np.ones((4, 4, 1)))  # blocky, not pure noise
+        img = (img * 255).astype(np.uint8)
+        if grey_every and i % grey_every == 0:
+            img = img[..., 0]
+        ids.append(ingest_array(store, img, f"img{i}.png"))
+    return ids
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return TileStore(str(tmp_path / "store"), tile_size=16)
+
+
+def cfg(prior_dir, **kw):
+    base = dict(degradation=SPEC, steps=3, tile=32, overlap=8, prior=prior_dir)
+    return P.RestoreConfig(**{**base, **kw})
+
+
+def test_restore_writes_outputs_and_is_idempotent(store, prior_dir):
+    ids = _images(store, 2, grey_every=2)
+    c = cfg(prior_dir, posterior_samples=2)
+    spec = DegradationSpec.parse(SPEC)
+    for i in ids:
+        simulate_image(store, i, spec, seed=0)
+        res = P.restore_one(store, i, c, P.DEGRADED)
+        assert res is not None and np.isfinite(res["features"]["measurement_consistency"])
+        out = store.read(P.RESTORED, i)
+        assert out.shape == store.shape(P.INPUT, i) and np.isfinite(out).all()
+        lo, hi = store.read("restored.samples_lower", i), store.read("restored.samples_upper", i)
+        assert (lo <= hi + 1e-6).all()
+        assert store.attrs(P.RESTORED, i)["status"] == "complete"
+    before = store.read(P.RESTORED, ids[0])
+    assert P.restore_one(store, ids[0], c, P.DEGRADED) is None  # same settings: skipped
+    again = P.restore_one(store, ids[0], cfg(prior_dir, posterior_samples=2, steps=4),
+                          P.DEGRADED)
+    assert again is not None and not np.array_equal(before, store.read(P.RESTORED, ids[0]))
+
+
+def test_restore_is_reproducible_across_stores(tmp_path, prior_dir):
+    outs = []
+    for k in range(2):
+        st = TileStore(str(tmp_path / f"s{k}"), tile_size=16)
+        (i,) = _images(st, 1)
+        simulate_image(st, i, DegradationSpec.parse(SPEC), seed=0)
+        P.restore_one(st, i, cfg(prior_dir), P.DEGRADED)
+        outs.append(st.read(P.RESTORED, i))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_adaptation_retrieves_caches_and_records(store, prior_dir):
+    ids = _images(store, 5, seed=1)
+    info = P.build_index(store, ids[1:], embedder="efficientnet-lite0")
+    assert info["added"] == 4 and P.build_index(store, ids[1:])["added"] == 0
+    simulate_image(store, ids[0], DegradationSpec.parse(SPEC), seed=0)
+    c = cfg(prior_dir, adapt=True, neighbours=2, adapt_steps=2)
+    res = P.restore_one(store, ids[0], c, P.DEGRADED)
+    nbrs = [n["id"] for n in res["neighbours"]]
+    assert len(nbrs) == 2 and ids[0] not in nbrs and set(nbrs) <= set(ids[1:])
+    assert res["adapter_cached"] is False
+    assert store.exists(f"adapters/{res['adapter']}/adapter_model.safetensors")
+    first = store.read(P.RESTORED, ids[0])
+    store.delete_image(P.RESTORED, ids[0])
+    res2 = P.restore_one(store, ids[0], c, P.DEGRADED)
+    assert res2["adapter_cached"] is True and res2["adapter"] == res["adapter"]
+    assert np.array_equal(first, store.read(P.RESTORED, ids[0]))
+    assert c.settings_hash("h") != cfg(prior_dir).settings_hash("h")
+
+
+def test_calibrate_and_score(store, prior_dir):
+    ids = _images(store, 10, seed=2)
+    c = cfg(prior_dir, posterior_samples=2)
+    shash = c.settings_hash(P.prior_hash(prior_dir))
+    rows = []
+    for i in ids:
+        simulate_image(store, i, DegradationSpec.parse(SPEC), seed=0)
+        res = P.restore_one(store, i, c, P.DEGRADED)
+        rows.append({"image_id": i, "features": res["features"], **P.truth_metrics(store, i)})
+    cal = P.fit_calibration(store, rows, c, shash, alpha=0.3, pixel_epsilon=0.25,
+                            pixel_delta=0.2)
+    P.save_calibration(store, cal)
+    loaded = P.load_calibration(store, shash)
+    assert loaded["n"] == 10 and 0 <= loaded["pixel"]["lam"] <= 1
+    # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
+    strict = P.fit_calibration(store, rows, c, shash, alpha=0.3)
+    assert strict.pixel is None and "more calibration images" in strict.coverage["pixel_note"]
+    s = P.score(rows[0]["features"], loaded, shash, min_psnr=99)
+    assert s["psnr_lower"] is not None and s["flagged"] is True and s["warning"] is None
+    assert s["psnr_lower"] < 99
+    other = P.score(rows[0]["features"], loaded, "another-hash")
+    assert other["psnr_lower"] is None and "other restore settings" in other["warning"]
+    P.prepare_intervals(store, ids[0], s["lambda"])
+    P.write_intervals(store, ids[0], s["lambda"])
+    lo, hi = store.read(P.INTERVAL_LO, ids[0]), store.read(P.INTERVAL_HI, ids[0])
+    assert np.all(hi - lo >= 2 * s["lambda"] - 1e-6)

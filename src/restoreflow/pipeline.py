@@ -69,6 +69,15 @@ class RestoreConfig:
     def spec(self) -> DegradationSpec:
         return DegradationSpec.parse(self.degradation)
 
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RestoreConfig:
+        return cls(**{**d, "options": tuple(sorted(dict(d.get("options") or {}).items()))})
+
     def lora_settings(self):
         from restoreflow.models.lora import LoraSettings
 

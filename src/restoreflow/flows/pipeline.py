@@ -1,0 +1,231 @@
+"""Flows: ``pipeline`` (one run spec end to end) and ``calibrate``.
+
+ingest -> (simulate) -> [index the reference corpus] -> [calibrate] -> per image:
+retrieve -> adapt -> restore (one model task) -> score -> intervals -> export -> report,
+then the run's manifest and summary. Wiring only: every step is a task over a core
+function, or a small core call on the driver (scores, table rows).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+
+from restoreflow.flows.progress import track_futures
+from restoreflow.flows.restore import restore_images
+from restoreflow.settings import get_settings
+from restoreflow.tasks.runner import model_placement
+from restoreflow.tasks.simulate import simulate_task
+from restoreflow.tasks.stages import (
+    export_task,
+    index_task,
+    ingest_task,
+    intervals_task,
+    metrics_task,
+)
+
+
+def _ids(report: dict) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in report["rows"]:
+        if r["status"] != "rejected" and r["image_id"]:
+            seen.setdefault(r["image_id"], None)
+    return list(seen)
+
+
+def _simulate(uri: str, ids: list[str], degradation: str, seed: int, collection: str,
+              progress: bool) -> None:
+    futures = [simulate_task.submit(uri, i, degradation, seed, collection) for i in ids]
+    for f in track_futures(futures, "simulate", progress):
+        f.result()
+
+
+def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: str,
+                    pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
+    """Simulate, restore (same settings) and measure the clean calibration images; fit and
+    store the calibration under the settings hash. Returns the calibration dict."""
+    from restoreflow.pipeline import fit_calibration, prior_hash, save_calibration
+    from restoreflow.tasks.common import open_store
+
+    store = open_store(uri)
+    shash = cfg.settings_hash(prior_hash(cfg.prior))
+    deg_coll = f"calibration-{cfg.spec.hash}.degraded"
+    out = f"calibration-{shash}.restored"
+    _simulate(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
+    restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
+    futures = [metrics_task.submit(uri, i, out) for i in clean_ids]
+    truths = {i: f.result() for i, f in zip(clean_ids, futures, strict=True)}
+    rows = [{"image_id": i, "features": store.attrs(out, i)["features"], **truths[i]}
+            for i in clean_ids]
+    cal = fit_calibration(store, rows, cfg, shash, alpha, method, pixel_epsilon, pixel_delta,
+                          out)
+    save_calibration(store, cal)
+    return cal.to_dict()
+
+
+@flow(name="calibrate")
+def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str = "ddpg",
+                   steps: int = 100, seed: int = 0, posterior_samples: int = 4,
+                   alpha: float = 0.1, method: str = "residual", pixel_epsilon: float = 0.1,
+                   pixel_delta: float = 0.1, prior: str | None = None,
+                   progress: bool = False) -> dict:
+    """Calibrate conformal bounds for these restore settings on clean images."""
+    from restoreflow.pipeline import RestoreConfig
+
+    rep = ingest_task(store, clean)
+    cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
+                        posterior_samples=posterior_samples, prior=prior)
+    cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon, pixel_delta,
+                          progress)
+    return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("restoreflow", "torch", "diffusers", "peft", "zarr", "xarray", "numpy",
+                "prefect", "dask", "distributed", "s3fs"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@flow(name="pipeline")
+def pipeline_flow(spec: dict, progress: bool = False) -> dict:
+    """Run one run spec end to end; returns the run summary (also in the store)."""
+    import json
+    import platform
+    import socket
+
+    import numpy as np
+
+    from restoreflow import pipeline as P
+    from restoreflow.spec import RunSpec
+    from restoreflow.tasks.common import open_store
+
+    log = get_run_logger()
+    run = RunSpec.from_dict(spec)
+    settings = get_settings()
+    uri = run.store or settings.store
+    store = open_store(uri)
+    cfg = P.RestoreConfig.from_run(run)
+    started = time.time()
+    run_id = f"{run.name}-{time.strftime('%Y%m%dT%H%M%S')}-{run.hash[:8]}"
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    rep = ingest_task(uri, run.sources)
+    ids = _ids(rep)
+    rejected = [r for r in rep["rows"] if r["status"] == "rejected"]
+    for r in rejected:
+        log.warning("REJECTED %s: %s", r["source"], r["reason"])
+    timings["ingest"] = time.perf_counter() - t
+
+    y_coll = P.DEGRADED if run.simulate else P.INPUT
+    if run.simulate:
+        t = time.perf_counter()
+        _simulate(uri, ids, cfg.degradation, cfg.seed, P.DEGRADED, progress)
+        timings["simulate"] = time.perf_counter() - t
+
+    if run.adapt.enabled:
+        t = time.perf_counter()
+        corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
+        with model_placement(settings):
+            info = index_task.submit(uri, corpus_ids, cfg.index, cfg.embedder,
+                                     settings.resolved_device()).result()
+        if info["size"] < cfg.neighbours:
+            raise ValueError(f"adapt.neighbours={cfg.neighbours} but the reference index holds "
+                             f"{info['size']} images; add to adapt.corpus or lower it")
+        timings["index"] = time.perf_counter() - t
+
+    shash = cfg.settings_hash(P.prior_hash(cfg.prior))
+    calibration = P.load_calibration(store, shash)
+    if run.calibration and calibration is None:
+        t = time.perf_counter()
+        c = run.calibration
+        clean_ids = _ids(ingest_task(uri, c.clean))
+        overlap = sorted(set(clean_ids) & set(ids))
+        if overlap:
+            raise ValueError(f"{len(overlap)} calibration images are also run sources "
+                             f"(e.g. {overlap[0]}); calibration images must be held out")
+        calibration = run_calibration(uri, cfg, clean_ids, c.alpha, c.method, c.pixel_epsilon,
+                                      c.pixel_delta, progress)
+        timings["calibrate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    done = restore_images(uri, ids, cfg, y_coll, P.RESTORED, progress)
+    timings["restore"] = time.perf_counter() - t
+    stage = {k: sum(r["timings"].get(k, 0.0) for r in done.values())
+             for k in ("retrieve", "adapt", "restore")}
+
+    t = time.perf_counter()
+    min_psnr = run.calibration.min_psnr if run.calibration else None
+    truth = {}
+    if run.simulate:
+        futures = {i: metrics_task.submit(uri, i, P.RESTORED) for i in ids}
+        truth = {i: f.result() for i, f in futures.items()}
+    rows, interval_futures = [], []
+    for i in ids:
+        attrs = store.attrs(P.RESTORED, i)
+        s = P.score(attrs["features"], calibration, shash, min_psnr)
+        if s["warning"]:
+            log.warning("%s: %s", i, s["warning"])
+        if s.get("lambda") is not None and cfg.posterior_samples >= 2:
+            P.prepare_intervals(store, i, s["lambda"])
+            interval_futures.append(intervals_task.submit(uri, i, s["lambda"]))
+        rows.append({"image_id": i, "name": attrs.get("name"), "run_id": run_id,
+                     "settings_hash": shash, "min_psnr": min_psnr, **s, **truth.get(i, {}),
+                     "features": attrs["features"],
+                     "neighbours": [n["id"] for n in attrs.get("neighbours", [])]})
+    for f in interval_futures:
+        i = f.result()
+        for coll in (P.INTERVAL_LO, P.INTERVAL_HI):
+            store.mark_complete(coll, i)
+    store.append_rows("quality", rows, key=("run_id", "image_id"))
+    timings["score"] = time.perf_counter() - t
+
+    exported: list[str] = []
+    if run.export:
+        t = time.perf_counter()
+        futures = [export_task.submit(uri, coll, run.export.format, run.export.out, ids)
+                   for coll in run.export.collections]
+        exported = [p for f in futures for p in f.result()]
+        timings["export"] = time.perf_counter() - t
+
+    bounds = [r["psnr_lower"] for r in rows if r["psnr_lower"] is not None]
+    summary = {
+        "run_id": run_id, "name": run.name, "spec_hash": run.hash, "store": uri,
+        "degradation": cfg.degradation, "sampler": cfg.sampler, "steps": cfg.steps,
+        "adapt": cfg.adapt, "settings_hash": shash,
+        "calibration": shash if calibration and calibration["settings_hash"] == shash else None,
+        "counts": {"images": len(ids), "restored": len(done), "skipped": len(ids) - len(done),
+                   "rejected": len(rejected), "flagged": sum(r["flagged"] for r in rows),
+                   "exported": len(exported)},
+        "mean_psnr_lower": float(np.mean(bounds)) if bounds else None,
+        "mean_psnr_true": float(np.mean([v["psnr_true"] for v in truth.values()]))
+        if truth else None,
+        "timings": {**timings, **{f"{k}_compute": v for k, v in stage.items()}},
+        "started": started, "finished": time.time(),
+    }
+    if run.report:
+        from restoreflow.report.html import build_report
+
+        t = time.perf_counter()
+        store.append_rows("runs", [summary], key=("run_id",))
+        summary["report"] = str(build_report(store, run.report, run_id))
+        summary["timings"]["report"] = time.perf_counter() - t
+    manifest = {
+        **summary, "spec": run.model_dump(mode="json"), "settings": settings.public(),
+        "restore_config": cfg.to_dict(), "prior_hash": P.prior_hash(cfg.prior),
+        "versions": _versions(), "host": socket.gethostname(), "platform": platform.platform(),
+        "device": settings.resolved_device(),
+        "seeds": {"run": run.seed}, "rejected": rejected,
+        "adapters": sorted({r["adapter"] for r in done.values() if r.get("adapter")}),
+    }
+    store.put_bytes(f"runs/{run_id}/manifest.json", json.dumps(manifest, indent=1).encode())
+    store.append_rows("runs", [summary], key=("run_id",))
+    return summary

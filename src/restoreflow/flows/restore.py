@@ -1,0 +1,52 @@
+"""Flow: restore a degraded collection; and the restore wiring the other flows share."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from restoreflow.flows.progress import track_futures
+from restoreflow.settings import get_settings
+from restoreflow.tasks.runner import model_placement
+from restoreflow.tasks.stages import restore_task
+
+
+def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
+                   out: str, progress: bool = False, label: str = "restore") -> dict[str, dict]:
+    """Driver side of restoring many images: create outputs, submit one model task per
+    image that is not already restored with these settings, record each as it finishes.
+    Returns {image_id: result} for the images restored now (skipped ones are absent)."""
+    from restoreflow.pipeline import finish_restore, prepare_restore, prior_hash
+    from restoreflow.tasks.common import open_store
+
+    settings = get_settings()
+    store = open_store(store_uri)
+    shash = cfg.settings_hash(prior_hash(cfg.prior))
+    todo = [i for i in image_ids if prepare_restore(store, i, cfg, shash, y_collection, out)]
+    device = settings.resolved_device()
+    with model_placement(settings):
+        futures = [restore_task.submit(store_uri, i, cfg.to_dict(), y_collection, out, device)
+                   for i in todo]
+    results = {}
+    for f in track_futures(futures, label, progress):
+        res = f.result()
+        finish_restore(store, res["image_id"], cfg, res, out)
+        results[res["image_id"]] = res
+    return results
+
+
+@flow(name="restore")
+def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int = 100,
+                 seed: int = 0, y_collection: str = "degraded", out: str = "restored",
+                 posterior_samples: int = 1, adapt: bool = False, neighbours: int = 8,
+                 adapt_steps: int | None = None, prior: str | None = None,
+                 image_ids: list[str] | None = None, progress: bool = False) -> dict:
+    """Restore every image of ``y_collection`` (one model task per image)."""
+    from restoreflow.pipeline import RestoreConfig
+    from restoreflow.tasks.common import open_store
+
+    cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
+                        posterior_samples=posterior_samples, prior=prior, adapt=adapt,
+                        neighbours=neighbours, adapt_steps=adapt_steps)
+    ids = image_ids if image_ids is not None else open_store(store).image_ids(y_collection)
+    done = restore_images(store, ids, cfg, y_collection, out, progress)
+    return {"restored": sorted(done), "skipped": sorted(set(ids) - set(done))}

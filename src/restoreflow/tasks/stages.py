@@ -1,0 +1,62 @@
+"""Prefect tasks of the pipeline: each calls one core function (see restoreflow.pipeline).
+
+Tasks pass store URIs, image ids and small dicts, never tensors. Model tasks (restore,
+which includes retrieval and adaptation so the adapter never leaves its worker) are
+submitted by the flows inside ``model_placement``; the rest go to any worker.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from restoreflow.tasks.common import open_store
+
+RETRY = dict(retries=2, retry_delay_seconds=[2, 10])
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **RETRY)
+def ingest_task(store_uri: str, sources: list[str]) -> dict:
+    from restoreflow.storage.ingest import ingest
+
+    return ingest(sources, open_store(store_uri), progress=False).as_dict()
+
+
+@task(name="build-index", cache_policy=NO_CACHE, **RETRY)
+def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
+               device: str) -> dict:
+    from restoreflow.pipeline import build_index
+
+    return build_index(open_store(store_uri), image_ids, name, embedder, device)
+
+
+@task(name="restore-image", cache_policy=NO_CACHE, **RETRY)
+def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, out: str,
+                 device: str) -> dict:
+    from restoreflow.pipeline import RestoreConfig, restore_stored
+
+    return restore_stored(open_store(store_uri), image_id, RestoreConfig.from_dict(cfg),
+                          y_collection, out, device)
+
+
+@task(name="truth-metrics", cache_policy=NO_CACHE, **RETRY)
+def metrics_task(store_uri: str, image_id: str, out: str) -> dict:
+    from restoreflow.pipeline import truth_metrics
+
+    return truth_metrics(open_store(store_uri), image_id, out)
+
+
+@task(name="write-intervals", cache_policy=NO_CACHE, **RETRY)
+def intervals_task(store_uri: str, image_id: str, lam: float) -> str:
+    from restoreflow.pipeline import write_intervals
+
+    write_intervals(open_store(store_uri), image_id, lam)
+    return image_id
+
+
+@task(name="export", cache_policy=NO_CACHE, **RETRY)
+def export_task(store_uri: str, collection: str, fmt: str, out_dir: str,
+                image_ids: list[str]) -> list[str]:
+    from restoreflow.storage.export import export
+
+    return [str(p) for p in export(open_store(store_uri), collection, fmt, out_dir, image_ids)]

@@ -242,5 +242,245 @@ def train_prior_cmd(
     typer.echo(f"prior written to {path}")
 
 
+# --- pipeline: restore / calibrate / run / rerun / report / index / serve / demo -------
+
+
+def _prefect_env() -> None:
+    """Quiet, offline-friendly Prefect defaults for CLI runs (the user's env wins)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("RESTOREFLOW_LOG_LEVEL",
+                                                                  "WARNING"))
+
+
+def _on_dask(flow_obj):
+    """The flow with the configured Dask task runner (embedded LocalCluster or address)."""
+    from restoreflow.settings import get_settings
+    from restoreflow.tasks.runner import dask_task_runner
+
+    return flow_obj.with_options(task_runner=dask_task_runner(get_settings()))
+
+
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def print_summary(summary: dict) -> None:
+    """The run summary as a rich table (images, bounds, flags, time per stage)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    c = summary["counts"]
+    t = Table(title=f"run {summary['run_id']}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k in ("images", "restored", "skipped", "rejected", "flagged", "exported"):
+        t.add_row(k, str(c.get(k, 0)))
+    for k, label in (("mean_psnr_true", "mean PSNR (true, dB)"),
+                     ("mean_psnr_lower", "mean PSNR lower bound (dB)")):
+        if summary.get(k) is not None:
+            t.add_row(label, f"{summary[k]:.2f}")
+    t.add_row("calibration", summary["calibration"] or "none (no bounds)")
+    for k, v in summary["timings"].items():
+        t.add_row(f"time {k} (s)", f"{v:.1f}")
+    Console(width=120).print(t)
+    if summary.get("report"):
+        typer.echo(f"report: {summary['report']}")
+
+
+def _run_spec(spec) -> dict:
+    _prefect_env()
+    from restoreflow.flows.pipeline import pipeline_flow
+
+    summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+    print_summary(summary)
+    return summary
+
+
+@app.command("run")
+def run_cmd(spec_path: str = typer.Argument(..., metavar="SPEC.yaml")) -> None:
+    """Run a pipeline spec end to end (ingest, simulate, adapt, restore, score, export)."""
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        spec = RunSpec.from_yaml(spec_path)
+    except SpecError as exc:
+        _fail(str(exc))
+    _run_spec(spec)
+
+
+@app.command("rerun")
+def rerun_cmd(
+    manifest: str = typer.Argument(..., help="A run manifest (runs/<id>/manifest.json)"),
+    store: str = typer.Option(None, "--store", help="Run into this store instead"),
+) -> None:
+    """Run the spec recorded in a manifest again (bit-identical outputs on the same device)."""
+    import json
+
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        data = json.loads(open(manifest, encoding="utf-8").read())
+        spec = RunSpec.from_dict({**data["spec"], **({"store": store} if store else {})})
+    except (OSError, ValueError, KeyError, SpecError) as exc:
+        _fail(f"{manifest}: not a run manifest ({exc})")
+    _run_spec(spec)
+
+
+@app.command("restore")
+def restore_cmd(
+    degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
+    store: str = typer.Option(None, "--store", help="Store URI"),
+    sampler: str = typer.Option("ddpg", "--sampler", help="ddpg, ddnm, dps or diffpir"),
+    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    seed: int = typer.Option(0, "--seed"),
+    collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
+    out: str = typer.Option("restored", "--out", help="Output collection"),
+    samples_: int = typer.Option(1, "--samples", min=1, max=64, help="Posterior samples J"),
+    adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
+    neighbours: int = typer.Option(8, "--neighbours", min=1),
+    adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
+    prior: str = typer.Option(None, "--prior", help="diffusers model dir or hub id"),
+) -> None:
+    """Restore a degraded collection (one model task per image; reruns skip done images)."""
+    from restoreflow.spec import DegradationSpec, SpecError
+
+    if sampler not in ("ddpg", "ddnm", "dps", "diffpir"):
+        _fail(f"--sampler must be one of ddpg, ddnm, dps, diffpir, not {sampler!r}")
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        _fail(str(exc))
+    ts = _open_store(store)
+    if collection not in ts.collections():
+        _fail(f"{ts.uri} has no collection {collection!r}")
+    _prefect_env()
+    from restoreflow.flows.restore import restore_flow
+
+    res = _on_dask(restore_flow)(
+        store=ts.uri, degradation=spec.text, sampler=sampler, steps=steps, seed=seed,
+        y_collection=collection, out=out, posterior_samples=samples_, adapt=adapt,
+        neighbours=neighbours, adapt_steps=adapt_steps, prior=prior, progress=True)
+    typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
+    degradation: str = typer.Option(..., "--degradation", "-d"),
+    store: str = typer.Option(None, "--store", help="Store URI"),
+    sampler: str = typer.Option("ddpg", "--sampler"),
+    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    samples_: int = typer.Option(4, "--samples", min=1, max=64),
+    alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
+    prior: str = typer.Option(None, "--prior"),
+) -> None:
+    """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
+    from restoreflow.spec import DegradationSpec, SpecError
+
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        _fail(str(exc))
+    ts = _open_store(store)
+    _prefect_env()
+    from restoreflow.flows.pipeline import calibrate_flow
+
+    res = _on_dask(calibrate_flow)(store=ts.uri, clean=clean, degradation=spec.text,
+                                   sampler=sampler, steps=steps, posterior_samples=samples_,
+                                   alpha=alpha, prior=prior, progress=True)
+    typer.echo(f"calibration {res['settings_hash']}: n={res['n']}, alpha={res['alpha']}, "
+               f"coverage on calibration images {res['coverage']}")
+
+
+@app.command("report")
+def report_cmd(
+    store: str = typer.Option(None, "--store", help="Store URI"),
+    run: str = typer.Option(None, "--run", help="Run id (default: the latest)"),
+    out: str = typer.Option("report.html", "--out", help="Output HTML file"),
+) -> None:
+    """Write a static, self-contained HTML report of a run."""
+    from restoreflow.report.html import build_report
+
+    path = build_report(_open_store(store), out, run)
+    typer.echo(f"report: {path}")
+
+
+index_app = typer.Typer(help="The reference index used to retrieve neighbours.",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    corpus: list[str] = typer.Option(..., "--corpus", help="Reference images (sources)"),
+    store: str = typer.Option(None, "--store", help="Store URI"),
+    embedder: str = typer.Option("efficientnet-lite0", "--embedder",
+                                 help="efficientnet-lite0 or clip:<dir-or-hub-id>"),
+    name: str = typer.Option("default", "--name"),
+) -> None:
+    """Ingest a reference corpus and embed it (incremental)."""
+    from restoreflow.pipeline import build_index
+    from restoreflow.settings import get_settings
+    from restoreflow.storage.ingest import ingest as run_ingest
+
+    ts = _open_store(store)
+    rep = run_ingest(corpus, ts, ts.settings, progress=True)
+    for row in rep.rejected:
+        typer.echo(f"REJECTED {row.source}: {row.reason}")
+    ids = list(dict.fromkeys(r.image_id for r in rep.rows if r.image_id))
+    info = build_index(ts, ids, name, embedder, get_settings().resolved_device())
+    typer.echo(f"index {name}: {info['added']} added, {info['size']} images "
+               f"({info['embedder']}, weights {info['weights_hash'][:12]})")
+
+
+@index_app.command("search")
+def index_search(
+    image: str = typer.Argument(..., help="An image file"),
+    k: int = typer.Option(5, "-k", min=1),
+    store: str = typer.Option(None, "--store", help="Store URI"),
+    name: str = typer.Option("default", "--name"),
+) -> None:
+    """Print the k reference images nearest to IMAGE, with scores."""
+    import torch
+
+    from restoreflow.models.embedders import get_embedder
+    from restoreflow.pipeline import load_index
+    from restoreflow.storage.readers import ImageRejected, read_image
+    from restoreflow.storage.store import normalisation, to_normalised
+
+    ts = _open_store(store)
+    index = load_index(ts, name)
+    if index is None:
+        _fail(f"{ts.uri} has no index {name!r}; run `restoreflow index build`")
+    try:
+        arr, _ = read_image(open(image, "rb").read(), image)
+    except (OSError, ImageRejected) as exc:
+        _fail(f"{image}: {exc}")
+    x = torch.from_numpy(to_normalised(arr, *normalisation(arr)))
+    x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+    emb = get_embedder(index.embedder_name)
+    scores, ids = index.search(emb.embed(x[None].clamp(0, 1)).numpy(), k)
+    for s, i in zip(scores[0], ids[0], strict=True):
+        typer.echo(f"{s:.4f}  {i}  {ts.attrs('input', i).get('name', '')}")
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: str = typer.Option("restoreflow-demo", "--dir", help="Working directory"),
+) -> None:
+    """The main job on embedded defaults: bundled photos, blur+noise, adapt, restore,
+    calibrated bounds, report (local store, in-process Prefect, local Dask cluster)."""
+    from restoreflow.demo import prepare_demo
+    from restoreflow.spec import RunSpec
+
+    spec = RunSpec.from_dict(prepare_demo(workdir))
+    typer.echo(f"demo: {len(spec.sources)} source folder(s), store {spec.store}, "
+               f"{spec.degradation}")
+    _run_spec(spec)
+
+
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ Credentials are read from the standard AWS variables (or an AWS profile) and hel
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
@@ -43,7 +44,10 @@ class Settings(BaseSettings):
 
     device: str = Field("cpu", description="torch device for model work: cpu, cuda:N, mps, auto")
     dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler")
-    dask_workers: int = Field(1, ge=1, description="workers of the embedded local cluster")
+    dask_workers: int = Field(
+        default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)), ge=1,
+        description="workers of the embedded local cluster (one thread each)",
+    )
     gpu_resource: str = Field("GPU", description="Dask worker resource that model tasks need")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     prior: str | None = Field(None, description="diffusers model dir or hub id; None = default")

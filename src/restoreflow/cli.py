@@ -249,9 +249,14 @@ def _prefect_env() -> None:
     """Quiet, offline-friendly Prefect defaults for CLI runs (the user's env wins)."""
     import os
 
+    level = os.environ.get("RESTOREFLOW_LOG_LEVEL", "WARNING").upper()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("RESTOREFLOW_LOG_LEVEL",
-                                                                  "WARNING"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    # the embedded Dask cluster logs every worker start/stop at INFO; workers inherit this
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level.lower())
+    import logging
+
+    logging.getLogger("distributed").setLevel(level)
 
 
 def _on_dask(flow_obj):

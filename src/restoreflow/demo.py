@@ -13,9 +13,8 @@ import numpy as np
 
 from restoreflow import samples
 
-DEMO_SIZE = 192
-CAL_SIZE = 96
-CAL_PER_PHOTO = 5
+DEMO_SIZE = 128
+CAL_PER_PHOTO = 6
 CORPUS = ("camera.png", "coins.png", "grass.png", "gravel.png", "brick.png",
           "motorcycle_left.png", "hubble_deep_field.jpg", "moon.png")
 
@@ -46,10 +45,13 @@ def prepare_demo(workdir: str | Path, seed: int = 0) -> dict:
         im = _rgb(samples.sample_path(name))
         _square(im, DEMO_SIZE).save(dirs["inputs"] / f"{Path(name).stem}.png")
         w, h = im.size
-        for k in range(CAL_PER_PHOTO):  # calibration: other crops and scales of the photos
-            s = int(rng.integers(min(w, h) // 4, min(w, h) // 2))
-            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
-            _square(im, CAL_SIZE, (x, y, x + s, y + s)).save(
+        # Calibration images: other square crops of the same photos at a similar scale
+        # (60-90% of the short side, resized to the same size), so that calibration and
+        # demo images are close to exchangeable, as the conformal guarantee assumes.
+        for k in range(CAL_PER_PHOTO):
+            s = int(rng.integers(int(0.6 * min(w, h)), int(0.9 * min(w, h))))
+            x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+            _square(im, DEMO_SIZE, (x, y, x + s, y + s)).save(
                 dirs["calibration"] / f"{Path(name).stem}-{k}.png")
     for name in CORPUS:
         im = _rgb(samples.sample_path(name))

@@ -11,9 +11,9 @@ from restoreflow.spec import DegradationSpec
 from restoreflow.storage.store import TileStore
 
 
-@pytest.fixture()
-def local_store(tmp_path):
-    store = TileStore(str(tmp_path / "store"), tile_size=32)
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def local_store(request, make_store):
+    store = make_store(request.param, tile_size=32)
     rng = np.random.default_rng(0)
     for iid, shape in (("a" * 20, (3, 80, 72)), ("b" * 20, (1, 64, 96))):
         img = (rng.random(shape) * 255).astype(np.uint8)
@@ -56,7 +56,7 @@ def test_simulation_deterministic_and_idempotent(local_store, tmp_path):
     simulate_image(local_store, iid, spec, seed=1, collection="d1")
     first = local_store.read("d1", iid)
     assert simulate_image(local_store, iid, spec, seed=1, collection="d1").status == "present"
-    # a second store with the same input gives bit-identical output
+    # a second (local) store with the same input gives bit-identical output
     other = TileStore(str(tmp_path / "other"), tile_size=32)
     other.create_image("input", iid, (3, 80, 72), np.uint8,
                        attrs={"norm_offset": 0.0, "norm_scale": 255.0})

@@ -487,5 +487,35 @@ def demo_cmd(
     _run_spec(spec)
 
 
+@app.command("serve")
+def serve_cmd(
+    spec_path: str = typer.Argument(..., metavar="SPEC.yaml"),
+    cron: str = typer.Option("0 2 * * *", "--cron", help="When to run (cron, UTC)"),
+    name: str = typer.Option(None, "--name", help="Deployment name (default: the spec's)"),
+) -> None:
+    """Serve the pipeline on a schedule from this host (Prefect deployment + runner).
+
+    Needs a Prefect server (PREFECT_API_URL), e.g. `prefect server start --host 127.0.0.1`.
+    """
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        spec = RunSpec.from_yaml(spec_path)
+    except SpecError as exc:
+        _fail(str(exc))
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except ValueError as exc:
+        _fail(f"--cron {cron!r}: {exc}")
+    _prefect_env()
+    from restoreflow.flows.pipeline import pipeline_flow
+
+    typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")
+    _on_dask(pipeline_flow).serve(name=name or spec.name, cron=cron,
+                                  parameters={"spec": spec.model_dump(mode="json")})
+
+
 if __name__ == "__main__":
     app()

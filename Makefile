@@ -19,8 +19,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/restoreflow demo
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+# Debian's chromium renders the HTML report in the browser test (installed when missing,
+# as root or through sudo; CI runs as root).
+BROWSER_STAMP := $(VENV)/.browser
+$(BROWSER_STAMP):
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP)
+	$(BIN)/ruff check src tests benchmarks deployments
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

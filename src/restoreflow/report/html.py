@@ -1,0 +1,611 @@
+"""The run report: one static, self-contained HTML page.
+
+Everything is inline (thumbnails and plots as base64 PNG data URIs, CSS in a <style>
+element, one tiny script), so the page opens from a file, a mail attachment or an S3
+console without any network access; a Content-Security-Policy forbids loading anything
+else. Every string that comes from the store (image names come from user files) is
+HTML-escaped.
+
+Sources in the store:
+
+- ``tables/runs.json``: one row per run (``run_id``, ``name``, ``degradation``,
+  ``sampler``, ``steps``, ``adapt``, ``started``, ``finished``, ``counts``, ``timings``,
+  ``settings_hash``, ``calibration``: the calibration's settings hash or null);
+- ``tables/quality.json``: one row per (run, image) (``psnr_lower``, ``ssim_lower``,
+  ``alpha``, ``flagged``, ``min_psnr``, optional ``psnr_true``, ``ssim_true``,
+  ``lambda``, ``warning``, ``features``);
+- ``calibrations/<settings_hash>.json``: the conformal calibration (rows of
+  ``(bound, true)`` per calibration image, ``alpha``, ``coverage``, ``pixel``);
+- collections ``input``, ``degraded``, ``restored``, ``interval_lower``,
+  ``interval_upper`` for the thumbnails.
+
+A conformal lower bound at level ``alpha`` reads "PSNR >= b dB with probability
+1 - alpha": over exchangeable images the true PSNR is below ``b`` for at most a fraction
+``alpha`` of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from restoreflow.storage.store import TileStore
+
+log = logging.getLogger(__name__)
+
+INPUT, DEGRADED, RESTORED = "input", "degraded", "restored"
+INTERVAL_LO, INTERVAL_HI = "interval_lower", "interval_upper"
+RUNS_TABLE, QUALITY_TABLE = "runs", "quality"
+
+# Writes "<loaded>/<total>" into body[data-images-loaded] once the page has loaded, so a
+# headless browser (and a curious reader) can check that every inline image decoded.
+LOAD_SCRIPT = (
+    'window.addEventListener("load",function(){var m=document.images,k=0;'
+    "for(var i=0;i<m.length;i++){if(m[i].complete&&m[i].naturalWidth>0){k++;}}"
+    'document.body.setAttribute("data-images-loaded",k+"/"+m.length);});'
+)
+
+CSS = """
+:root { --fg:#1d2430; --muted:#5f6b7a; --line:#dde2e8; --bg:#f4f6f8; --card:#fff;
+        --bad:#c62828; --good:#2e7d32; --warn:#b26a00; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+       font: 14px/1.45 system-ui, "Segoe UI", "DejaVu Sans", "Liberation Sans", sans-serif; }
+main { max-width: 1220px; margin: 0 auto; padding: 20px 24px 48px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 28px 0 10px; border-bottom: 1px solid var(--line);
+     padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 0; word-break: break-all; }
+code, .mono { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 12px; }
+.muted { color: var(--muted); }
+.small { font-size: 12px; }
+.panel { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
+         padding: 12px 16px; }
+.top { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 16px;
+       align-items: start; }
+dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px; margin: 0; }
+dl.kv dt { color: var(--muted); }
+dl.kv dd { margin: 0; word-break: break-word; }
+table.t { border-collapse: collapse; width: 100%; }
+table.t th, table.t td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line);
+                         vertical-align: top; }
+table.t th { color: var(--muted); font-weight: 600; }
+table.t td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.chips span { display: inline-block; background: #eef1f5; border-radius: 10px;
+              padding: 0 8px; margin: 0 4px 3px 0; font-size: 12px; }
+.badge { display: inline-block; border-radius: 4px; padding: 1px 8px; font-size: 12px;
+         font-weight: 700; letter-spacing: .04em; color: #fff; vertical-align: middle; }
+.badge.flagged { background: var(--bad); }
+.badge.ok { background: var(--good); }
+.badge.none { background: #8a94a3; }
+.note { border-left: 4px solid var(--warn); background: #fff8e6; padding: 6px 10px;
+        margin: 8px 0; }
+.note.bad { border-color: var(--bad); background: #fdecec; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
+        padding: 12px 16px; margin: 0 0 16px; }
+.card.flagged { border-left: 6px solid var(--bad); }
+.card header { display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap;
+               margin-bottom: 8px; }
+.figs { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; }
+figure img { display: block; max-width: 100%; height: auto; background: #e9ecf0;
+             image-rendering: pixelated; border: 1px solid var(--line); }
+figcaption { font-size: 12px; color: var(--muted); margin-top: 3px; }
+figcaption b { color: var(--fg); }
+.missing { width: 256px; height: 64px; border: 1px dashed #b9c1cc; border-radius: 4px;
+           display: flex; align-items: center; justify-content: center; color: var(--muted);
+           font-size: 12px; }
+.cbar { height: 8px; border-radius: 2px; margin-top: 4px; }
+.cbar-labels { display: flex; justify-content: space-between; font-size: 11px; }
+.metrics { margin-top: 10px; display: flex; flex-wrap: wrap; gap: 6px 28px; }
+.metrics .bound { font-size: 15px; }
+.held { color: var(--good); font-weight: 600; }
+.missed { color: var(--bad); font-weight: 600; }
+details { margin-top: 6px; }
+summary { cursor: pointer; color: var(--muted); font-size: 12px; }
+.plot img { display: block; max-width: 100%; height: auto; }
+footer { margin-top: 32px; color: var(--muted); font-size: 12px; }
+@media (max-width: 900px) { .top { grid-template-columns: 1fr; } }
+"""
+
+
+# -- formatting -----------------------------------------------------------------------
+
+def _e(v: Any) -> str:
+    """Escape any value for HTML text and attributes."""
+    return escape("" if v is None else str(v), quote=True)
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt(v: Any, digits: int = 2, unit: str = "") -> str:
+    f = _num(v)
+    if f is None:
+        return "—"
+    return f"{f:.{digits}f}{(' ' + unit) if unit else ''}"
+
+
+def _fmt_seconds(v: Any) -> str:
+    s = _num(v)
+    if s is None:
+        return _e(v)
+    if s < 60:
+        return f"{s:.1f} s" if s >= 0.1 or s == 0 else f"{s * 1000:.0f} ms"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+
+
+def _fmt_time(v: Any) -> str:
+    """Epoch seconds or an ISO string as "YYYY-MM-DD HH:MM:SS UTC"."""
+    f = _num(v)
+    if f is not None:
+        return datetime.fromtimestamp(f, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return _e(v) if v else "—"
+
+
+def _fmt_spec(v: Any) -> str:
+    """A degradation spec (string or dict) as one readable line."""
+    if v is None:
+        return "—"
+    if isinstance(v, Mapping):
+        d = dict(v)
+        kind = next((d.pop(k) for k in ("kind", "name", "type", "operator") if k in d), None)
+        rest = ", ".join(f"{k}={json.dumps(x) if not isinstance(x, str) else x}"
+                         for k, x in d.items())
+        head = str(kind) if kind is not None else ""
+        return _e(f"{head} ({rest})" if head and rest else head or rest)
+    return _e(v)
+
+
+def _on_off(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if v is None:
+        return "—"
+    return _e(v)
+
+
+def _prob(alpha: float | None) -> str:
+    return f"{100 * (1 - alpha):.0f}%" if alpha is not None else "?"
+
+
+def _size_text(shape: Sequence[int]) -> str:
+    c, h, w = shape
+    return f"{w}×{h} " + ("RGB" if c == 3 else "grey" if c == 1 else f"{c} bands")
+
+
+def _time_key(run: Mapping) -> float:
+    for k in ("finished", "started"):
+        v = run.get(k)
+        f = _num(v)
+        if f is not None:
+            return f
+        if isinstance(v, str) and v:
+            try:
+                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            return dt.timestamp()
+    return -math.inf
+
+
+# -- gathering the data ---------------------------------------------------------------
+
+def select_run(runs: Sequence[Mapping], run_id: str | None) -> dict | None:
+    """The run row named ``run_id``, or the latest run (by ``finished``, else ``started``;
+    later rows win ties). None when there are no runs. ValueError for an unknown id."""
+    if not runs:
+        return None
+    if run_id is not None:
+        match = [r for r in runs if r.get("run_id") == run_id]
+        if not match:
+            known = ", ".join(str(r.get("run_id")) for r in runs[-10:])
+            raise ValueError(f"no run {run_id!r} in the runs table (latest runs: {known})")
+        return dict(match[-1])
+    best = max(range(len(runs)), key=lambda i: (_time_key(runs[i]), i))
+    return dict(runs[best])
+
+
+def _dedupe(rows: Sequence[Mapping]) -> list[dict]:
+    """Keep the last row per (run_id, image_id)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        out[(r.get("run_id"), r.get("image_id"))] = dict(r)
+    return list(out.values())
+
+
+def _load_calibration(store: TileStore, shash: str) -> tuple[dict | None, str | None]:
+    path = f"calibrations/{shash}.json"
+    try:
+        if not store.exists(path):
+            return None, f"calibration {shash} is not in the store ({path} missing): no plot"
+        cal = json.loads(store.get_bytes(path))
+    except (OSError, ValueError) as exc:
+        return None, f"calibration {shash} could not be read: {exc}"
+    if not isinstance(cal, dict):
+        return None, f"calibration {shash}: {path} is not a JSON object"
+    return cal, None
+
+
+# -- rendering ------------------------------------------------------------------------
+
+def _img(thumb, alt: str) -> str:
+    return (f'<img src="{thumb.uri}" width="{thumb.width}" height="{thumb.height}" '
+            f'alt="{_e(alt)}">')
+
+
+def _figure(thumb, body: str) -> str:
+    """A figure as wide as its thumbnail (at least 180 px, room for the caption)."""
+    return f'<figure style="width:{max(thumb.width, 180)}px">{body}</figure>'
+
+
+def _missing(text: str) -> str:
+    return f'<figure><div class="missing">{_e(text)}</div></figure>'
+
+
+def _figures(store: TileStore, image_id: str, row: Mapping, pixel: Mapping | None) -> str:
+    from restoreflow.report import thumbs
+
+    have = {c: store.has(c, image_id)
+            for c in (INPUT, DEGRADED, RESTORED, INTERVAL_LO, INTERVAL_HI)}
+    ref = next((c for c in (INPUT, RESTORED, DEGRADED) if have[c]), None)
+    if ref is None:
+        return '<div class="note bad">no pixels for this image in the store</div>'
+    shape = store.shape(ref, image_id)
+    size = thumbs.display_size(shape[1], shape[2])
+    parts = []
+    for coll, label in ((INPUT, "source"), (DEGRADED, "degraded"), (RESTORED, "restored")):
+        if not have[coll]:
+            if coll == RESTORED:
+                parts.append(_missing("not restored"))
+            continue
+        try:
+            sh = store.shape(coll, image_id)
+            t = thumbs.store_thumb(store, coll, image_id, size)
+        except Exception as exc:  # noqa: BLE001 - reported on the page, the rest goes on
+            log.warning("report: %s/%s: %s", coll, image_id, exc)
+            parts.append(_missing(f"{label}: cannot read ({type(exc).__name__}: {exc})"))
+            continue
+        parts.append(_figure(t, f"{_img(t, label)}<figcaption><b>{label}</b> · "
+                                f"{_size_text(sh)}</figcaption>"))
+    if have[INTERVAL_LO] and have[INTERVAL_HI]:
+        try:
+            u = thumbs.uncertainty_thumb(store, image_id, size, INTERVAL_LO, INTERVAL_HI)
+        except Exception as exc:  # noqa: BLE001 - reported on the page, the rest goes on
+            log.warning("report: intervals of %s: %s", image_id, exc)
+            parts.append(_missing(f"uncertainty: cannot read ({type(exc).__name__}: {exc})"))
+        else:
+            stops = ", ".join(thumbs.colour_stops())
+            parts.append(_figure(
+                u.thumb,
+                f"{_img(u.thumb, 'uncertainty')}"
+                f'<div class="cbar" style="background: linear-gradient(to right, {stops})">'
+                f'</div><div class="cbar-labels"><span>{_fmt(u.vmin, 3)}</span>'
+                f"<span>{_fmt(u.vmax, 3)}</span></div>"
+                f"<figcaption><b>uncertainty</b> · interval width "
+                f"{_fmt(u.vmin, 3)}–{_fmt(u.vmax, 3)}, mean {_fmt(u.mean, 3)}</figcaption>"
+            ))
+    return f'<div class="figs">{"".join(parts)}</div>'
+
+
+def _pixel_text(row: Mapping, pixel: Mapping | None) -> str:
+    """The RCPS guarantee of the per-pixel intervals, in words."""
+    lam = _num(row.get("lambda"))
+    eps = _num(pixel.get("epsilon")) if pixel else None
+    delta = _num(pixel.get("delta")) if pixel else None
+    lam_text = f" (λ = {lam:.3g})" if lam is not None else ""
+    if eps is not None and delta is not None:
+        return (f"pixel intervals{lam_text}: at most {100 * eps:.0f}% of pixels outside "
+                f"their interval, with probability {100 * (1 - delta):.0f}%")
+    return f"pixel intervals{lam_text}" if lam_text else ""
+
+
+def _metrics(row: Mapping, alpha: float | None, pixel_text: str = "") -> str:
+    a = _num(row.get("alpha"))
+    a = a if a is not None else alpha
+    p_lo, s_lo = _num(row.get("psnr_lower")), _num(row.get("ssim_lower"))
+    p_true, s_true = _num(row.get("psnr_true")), _num(row.get("ssim_true"))
+    items = []
+    if p_lo is not None:
+        items.append(f'<div class="bound">PSNR ≥ <b>{p_lo:.1f} dB</b> with probability '
+                     f"{_prob(a)}</div>")
+    if s_lo is not None:
+        items.append(f'<div class="bound">SSIM ≥ <b>{s_lo:.3f}</b> with probability '
+                     f"{_prob(a)}</div>")
+    if p_lo is None and s_lo is None:
+        items.append('<div class="muted">no conformal bound</div>')
+    truth = []
+    if p_true is not None:
+        held = "" if p_lo is None else (
+            ' <span class="held">✓ bound held</span>' if p_true >= p_lo
+            else ' <span class="missed">✗ bound missed</span>')
+        truth.append(f"true PSNR <b>{p_true:.2f} dB</b>{held}")
+    if s_true is not None:
+        held = "" if s_lo is None else (
+            ' <span class="held">✓</span>' if s_true >= s_lo else ' <span class="missed">✗</span>')
+        truth.append(f"true SSIM <b>{s_true:.3f}</b>{held}")
+    if truth:
+        items.append(f'<div>{" · ".join(truth)}</div>')
+    out = f'<div class="metrics">{"".join(items)}</div>'
+    if pixel_text:
+        out += f'<div class="small muted">{_e(pixel_text)}</div>'
+    if row.get("flagged"):
+        mp = _num(row.get("min_psnr"))
+        why = (f"the PSNR bound {p_lo:.1f} dB is below the required {mp:.1f} dB"
+               if p_lo is not None and mp is not None else "flagged by the quality check")
+        out += f'<div class="note bad"><b>FLAGGED</b>: {_e(why)}</div>'
+    if row.get("warning"):
+        out += f'<div class="note">{_e(row["warning"])}</div>'
+    feats = row.get("features")
+    if isinstance(feats, Mapping) and feats:
+        cells = "".join(f"<tr><td>{_e(k)}</td><td class=num>{_fmt(v, 4)}</td></tr>"
+                        for k, v in sorted(feats.items()))
+        out += (f"<details><summary>no-reference features ({len(feats)})</summary>"
+                f'<table class="t small" style="width:auto">{cells}</table></details>')
+    return out
+
+
+def _card(store: TileStore, idx: int, row: Mapping, alpha: float | None,
+          pixel: Mapping | None) -> str:
+    image_id = str(row.get("image_id"))
+    name = row.get("_name") or image_id
+    flagged = bool(row.get("flagged"))
+    if flagged:
+        badge = '<span class="badge flagged">FLAGGED</span>'
+    elif _num(row.get("psnr_lower")) is not None:
+        badge = '<span class="badge ok">OK</span>'
+    else:
+        badge = '<span class="badge none">NO BOUND</span>'
+    run = f' · run <code>{_e(row["run_id"])}</code>' if row.get("_show_run") else ""
+    has_intervals = store.has(INTERVAL_HI, image_id)
+    return (
+        f'<section class="card{" flagged" if flagged else ""}" id="img-{idx}">'
+        f"<header><h3>{_e(name)}</h3>{badge}"
+        f'<span class="muted small">id <code>{_e(image_id)}</code>{run}</span></header>'
+        f"{_figures(store, image_id, row, pixel)}"
+        f"{_metrics(row, alpha, _pixel_text(row, pixel) if has_intervals else '')}</section>"
+    )
+
+
+def _mean(vals: Sequence[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _summary(rows: Sequence[Mapping], alpha: float | None) -> str:
+    n = len(rows)
+    flagged = [(i, r) for i, r in enumerate(rows) if r.get("flagged")]
+    p_lo = [_num(r.get("psnr_lower")) for r in rows]
+    s_lo = [_num(r.get("ssim_lower")) for r in rows]
+    p_tr = [_num(r.get("psnr_true")) for r in rows]
+    s_tr = [_num(r.get("ssim_true")) for r in rows]
+    nb = sum(v is not None for v in p_lo)
+    body = [("images", str(n)),
+            ("flagged", f'<b style="color:var(--bad)">{len(flagged)}</b>' if flagged else "0"),
+            ("with a bound", f"{nb} of {n}" + (f" (probability {_prob(alpha)})" if nb else "")),
+            ("mean PSNR bound", _fmt(_mean(p_lo), 2, "dB")),
+            ("mean SSIM bound", _fmt(_mean(s_lo), 3))]
+    if any(v is not None for v in p_tr):
+        body.append(("mean true PSNR", _fmt(_mean(p_tr), 2, "dB")))
+        pairs = [(b, t) for b, t in zip(p_lo, p_tr, strict=True)
+                 if b is not None and t is not None]
+        if pairs:
+            held = sum(t >= b for b, t in pairs)
+            body.append(("PSNR bound held", f"{held} of {len(pairs)} "
+                                            f"({100 * held / len(pairs):.0f}%)"))
+    if any(v is not None for v in s_tr):
+        body.append(("mean true SSIM", _fmt(_mean(s_tr), 3)))
+    cells = "".join(f"<tr><th>{k}</th><td class=num>{v}</td></tr>" for k, v in body)
+    out = f'<table class="t">{cells}</table>'
+    if flagged:
+        links = ", ".join(f'<a href="#img-{i}">{_e(r.get("_name") or r.get("image_id"))}</a>'
+                          for i, r in flagged[:50])
+        more = f" and {len(flagged) - 50} more" if len(flagged) > 50 else ""
+        out += f'<p class="small">Flagged: {links}{more}</p>'
+    return out
+
+
+def _run_info(store_uri: str, run: Mapping | None, run_ids: Sequence[str],
+              alpha: float | None) -> str:
+    kv = [("store", f"<code>{_e(store_uri)}</code>")]
+    if run is None:
+        ids = ", ".join(f"<code>{_e(r)}</code>" for r in run_ids) or "—"
+        kv.append(("runs", ids + ' <span class="muted">(no runs table: everything in the '
+                               "store)</span>"))
+    else:
+        kv.append(("run", f"<code>{_e(run.get('run_id'))}</code>"
+                          + (f" · {_e(run['name'])}" if run.get("name") else "")))
+        kv += [("degradation", _fmt_spec(run.get("degradation"))),
+               ("sampler", f"{_e(run.get('sampler') or '—')}, {_e(run.get('steps') or '?')} "
+                           "steps"),
+               ("adaptation (LoRA)", _on_off(run.get("adapt")))]
+    kv.append(("calibration α", f"{alpha:g} (bounds hold with probability {_prob(alpha)})"
+               if alpha is not None else "not calibrated: no bounds"))
+    if run is not None:
+        kv.append(("started", _fmt_time(run.get("started"))))
+        kv.append(("finished", _fmt_time(run.get("finished"))))
+        counts = run.get("counts")
+        if isinstance(counts, Mapping) and counts:
+            chips = "".join(f"<span>{_e(k)} <b>{_e(v)}</b></span>" for k, v in counts.items())
+            kv.append(("counts", f'<div class="chips">{chips}</div>'))
+        timings = run.get("timings")
+        if isinstance(timings, Mapping) and timings:
+            chips = "".join(f"<span>{_e(k)} <b>{_fmt_seconds(v)}</b></span>"
+                            for k, v in timings.items())
+            kv.append(("timings", f'<div class="chips">{chips}</div>'))
+        if run.get("settings_hash"):
+            kv.append(("settings hash", f"<code>{_e(run['settings_hash'])}</code>"))
+    return '<dl class="kv">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in kv) + "</dl>"
+
+
+def _calibration_section(store: TileStore, hashes: Sequence[str], rows: Sequence[Mapping]
+                         ) -> tuple[str, float | None, dict | None]:
+    """HTML of the calibration plots, the calibration alpha and the pixel calibration."""
+    from restoreflow.report.plots import calibration_png
+    from restoreflow.report.thumbs import data_uri
+
+    if not hashes:
+        return ('<p class="note">not calibrated: no bounds (this run has no conformal '
+                "calibration)</p>", None, None)
+    parts, alpha, pixel = [], None, None
+    for h in hashes:
+        cal, problem = _load_calibration(store, h)
+        if cal is None:
+            parts.append(f'<p class="note">{_e(problem)}</p>')
+            continue
+        a = _num(cal.get("alpha"))
+        alpha = a if alpha is None else alpha
+        if pixel is None and isinstance(cal.get("pixel"), Mapping):
+            pixel = dict(cal["pixel"])
+        test = [r for r in rows if r.get("settings_hash") in (h, None)]
+        png = calibration_png(cal, test)
+        n = cal.get("n", len(cal.get("rows") or []))
+        folds = {}
+        for r in cal.get("rows") or []:
+            folds[r.get("fold", "cal")] = folds.get(r.get("fold", "cal"), 0) + 1
+        fold_text = ", ".join(f"{v} {k}" for k, v in sorted(folds.items()))
+        notes = ""
+        cov = cal.get("coverage")
+        if isinstance(cov, Mapping) and cov.get("pixel_note"):
+            notes = f'<p class="note small">{_e(cov["pixel_note"])}</p>'
+        parts.append(
+            f'<div class="panel plot"><img src="{data_uri(png)}" alt="calibration plot">'
+            f'<p class="small muted">Calibration <code>{_e(h)}</code>: {_e(n)} images '
+            f"({_e(fold_text)}), α = {_fmt(a, 3)}. Each point is one calibration image at "
+            "(lower bound, true value); points below the line are images whose true "
+            "quality fell below its bound. Diamonds: this run's images with a known "
+            f"true value.</p>{notes}</div>"
+        )
+    return "".join(parts), alpha, pixel
+
+
+def render_report(store: TileStore, run_id: str | None = None, *,
+                  max_images: int | None = None) -> str:
+    """The report page as a string (see :func:`build_report`)."""
+    from restoreflow.storage.sources import strip_credentials
+
+    t0 = time.perf_counter()
+    runs = store.read_table(RUNS_TABLE)
+    quality = store.read_table(QUALITY_TABLE)
+    run = select_run(runs, run_id)
+    if run is not None:
+        rows = _dedupe([r for r in quality if r.get("run_id") == run.get("run_id")])
+    else:
+        rows = _dedupe([r for r in quality if run_id is None or r.get("run_id") == run_id])
+        if run_id is not None and not rows:
+            raise ValueError(f"no run {run_id!r}: the store has no runs table and no quality "
+                             "rows for that run")
+    if not rows:
+        rows = [{"image_id": i} for i in store.image_ids(RESTORED)]
+    run_ids = sorted({str(r["run_id"]) for r in rows if r.get("run_id")})
+    show_run = run is None and len(run_ids) > 1
+    for r in rows:
+        name = r.get("name")
+        if not name:
+            for coll in (INPUT, RESTORED):
+                try:
+                    name = store.attrs(coll, str(r.get("image_id"))).get("name")
+                except (KeyError, ValueError):
+                    continue
+                if name:
+                    break
+        r["_name"] = name or str(r.get("image_id"))
+        r["_show_run"] = show_run
+    rows.sort(key=lambda r: (not r.get("flagged"), str(r["_name"]).lower(),
+                             str(r.get("image_id"))))
+
+    if run is not None:
+        hashes = [run["calibration"]] if run.get("calibration") else []
+    else:
+        hashes = sorted({str(r["settings_hash"]) for r in rows if r.get("settings_hash")})
+        hashes = [h for h in hashes if store.exists(f"calibrations/{h}.json")]
+    cal_html, alpha, pixel = _calibration_section(store, hashes, rows)
+    if alpha is None:
+        alpha = next((a for a in (_num(r.get("alpha")) for r in rows) if a is not None), None)
+
+    shown = rows if max_images is None else rows[:max(0, int(max_images))]
+    cards = "".join(_card(store, i, r, alpha, pixel) for i, r in enumerate(shown))
+    if len(shown) < len(rows):
+        cards += (f'<p class="note">Showing {len(shown)} of {len(rows)} images (flagged '
+                  "first); the summary covers all of them.</p>")
+    if not rows:
+        cards = '<p class="note">no images to report: nothing restored yet</p>'
+
+    store_uri = strip_credentials(store.uri)
+    title = "restoreflow report"
+    if run is not None:
+        title += f" — {run.get('name') or run.get('run_id')}"
+    script_hash = base64.b64encode(hashlib.sha256(LOAD_SCRIPT.encode()).digest()).decode()
+    csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+           f"script-src 'sha256-{script_hash}'")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style>"
+        f"<script>{LOAD_SCRIPT}</script></head>\n<body><main>"
+        f"<h1>{_e(title)}</h1>"
+        f'<p class="muted small">made {made} from <code>{_e(store_uri)}</code></p>'
+        '<div class="top">'
+        f'<div class="panel"><h2 style="margin-top:0">Run</h2>'
+        f"{_run_info(store_uri, run, run_ids, alpha)}</div>"
+        f'<div class="panel"><h2 style="margin-top:0">Summary</h2>{_summary(rows, alpha)}'
+        "</div></div>"
+        f"<h2>Calibration</h2>{cal_html}"
+        f"<h2>Images ({len(rows)})</h2>{cards}"
+        f"<footer>restoreflow · built in {time.perf_counter() - t0:.1f} s · "
+        "conformal bounds hold over exchangeable images, not for each image with "
+        "certainty</footer>"
+        "</main></body></html>\n"
+    )
+
+
+def build_report(store: TileStore, out_path: str | os.PathLike, run_id: str | None = None,
+                 *, max_images: int | None = None) -> Path:
+    """Write the HTML report of a run to ``out_path`` (atomically) and return its path.
+
+    ``run_id=None`` reports the latest run of the ``runs`` table (by ``finished``, else
+    ``started``); without a runs table it reports every quality row in the store, and
+    without quality rows every image of ``restored``. ``max_images`` caps the number of
+    image cards (flagged images first); the summary always covers every image.
+    ValueError when ``run_id`` names no run.
+    """
+    page = render_report(store, run_id, max_images=max_images)
+    out = Path(out_path).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out

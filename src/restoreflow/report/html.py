@@ -541,7 +541,7 @@ def render_report(store: TileStore, run_id: str | None = None, *,
         hashes = [run["calibration"]] if run.get("calibration") else []
     else:
         hashes = sorted({str(r["settings_hash"]) for r in rows if r.get("settings_hash")})
-        hashes = [h for h in hashes if store.exists(f"calibrations/{h}.json")]
+        hashes = [h for h in hashes if _load_calibration(store, h)[0] is not None]
     cal_html, alpha, pixel = _calibration_section(store, hashes, rows)
     if alpha is None:
         alpha = next((a for a in (_num(r.get("alpha")) for r in rows) if a is not None), None)

@@ -26,6 +26,7 @@ training step of the copy is recorded.
     python -m benchmarks.bench_samplers --prior /work/train/default-prior/prior
     python -m benchmarks.bench_samplers --quick            # smoke run, minutes
     python -m benchmarks.bench_samplers --tune             # option grid on tuning images
+    python -m benchmarks.bench_samplers --seams --steps 25 # seams on a 1024 px image
 
 ``--tune`` runs a small grid of sampler options per task on images that are not in the
 benchmark set (the last two held-out photos, by default at 128 px) and writes
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -117,6 +119,26 @@ GRID: dict[str, dict[str, list[dict]]] = {
             dict(lam=0.25, zeta=1.0),
         ],
         "inpaint": [dict(lam=0.25, zeta=1.0), dict(lam=0.25, zeta=0.5), dict(lam=1.0, zeta=1.0)],
+    },
+}
+
+# Second round (--tune --round 2): beyond the edges of GRID where the best value sat at an
+# end (prior snapshot at step 1750: DDPG inpainting best at the smallest zeta, DDNM+
+# deblurring at the largest eta_tilde, DPS at the largest zeta').
+GRID_ROUND2: dict[str, dict[str, list[dict]]] = {
+    "ddpg": {
+        "inpaint": [
+            dict(gamma=300.0, zeta=0.2, eta_tilde=1.0, step_size="constant"),
+            dict(gamma=300.0, zeta=0.0, eta_tilde=1.0, step_size="constant"),
+        ],
+    },
+    "ddnm": {
+        "deblur": [dict(eta=1.0, eta_tilde=4.0), dict(eta=0.85, eta_tilde=16.0)],
+    },
+    "dps": {
+        "deblur": [dict(zeta_prime=30.0)],
+        "sr": [dict(zeta_prime=30.0)],
+        "inpaint": [dict(zeta_prime=30.0)],
     },
 }
 
@@ -345,6 +367,8 @@ def markdown(res: dict) -> str:
 def run_tuning(args, prior, prior_info: dict) -> dict:
     from restoreflow.models import corpus
 
+    grid = GRID if args.round == 1 else GRID_ROUND2
+
     photos = corpus.held_out_photos()[-args.tune_images :]
     items = load_images(photos, [], args.tune_size)
     rows = []
@@ -352,7 +376,7 @@ def run_tuning(args, prior, prior_info: dict) -> dict:
         for item in items:
             op, y, sigma_y = degrade(task, item, args.seed)
             for m in [m for m in SAMPLER_METHODS if m in args.methods]:
-                for opts in GRID[m][task]:
+                for opts in grid.get(m, {}).get(task, []):
                     x, sec = run_method(prior, op, y, sigma_y, m, args.steps, args.seed, opts)
                     row = {"task": task, "image": item["name"], "method": m, "options": opts}
                     row.update(metrics(x, item["x"]), seconds=sec)
@@ -367,7 +391,7 @@ def run_tuning(args, prior, prior_info: dict) -> dict:
     for task in args.tasks:
         for m in [m for m in SAMPLER_METHODS if m in args.methods]:
             cands = []
-            for opts in GRID[m][task]:
+            for opts in grid.get(m, {}).get(task, []):
                 rs = [
                     r
                     for r in rows
@@ -381,9 +405,11 @@ def run_tuning(args, prior, prior_info: dict) -> dict:
                     )
                 )
                 table.append((task, m, opts, cands[-1][0], cands[-1][1]))
-            best.setdefault(m, {})[task] = max(cands, key=lambda c: c[0])[2]
+            if cands:
+                best.setdefault(m, {})[task] = max(cands, key=lambda c: c[0])[2]
     return {
         "prior": prior_info,
+        "round": args.round,
         "steps": args.steps,
         "size": args.tune_size,
         "images": [it["name"] for it in items],
@@ -415,6 +441,67 @@ def tuning_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+# --- seams on a large image -------------------------------------------------------------------
+
+
+def seam_ratio(img: torch.Tensor, tile: int, overlap: int) -> float:
+    """Mean |gradient| across tile border lines / mean |gradient| elsewhere (C, H, W)."""
+    from restoreflow.models.tiled import tile_starts
+
+    ratios = []
+    for dim in (1, 2):
+        n = img.shape[dim]
+        starts = tile_starts(n, tile, overlap)
+        lines = {s for s in starts if s > 0} | {s + tile for s in starts if s + tile < n}
+        at = torch.zeros(n - 1, dtype=torch.bool)
+        at[[line - 1 for line in sorted(lines)]] = True
+        g = img.diff(dim=dim).abs().movedim(dim, 0)  # (n-1, ...)
+        ratios.append(float(g[at].mean() / g[~at].mean()))
+    return float(np.mean(ratios))
+
+
+def run_seams(args, prior, prior_info: dict) -> dict:
+    """DDPG deblur of one 1024 x 1024 photo crop with the default tiling (256 px tiles,
+    64 px overlap): seam ratio of the output next to that of the clean image."""
+    from restoreflow.models import corpus
+    from restoreflow.models.training import center_crops
+
+    path = corpus.held_out_photos()[0]
+    x = center_crops([path], args.seam_size, None)[0]
+    item = {"name": path.name, "domain": "photo", "x": x}
+    op, y, sigma_y = degrade("deblur", item, args.seed)
+    est, sec = run_method(prior, op, y, sigma_y, "ddpg", args.steps, args.seed, None)
+    res = {
+        "prior": prior_info,
+        "image": path.name,
+        "size": args.seam_size,
+        "steps": args.steps,
+        "task": TASKS["deblur"],
+        "tile": 256,
+        "overlap": 64,
+        "seam_ratio_output": seam_ratio(est, 256, 64),
+        "seam_ratio_clean": seam_ratio(x, 256, 64),
+        "seconds": sec,
+        **metrics(est, x),
+    }
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def seams_markdown(r: dict) -> str:
+    p = r["prior"]
+    return (
+        f"Seams: DDPG deblur (`{r['task']}`) of a {r['size']}x{r['size']} crop of "
+        f"{r['image']}, tiles {r['tile']} px with {r['overlap']} px overlap, {r['steps']} steps; "
+        f"prior snapshot step {p['step']} (hash {p['hash'][:12]}).\n\n"
+        "Seam ratio = mean |gradient| across tile border lines / mean |gradient| elsewhere "
+        "(1 = no seam; the clean image gives the value due to content alone).\n\n"
+        "| output ratio | clean-image ratio | PSNR | SSIM | seconds |\n|---|---|---|---|---|\n"
+        f"| {r['seam_ratio_output']:.3f} | {r['seam_ratio_clean']:.3f} | {r['psnr']:.2f} | "
+        f"{r['ssim']:.3f} | {r['seconds']:.0f} |"
+    )
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 
@@ -438,29 +525,39 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="smoke run: 2 photos, 1 astro, 128 px, 20 steps"
     )
     ap.add_argument("--tune", action="store_true", help="run the option grid instead")
+    ap.add_argument("--seams", action="store_true", help="seam check on one large image instead")
+    ap.add_argument("--seam-size", type=int, default=1024)
     ap.add_argument("--tune-images", type=int, default=2)
     ap.add_argument("--tune-size", type=int, default=128)
+    ap.add_argument("--round", type=int, default=1, choices=(1, 2), help="tuning grid round")
     ap.add_argument("--name", help="results file stem (default by mode)")
     ap.add_argument("--workdir", default="/tmp/restoreflow-bench", help="prior snapshot copies")
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.astro, args.size, args.steps = 2, 1, 128, 20
-        args.tune_images, args.tune_size = 1, 64
+        args.tune_images, args.tune_size, args.seam_size = 1, 64, 512
 
     from restoreflow.models.prior import DiffusionPrior
 
     src = Path(args.prior)
     if (src.parent / "checkpoint").is_dir():
         local, step = snapshot_prior(src, Path(args.workdir))
-    else:
-        local, step = src, None
+    else:  # a copy made earlier: prior-step<N>
+        m = re.fullmatch(r"prior-step(\d+)", src.name)
+        local, step = src, int(m.group(1)) if m else None
     prior = DiffusionPrior.load(local)
     info = {"source": str(src), "step": step, "hash": prior.model_hash}
     print(f"prior {src} step {step} hash {prior.model_hash[:12]}", flush=True)
 
-    if args.tune:
+    if args.seams:
+        res = run_seams(args, prior, info)
+        name = args.name or "sampler_seams"
+        path = write_results(name, res, seams_markdown(res))
+    elif args.tune:
         res = run_tuning(args, prior, info)
         name = args.name or ("sampler_tuning_quick" if args.quick else "sampler_tuning")
+        if args.round == 2:
+            name += "_round2"
         path = write_results(name, res, tuning_markdown(res))
     else:
         res = run_benchmark(args, prior, info)

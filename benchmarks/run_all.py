@@ -12,6 +12,7 @@ BENCHES = [
     ["benchmarks.bench_prior"],
     ["benchmarks.bench_operators"],
     ["benchmarks.bench_samplers"],
+    ["benchmarks.bench_adapt"],
 ]
 
 

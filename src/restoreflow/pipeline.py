@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +108,10 @@ class RestoreConfig:
 # ---- models, cached per worker process ------------------------------------------------
 
 _PRIORS: dict = {}
+# One model job at a time per process: a device runs one model task at a time (Dask
+# resources ensure it across workers; this covers thread-pool task runners), and peft's
+# adapter injection is not thread-safe.
+MODEL_LOCK = threading.RLock()
 
 
 def load_prior(ref: str | None, device: str = "cpu"):
@@ -288,6 +293,11 @@ def prepare_restore(store: TileStore, image_id: str, cfg: RestoreConfig, shash: 
 def restore_stored(store: TileStore, image_id: str, cfg: RestoreConfig, y_collection: str,
                    out: str = RESTORED, device: str = "cpu", progress=None) -> dict:
     """Worker: retrieve -> adapt -> restore one image; write its tiles; return features."""
+    with MODEL_LOCK:
+        return _restore_stored(store, image_id, cfg, y_collection, out, device, progress)
+
+
+def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -> dict:
     from restoreflow.quality.features import compute_features
     from restoreflow.quality.rcps import base_intervals
     from restoreflow.restore import restore_image

@@ -72,37 +72,50 @@ def _noise_generator(spec: DegradationSpec, seed: int, image_id: str, ty: int, t
     return torch.Generator().manual_seed(seed_for(spec.hash, seed, f"{image_id}/{ty}/{tx}"))
 
 
-def simulate_image(store: TileStore, image_id: str, spec: DegradationSpec, seed: int = 0,
-                   collection: str = "degraded", source: str = INPUT) -> SimulateResult:
-    """Write y = noise(A x) of ``source/image_id`` into ``collection/image_id``.
+def _collection_attrs(spec: DegradationSpec, seed: int, source: str) -> dict:
+    return {"degradation": spec.text, "spec_hash": spec.hash, "seed": seed,
+            "sigma_y": spec.sigma_y, "source_collection": source}
 
-    Idempotent: an image already complete with the same spec hash and seed is left alone
-    ("present"); one from another spec or seed raises ValueError (use another
-    collection); an unfinished one (status "writing") is rewritten.
+
+def prepare_simulate(store: TileStore, image_id: str, spec: DegradationSpec, seed: int = 0,
+                     collection: str = "degraded", source: str = INPUT) -> bool:
+    """Driver: create the degraded image (metadata only). False if already complete.
+
+    An image already complete with the same spec hash and seed is left alone; one from
+    another spec or seed raises ValueError (use another collection); an unfinished one
+    (status "writing") is recreated.
     """
-    attrs_want = {"degradation": spec.text, "spec_hash": spec.hash, "seed": seed,
-                  "sigma_y": spec.sigma_y, "source_collection": source}
     if store.has(collection, image_id):
         have = store.attrs(collection, image_id).get("collection_attrs", {})
         if have.get("spec_hash") == spec.hash and have.get("seed") == seed:
-            return SimulateResult(image_id, "present", "none")
+            return False
         raise ValueError(
             f"{collection}/{image_id} already holds {have.get('degradation')} (seed "
             f"{have.get('seed')}); write {spec.text} (seed {seed}) to another --collection"
         )
     c, h, w = store.shape(source, image_id)
-    deg = spec.build((c, h, w), generator=make_generator(spec, seed, image_id))
-    op = deg.operator
+    op = spec.build((c, h, w), generator=make_generator(spec, seed, image_id)).operator
     yc, yh, yw = op.y_shape((1, c, h, w))[1:]
     store.create_image(collection, image_id, (yc, yh, yw), np.float32,
-                       attrs={"collection_attrs": attrs_want}, overwrite=True)
+                       attrs={"collection_attrs": _collection_attrs(spec, seed, source)},
+                       overwrite=True)
+    return True
+
+
+def simulate_tiles(store: TileStore, image_id: str, spec: DegradationSpec, seed: int = 0,
+                   collection: str = "degraded", source: str = INPUT) -> str:
+    """Worker: compute y = noise(A x) and write its tiles (chunk-aligned regions only).
+    Returns the mode used: "tiled" or "whole"."""
+    c, h, w = store.shape(source, image_id)
+    deg = spec.build((c, h, w), generator=make_generator(spec, seed, image_id))
+    op = deg.operator
+    yh, yw = op.y_shape((1, c, h, w))[2:]
     tiled = op.halo is not None and (yh, yw) == (h, w)
     mode = getattr(op, "boundary", "reflect")
     if tiled:
         for ty, tx, y0, y1, x0, x1 in store.tiles(collection, image_id):
             x = read_with_halo(store, source, image_id, y0, y1, x0, x1, op.halo, mode)
-            tile_op = op.window(y0 - op.halo, x0 - op.halo, x.shape[1], x.shape[2]) \
-                if op.halo == 0 else op
+            tile_op = op.window(y0, x0, x.shape[1], x.shape[2]) if op.halo == 0 else op
             with torch.no_grad():
                 ax = tile_op.A(torch.from_numpy(x)[None])[0]
             ax = ax[:, op.halo : op.halo + y1 - y0, op.halo : op.halo + x1 - x0]
@@ -118,8 +131,17 @@ def simulate_image(store: TileStore, image_id: str, spec: DegradationSpec, seed:
             y = a if deg.noise is None else deg.noise.sample(
                 a, _noise_generator(spec, seed, image_id, ty, tx))
             store.write_region(collection, image_id, y.numpy().astype(np.float32), y0, x0)
+    return "tiled" if tiled else "whole"
+
+
+def simulate_image(store: TileStore, image_id: str, spec: DegradationSpec, seed: int = 0,
+                   collection: str = "degraded", source: str = INPUT) -> SimulateResult:
+    """prepare -> tiles -> mark complete, in one process (CLI without a cluster, tests)."""
+    if not prepare_simulate(store, image_id, spec, seed, collection, source):
+        return SimulateResult(image_id, "present", "none")
+    mode = simulate_tiles(store, image_id, spec, seed, collection, source)
     store.mark_complete(collection, image_id)
-    return SimulateResult(image_id, "written", "tiled" if tiled else "whole")
+    return SimulateResult(image_id, "written", mode)
 
 
 def simulate_reference(store: TileStore, image_id: str, spec: DegradationSpec, seed: int = 0,

@@ -12,11 +12,10 @@ import time
 
 from prefect import flow, get_run_logger
 
-from restoreflow.flows.progress import track_futures
 from restoreflow.flows.restore import restore_images
+from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
 from restoreflow.tasks.runner import model_placement
-from restoreflow.tasks.simulate import simulate_task
 from restoreflow.tasks.stages import (
     export_task,
     index_task,
@@ -34,13 +33,6 @@ def _ids(report: dict) -> list[str]:
     return list(seen)
 
 
-def _simulate(uri: str, ids: list[str], degradation: str, seed: int, collection: str,
-              progress: bool) -> None:
-    futures = [simulate_task.submit(uri, i, degradation, seed, collection) for i in ids]
-    for f in track_futures(futures, "simulate", progress):
-        f.result()
-
-
 def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: str,
                     pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
@@ -52,7 +44,7 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
     shash = cfg.settings_hash(prior_hash(cfg.prior))
     deg_coll = f"calibration-{cfg.spec.hash}.degraded"
     out = f"calibration-{shash}.restored"
-    _simulate(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
+    simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
     restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
     futures = [metrics_task.submit(uri, i, out) for i in clean_ids]
     truths = {i: f.result() for i, f in zip(clean_ids, futures, strict=True)}
@@ -128,7 +120,7 @@ def pipeline_flow(spec: dict, progress: bool = False) -> dict:
     y_coll = P.DEGRADED if run.simulate else P.INPUT
     if run.simulate:
         t = time.perf_counter()
-        _simulate(uri, ids, cfg.degradation, cfg.seed, P.DEGRADED, progress)
+        simulate_images(uri, ids, cfg.degradation, cfg.seed, P.DEGRADED, progress)
         timings["simulate"] = time.perf_counter() - t
 
     if run.adapt.enabled:
@@ -228,4 +220,33 @@ def pipeline_flow(spec: dict, progress: bool = False) -> dict:
     }
     store.put_bytes(f"runs/{run_id}/manifest.json", json.dumps(manifest, indent=1).encode())
     store.append_rows("runs", [summary], key=("run_id",))
+    _artifacts(run.name, summary, rows)
     return summary
+
+
+def _artifacts(name: str, summary: dict, rows: list[dict]) -> None:
+    """Summary (markdown) and per-image quality table in the Prefect UI."""
+    import re
+
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
+    c = summary["counts"]
+    md = [f"## restoreflow run `{summary['run_id']}`", "",
+          f"- degradation `{summary['degradation']}`, {summary['sampler']} "
+          f"{summary['steps']} steps, adaptation {'on' if summary['adapt'] else 'off'}",
+          f"- images {c['images']}: restored {c['restored']}, skipped {c['skipped']}, "
+          f"rejected {c['rejected']}, flagged {c['flagged']}",
+          f"- calibration: {summary['calibration'] or 'none (no bounds)'}"]
+    if summary.get("report"):
+        md.append(f"- report: `{summary['report']}`")
+    md += ["", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()]
+    create_markdown_artifact(markdown="\n".join(md), key=f"{key}-summary",
+                             description="restoreflow run summary")
+    table = [{"image": r.get("name") or r["image_id"], "image_id": r["image_id"],
+              "psnr_lower": r["psnr_lower"], "ssim_lower": r["ssim_lower"],
+              "psnr_true": r.get("psnr_true"), "flagged": r["flagged"]} for r in rows]
+    if table:
+        create_table_artifact(table=table, key=f"{key}-quality",
+                              description="per-image conformal bounds")

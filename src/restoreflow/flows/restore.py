@@ -26,11 +26,15 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
     with model_placement(settings):
         futures = [restore_task.submit(store_uri, i, cfg.to_dict(), y_collection, out, device)
                    for i in todo]
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    bar = create_progress_artifact(0.0, description=f"{label}: images restored") if todo else None
     results = {}
     for f in track_futures(futures, label, progress):
         res = f.result()
         finish_restore(store, res["image_id"], cfg, res, out)
         results[res["image_id"]] = res
+        update_progress_artifact(bar, 100.0 * len(results) / len(todo))
     return results
 
 

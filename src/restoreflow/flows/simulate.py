@@ -8,6 +8,27 @@ from restoreflow.flows.progress import track_futures
 from restoreflow.tasks.simulate import simulate_task
 
 
+def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed: int,
+                    collection: str, progress: bool = False) -> list[dict]:
+    """Driver: create outputs, one CPU task per image still to do, mark each complete."""
+    from restoreflow.simulate import prepare_simulate
+    from restoreflow.spec import DegradationSpec
+    from restoreflow.tasks.common import open_store
+
+    store = open_store(store_uri)
+    spec = DegradationSpec.parse(degradation)
+    todo = [i for i in image_ids if prepare_simulate(store, i, spec, seed, collection)]
+    futures = [simulate_task.submit(store_uri, i, spec.text, seed, collection) for i in todo]
+    rows = []
+    for f in track_futures(futures, "simulate", progress):
+        res = f.result()
+        store.mark_complete(collection, res["image_id"])
+        rows.append(res)
+    rows += [{"image_id": i, "status": "present", "mode": "none"}
+             for i in image_ids if i not in set(todo)]
+    return rows
+
+
 @flow(name="simulate")
 def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str = "degraded",
                   image_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
@@ -17,5 +38,4 @@ def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str =
 
     spec = DegradationSpec.parse(degradation)  # fail before any work
     ids = image_ids if image_ids is not None else open_store(store).image_ids("input")
-    futures = [simulate_task.submit(store, i, spec.text, seed, collection) for i in ids]
-    return [f.result() for f in track_futures(futures, "simulate", progress)]
+    return simulate_images(store, ids, spec.text, seed, collection, progress)

@@ -421,6 +421,7 @@ class TileStore:
         """
         import dask.array as da
         import xarray as xr
+        import zarr
 
         _check_name("collection", collection)
         _check_name("image id", image_id)
@@ -465,7 +466,10 @@ class TileStore:
             with _quiet_listing():
                 known = set(coll_root.group_keys())
             if collection not in known:
-                coll_root.create_group(collection, attributes={"collection": collection})
+                try:
+                    coll_root.create_group(collection, attributes={"collection": collection})
+                except zarr.errors.ContainsGroupError:
+                    pass  # another driver created it meanwhile: same group, same attrs
             self._known_collections.add(collection)
         encoding: dict = {"chunks": (c, T, T)}
         if dt.kind == "f":

@@ -13,6 +13,8 @@ BENCHES = [
     ["benchmarks.bench_operators"],
     ["benchmarks.bench_samplers"],
     ["benchmarks.bench_adapt"],
+    ["benchmarks.bench_conformal"],
+    ["benchmarks.bench_pipeline"],
 ]
 
 

@@ -1,0 +1,196 @@
+"""Orchestration overhead, Dask scaling, local vs S3, and memory of tiled restoration.
+
+1. Overhead: the same N images (simulate + restore + metrics + export) run (a) by calling
+   the core functions in one process and (b) by the pipeline flow on a one-worker local
+   Dask cluster. overhead = flow wall / core compute - 1; the cluster start-up is timed
+   separately (a flow with no images) and reported both ways. Bar: <= 5% at N >= 20.
+2. Scale: the pipeline flow with 1 and with 2 local workers on the same images:
+   throughput ratio. Bar: >= 1.7x on 2 cores.
+3. Storage: the pipeline flow on a local store vs a SeaweedFS S3 store (started here on
+   127.0.0.1): end-to-end time ratio.
+4. Memory: peak RSS of a fresh process restoring one S x S RGB image with the tiled
+   prior (``--steps-mem`` sampler steps), for several sizes; the memory beyond the
+   image-sized tensors should not grow with S.
+
+    python -m benchmarks.bench_pipeline [--quick] [--n 20] [--size 128] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import write_results
+
+SPEC = "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.03)"
+
+
+def _images(d: Path, n: int, size: int) -> str:
+    from PIL import Image
+
+    from restoreflow.models import corpus
+
+    d.mkdir(parents=True, exist_ok=True)
+    photos = corpus.held_out_photos()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        im = Image.open(photos[i % len(photos)]).convert("RGB")
+        w, h = im.size
+        s = int(rng.integers(min(w, h) // 3, min(w, h)))
+        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        im.crop((x, y, x + s, y + s)).resize((size, size)).save(d / f"b{i:03d}.png")
+    return str(d)
+
+
+def _spec(src: str, store: str, steps: int, out: str) -> dict:
+    return {"name": "bench", "sources": [src], "store": store, "degradation": SPEC,
+            "restore": {"steps": steps}, "export": {"format": "png", "out": out},
+            "report": None}
+
+
+def core_time(src: str, work: Path, steps: int) -> float:
+    """Sum of the core functions' time, in this process (no Prefect, no Dask)."""
+    from restoreflow import pipeline as P
+    from restoreflow.simulate import simulate_image
+    from restoreflow.spec import DegradationSpec, RunSpec
+    from restoreflow.storage.export import export
+    from restoreflow.storage.ingest import ingest
+    from restoreflow.storage.store import TileStore
+
+    store = TileStore(str(work / "core-store"))
+    run = RunSpec.from_dict(_spec(src, store.uri, steps, str(work / "core-out")))
+    cfg = P.RestoreConfig.from_run(run)
+    spec = DegradationSpec.parse(SPEC)
+    P.load_prior(None)  # model load is per worker process in both paths: not counted
+    t = time.perf_counter()
+    rep = ingest([src], store, progress=False)
+    ids = [r.image_id for r in rep.rows if r.image_id]
+    for i in ids:
+        simulate_image(store, i, spec, 0)
+        P.restore_one(store, i, cfg, P.DEGRADED)
+        P.truth_metrics(store, i)
+    export(store, "restored", "png", str(work / "core-out"), ids)
+    return time.perf_counter() - t
+
+
+def flow_time(spec: dict, workers: int, env_extra: dict | None = None) -> dict:
+    """Wall time of `restoreflow run` in a fresh process (includes cluster start-up)."""
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "spec.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        env = {**os.environ, "RESTOREFLOW_DASK_WORKERS": str(workers), **(env_extra or {})}
+        exe = Path(sys.executable).parent / "restoreflow"
+        t = time.perf_counter()
+        r = subprocess.run([str(exe), "run", str(p)], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return {"wall_s": wall}
+
+
+def startup_time(work: Path, workers: int) -> float:
+    """A run with zero images: Prefect + Dask cluster start-up and teardown."""
+    empty = work / f"empty{workers}"
+    empty.mkdir(exist_ok=True)
+    (empty / "note.txt").write_text("no images")
+    spec = _spec(str(empty / "*.png"), str(work / f"empty-store{workers}"), 1, str(work / "e"))
+    spec["export"] = None
+    return flow_time(spec, workers)["wall_s"]
+
+
+def peak_rss_mb(size: int, steps: int) -> float:
+    code = f"""
+import resource, torch
+from restoreflow.models.prior import DiffusionPrior
+from restoreflow.restore import restore_image
+from restoreflow.spec import DegradationSpec, make_generator
+prior = DiffusionPrior.load()
+spec = DegradationSpec.parse("{SPEC}")
+deg = spec.build((3, {size}, {size}), generator=make_generator(spec, 0, "mem"))
+x = torch.rand(1, 3, {size}, {size}, generator=torch.Generator().manual_seed(0))
+y = deg.apply(x, torch.Generator().manual_seed(1))[0]
+del x
+restore_image(prior, deg.operator, y, deg.sigma_y, steps={steps}, tile=256, overlap=64,
+              tile_batch=4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--mem-sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    ap.add_argument("--steps-mem", type=int, default=1)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["scale", "s3", "memory"])
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.size, args.steps, args.mem_sizes = 4, 64, 3, [256, 512]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    res: dict = {"n": args.n, "size": args.size, "steps": args.steps, "spec": SPEC}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        src = _images(work / "src", args.n, args.size)
+        res["core_s"] = core_time(src, work, args.steps)
+        res["startup_1w_s"] = startup_time(work, 1)
+        one = flow_time(_spec(src, str(work / "s1"), args.steps, str(work / "o1")), 1)
+        res["flow_1w_s"] = one["wall_s"]
+        res["overhead"] = res["flow_1w_s"] / res["core_s"] - 1
+        res["overhead_excl_startup"] = (res["flow_1w_s"] - res["startup_1w_s"]) / res["core_s"] - 1
+        print(json.dumps(res), flush=True)
+        if "scale" not in args.skip:
+            two = flow_time(_spec(src, str(work / "s2"), args.steps, str(work / "o2")), 2)
+            res["flow_2w_s"] = two["wall_s"]
+            res["startup_2w_s"] = startup_time(work, 2)
+            res["speedup_2w"] = res["flow_1w_s"] / res["flow_2w_s"]
+            res["speedup_2w_excl_startup"] = ((res["flow_1w_s"] - res["startup_1w_s"])
+                                              / (res["flow_2w_s"] - res["startup_2w_s"]))
+        if "s3" not in args.skip:
+            from restoreflow.storage.s3server import random_credentials, seaweedfs_server
+
+            key, secret = random_credentials()
+            with seaweedfs_server(work / "weed", key, secret) as srv:
+                s3 = flow_time(_spec(src, f"s3://{srv.bucket}/bench", args.steps,
+                                     str(work / "o3")), 1, srv.env())
+            res["flow_s3_1w_s"] = s3["wall_s"]
+            res["s3_over_local"] = s3["wall_s"] / res["flow_1w_s"]
+        if "memory" not in args.skip:
+            res["peak_rss_mb"] = {s: peak_rss_mb(s, args.steps_mem) for s in args.mem_sizes}
+            res["image_tensor_mb"] = {s: 3 * s * s * 4 / 2**20 for s in args.mem_sizes}
+    md = [f"{args.n} images of {args.size}x{args.size}, `{SPEC}`, DDPG {args.steps} steps.", "",
+          "| figure | value |", "|---|---|",
+          f"| core functions, one process (s) | {res['core_s']:.1f} |",
+          f"| pipeline flow, 1 local Dask worker (s) | {res['flow_1w_s']:.1f} |",
+          f"| of which Prefect + cluster start-up (s) | {res['startup_1w_s']:.1f} |",
+          f"| overhead (incl. / excl. start-up) | {res['overhead']:+.1%} / "
+          f"{res['overhead_excl_startup']:+.1%} (bar <= 5%) |"]
+    if "speedup_2w" in res:
+        md.append(f"| 2 workers vs 1 (incl. / excl. start-up) | {res['speedup_2w']:.2f}x / "
+                  f"{res['speedup_2w_excl_startup']:.2f}x (bar >= 1.7x) |")
+    if "s3_over_local" in res:
+        md.append(f"| SeaweedFS S3 / local store, end to end | {res['s3_over_local']:.2f} |")
+    for s, mb in res.get("peak_rss_mb", {}).items():
+        md.append(f"| peak RSS restoring {s}x{s} RGB ({args.steps_mem} step) (MB) | {mb:.0f} "
+                  f"(one image tensor: {res['image_tensor_mb'][s]:.0f}) |")
+    name = "pipeline_quick" if args.quick else "pipeline"
+    print(write_results(name, res, "\n".join(md)).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,8 @@ STATUS_COMPLETE = "complete"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _RESERVED = {TABLES_DIR, "zarr.json"}
+# what a store's root holds while a driver creates it (see TileStore._ensure_root)
+_STORE_ROOT_ENTRY = re.compile(r"^(zarr\.json|zarr\.[0-9a-f]{32}\.partial|\.locks)$")
 
 
 _ASYNC_FS: weakref.WeakSet = weakref.WeakSet()
@@ -316,16 +318,35 @@ class TileStore:
                 entries = self.fs.ls(self._root, detail=False)
             else:
                 entries = [self._root]
-            if entries:
+            # another driver may be creating this store right now: its root zarr.json,
+            # zarr's temporary file for it and the lock directory are not foreign content
+            entries = [e for e in entries if not _STORE_ROOT_ENTRY.match(
+                posixpath.basename(str(e).replace("\\", "/").rstrip("/")))]
+            if entries and self._load_root_attrs() is None:
                 raise ValueError(
                     f"{self.uri} exists and is not a restoreflow store "
                     "(no zarr.json); choose an empty or new location"
                 )
+            if self._root_attrs is not None:
+                return
         import zarr
 
         attrs = {"restoreflow_layout": LAYOUT_VERSION, "tile_size": self._requested_tile}
-        zarr.open_group(self.zarr_store, mode="a", zarr_format=3, attributes=attrs)
+        try:
+            zarr.open_group(self.zarr_store, mode="a", zarr_format=3, attributes=attrs)
+        except zarr.errors.ContainsGroupError:
+            pass  # created by a concurrent driver between our check and our write
         self._load_root_attrs()
+
+    def lock(self, what: str, timeout: float | None = None, log=None):
+        """Context manager holding the store's writer lock (see
+        :mod:`restoreflow.storage.lock`): a driver holds it while it creates images and
+        writes tables, so a concurrent run waits for it instead of racing. Creates the
+        store if it does not exist yet."""
+        from restoreflow.storage.lock import store_lock
+
+        self._ensure_root()
+        return store_lock(self, what, timeout, log=log)
 
     @property
     def exists_store(self) -> bool:

@@ -97,14 +97,16 @@ def ingest(
 
     from restoreflow.storage.ingest import IngestRejected
     from restoreflow.storage.ingest import ingest as run_ingest
+    from restoreflow.storage.lock import StoreLocked
 
     ts = _open_store(store, tile_size)
     try:
-        report = run_ingest(sources, ts, ts.settings, progress=progress, strict=strict)
+        with ts.lock("restoreflow ingest", log=lambda m: typer.echo(m, err=True)):
+            report = run_ingest(sources, ts, ts.settings, progress=progress, strict=strict)
         failed = False
     except IngestRejected as exc:
         report, failed = exc.report, True
-    except (ValueError, OSError) as exc:  # the store itself failed (not a bad file)
+    except (ValueError, OSError, StoreLocked) as exc:  # the store failed (not a bad file)
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc
     for row in report.rejected:
@@ -432,11 +434,12 @@ def index_build(
     from restoreflow.storage.ingest import ingest as run_ingest
 
     ts = _open_store(store)
-    rep = run_ingest(corpus, ts, ts.settings, progress=True)
-    for row in rep.rejected:
-        typer.echo(f"REJECTED {row.source}: {row.reason}")
-    ids = list(dict.fromkeys(r.image_id for r in rep.rows if r.image_id))
-    info = build_index(ts, ids, name, embedder, get_settings().resolved_device())
+    with ts.lock("restoreflow index build", log=lambda m: typer.echo(m, err=True)):
+        rep = run_ingest(corpus, ts, ts.settings, progress=True)
+        for row in rep.rejected:
+            typer.echo(f"REJECTED {row.source}: {row.reason}")
+        ids = list(dict.fromkeys(r.image_id for r in rep.rows if r.image_id))
+        info = build_index(ts, ids, name, embedder, get_settings().resolved_device())
     typer.echo(f"index {name}: {info['added']} added, {info['size']} images "
                f"({info['embedder']}, weights {info['weights_hash'][:12]})")
 

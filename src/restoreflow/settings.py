@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         description="workers of the embedded local cluster (one thread each)",
     )
     gpu_resource: str = Field("GPU", description="Dask worker resource that model tasks need")
+    lock_timeout: float = Field(
+        3600.0, ge=0,
+        description="seconds a run waits while another run holds the store's writer lock",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     prior: str | None = Field(None, description="diffusers model dir or hub id; None = default")
 

@@ -64,12 +64,14 @@ def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str 
                    progress: bool = False) -> dict:
     """Calibrate conformal bounds for these restore settings on clean images."""
     from restoreflow.pipeline import RestoreConfig
+    from restoreflow.tasks.common import open_store
 
-    rep = ingest_task(store, clean)
-    cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                        posterior_samples=posterior_samples, prior=prior)
-    cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon, pixel_delta,
-                          progress)
+    with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
+        rep = ingest_task(store, clean)
+        cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
+                            posterior_samples=posterior_samples, prior=prior)
+        cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon,
+                              pixel_delta, progress)
     return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}
 
 
@@ -88,7 +90,21 @@ def _versions() -> dict:
 
 @flow(name="pipeline")
 def pipeline_flow(spec: dict, progress: bool = False) -> dict:
-    """Run one run spec end to end; returns the run summary (also in the store)."""
+    """Run one run spec end to end; returns the run summary (also in the store).
+
+    The run holds the store's writer lock throughout: a second run started on the same
+    store waits for it, then skips what this one completed (no double work, no two
+    drivers creating the same image or rewriting the same table)."""
+    from restoreflow.spec import RunSpec
+    from restoreflow.tasks.common import open_store
+
+    run = RunSpec.from_dict(spec)
+    store = open_store(run.store or get_settings().store)
+    with store.lock(f"restoreflow run {run.name!r}", log=get_run_logger().warning):
+        return _pipeline(spec, progress)
+
+
+def _pipeline(spec: dict, progress: bool) -> dict:
     import json
     import platform
     import socket

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
 from restoreflow.settings import get_settings
@@ -51,6 +51,8 @@ def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int
     cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
                         posterior_samples=posterior_samples, prior=prior, adapt=adapt,
                         neighbours=neighbours, adapt_steps=adapt_steps)
-    ids = image_ids if image_ids is not None else open_store(store).image_ids(y_collection)
-    done = restore_images(store, ids, cfg, y_collection, out, progress)
+    ts = open_store(store)
+    with ts.lock("restoreflow restore", log=get_run_logger().warning):
+        ids = image_ids if image_ids is not None else ts.image_ids(y_collection)
+        done = restore_images(store, ids, cfg, y_collection, out, progress)
     return {"restored": sorted(done), "skipped": sorted(set(ids) - set(done))}

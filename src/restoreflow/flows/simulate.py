@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
 from restoreflow.tasks.simulate import simulate_task
@@ -37,5 +37,7 @@ def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str =
     from restoreflow.tasks.common import open_store
 
     spec = DegradationSpec.parse(degradation)  # fail before any work
-    ids = image_ids if image_ids is not None else open_store(store).image_ids("input")
-    return simulate_images(store, ids, spec.text, seed, collection, progress)
+    ts = open_store(store)
+    with ts.lock("restoreflow simulate", log=get_run_logger().warning):
+        ids = image_ids if image_ids is not None else ts.image_ids("input")
+        return simulate_images(store, ids, spec.text, seed, collection, progress)

@@ -304,6 +304,12 @@ def _read_tiff(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarray,
             if p is None:
                 continue
             for off, cnt in zip(p.dataoffsets, p.databytecounts, strict=False):
+                if not isinstance(off, (int, np.integer)) or not isinstance(
+                        cnt, (int, np.integer)):  # e.g. an ASCII-typed StripOffsets tag
+                    raise ImageRejected(
+                        f"corrupt TIFF: image data offsets are {type(off).__name__}, "
+                        "not integers"
+                    )
                 if cnt and off + cnt > len(data):
                     raise ImageRejected(
                         f"truncated TIFF: image data ends at byte {off + cnt:,}, the file "
@@ -495,12 +501,19 @@ def read_image(data: bytes, name: str, max_pixels: int = 400_000_000,
         )
     if fmt != by_ext:
         extra["extension_mismatch"] = f"named {by_ext}, content is {fmt}"
-    if fmt in ("png", "jpeg"):
-        arr, meta = _read_pil(data, fmt, max_pixels, min_side)
-    elif fmt == "tiff":
-        arr, meta = _read_tiff(data, max_pixels, min_side)
-    else:
-        arr, meta = _read_fits(data, max_pixels, min_side)
+    try:
+        if fmt in ("png", "jpeg"):
+            arr, meta = _read_pil(data, fmt, max_pixels, min_side)
+        elif fmt == "tiff":
+            arr, meta = _read_tiff(data, max_pixels, min_side)
+        else:
+            arr, meta = _read_fits(data, max_pixels, min_side)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile bytes can break a decoder anywhere
+        raise ImageRejected(
+            f"corrupt {FORMAT_NAMES[fmt]}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
     meta.update(extra)
     meta.setdefault("row_order", "top-down")
     meta.setdefault("source_metadata", {})

@@ -483,6 +483,10 @@ class RunSpec(_Strict):
             raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except RecursionError:  # e.g. "[[[[..." thousands deep: the parser recurses
+            raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a run spec is a mapping of fields, got {type(data).__name__}")
         return cls.from_dict(data, where=path)
@@ -508,7 +512,9 @@ def _allowed(loc: tuple) -> str:
 
 def _describe(err: dict) -> str:
     loc = tuple(p for p in err["loc"] if not isinstance(p, int))
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    # a field name from the user's file may hold newlines or control characters: quote it
+    where = ".".join(str(p) if str(p).isprintable() else repr(str(p))
+                     for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown field (allowed: {_allowed(loc)})"
     return f"{where}: {err['msg']}"

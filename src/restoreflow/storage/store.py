@@ -62,11 +62,37 @@ _ASYNC_FS: weakref.WeakSet = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
 
+def is_backend_error(exc: BaseException) -> bool:
+    """An error of the S3 client stack that is not an OSError (botocore's
+    EndpointConnectionError, aiohttp's ClientError, ...): the store is unreachable or
+    refused the request. Callers treat it like an OSError of a local store."""
+    return type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp"))
+
+
+async def _cancel_other_tasks() -> None:
+    import asyncio
+
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _close_async_filesystems() -> None:
     """Close the aiohttp sessions of async s3fs instances in zarr's event loop at exit
-    (otherwise aiohttp prints "Unclosed client session" at interpreter shutdown)."""
+    (otherwise aiohttp prints "Unclosed client session" at interpreter shutdown). Chunk
+    writes still pending after a failed write (the store went away) are cancelled first,
+    or asyncio prints "Task was destroyed but it is pending!" for each of them (and
+    "coroutine ... was never awaited" for those that never started)."""
     from zarr.core.sync import sync
 
+    if _ASYNC_FS:
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                                category=RuntimeWarning)
+        try:
+            sync(_cancel_other_tasks(), timeout=2)
+        except Exception:  # noqa: BLE001 - best effort during interpreter shutdown
+            pass
     for fs in list(_ASYNC_FS):
         s3 = getattr(fs, "_s3", None)
         if s3 is None:
@@ -295,7 +321,7 @@ class TileStore:
         except OSError:
             raise
         except Exception as exc:
-            if type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp")):
+            if is_backend_error(exc):
                 # e.g. EndpointConnectionError: not an OSError, but it is one in spirit
                 raise ConnectionError(f"cannot reach store {self.uri}: {exc}") from exc
             raise

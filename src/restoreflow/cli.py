@@ -98,6 +98,7 @@ def ingest(
     from restoreflow.storage.ingest import IngestRejected
     from restoreflow.storage.ingest import ingest as run_ingest
     from restoreflow.storage.lock import StoreLocked
+    from restoreflow.storage.store import is_backend_error
 
     ts = _open_store(store, tile_size)
     try:
@@ -106,8 +107,11 @@ def ingest(
         failed = False
     except IngestRejected as exc:
         report, failed = exc.report, True
-    except (ValueError, OSError, StoreLocked) as exc:  # the store failed (not a bad file)
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+    except Exception as exc:
+        if not isinstance(exc, (ValueError, OSError, StoreLocked)) and not is_backend_error(exc):
+            raise
+        # the store failed (not a bad file): one line; what was ingested is kept
+        typer.echo(f"error: {_error_line(exc)}", err=True)
         raise typer.Exit(2) from exc
     for row in report.rejected:
         typer.echo(f"REJECTED {row.source}: {row.reason}")
@@ -297,11 +301,21 @@ def print_summary(summary: dict) -> None:
         typer.echo(f"report: {summary['report']}")
 
 
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (the flow's log above holds the traceback)."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
+
+
 def _run_spec(spec) -> dict:
     _prefect_env()
     from restoreflow.flows.pipeline import pipeline_flow
 
-    summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+    try:
+        summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+    except Exception as exc:  # noqa: BLE001 - Prefect has logged the traceback
+        _fail(f"run {spec.name!r} failed: {_error_line(exc)}. Completed images are kept: "
+              "run the same spec again to resume.", code=1)
     print_summary(summary)
     return summary
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -160,17 +161,23 @@ class _S3Lock:
     def holder(self) -> dict | None:
         try:
             return _parse(self.fs.cat_file(self.path))
-        except (FileNotFoundError, OSError):
+        except Exception:  # noqa: BLE001 - missing, or the store is unreachable: unknown
             return None
 
     def release(self) -> None:
+        """Delete the lock object if it is still ours. Best effort: when the store is
+        unreachable (the reason the run is failing, often) the object stays, and the next
+        run on this host takes it over (its pid is gone)."""
         if self.token is None:
             return
-        info = self.holder()
-        if info is not None and info.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
+        token, self.token = self.token, None
+        try:
+            info = _parse(self.fs.cat_file(self.path))
+            if info is not None and info.get("token") == token:
                 self.fs.rm_file(self.path)
-        self.token = None
+        except Exception as exc:  # noqa: BLE001 - must not mask the run's own error
+            logging.getLogger(__name__).debug("could not release the store lock %s: %s",
+                                              self.where, exc)
 
     @property
     def where(self) -> str:

@@ -243,3 +243,28 @@ def test_malformed_run_specs_name_the_field(patch, needle):
     with pytest.raises(SpecError) as err:
         RunSpec.from_dict({**BASE, **patch})
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_more_neighbours_than_the_corpus_fails_before_restoring(tmp_path, prefect_server,
+                                                                dask_cluster):
+    from hardening_helpers import cli_env, run_cli, run_spec, write_pngs, write_spec
+
+    from helpers import save_tiny_prior
+    from restoreflow.storage.store import TileStore
+
+    write_pngs(tmp_path / "src", 2, seed=41)
+    write_pngs(tmp_path / "corpus", 3, seed=42, prefix="c")
+    spec = run_spec([tmp_path / "src"], tmp_path / "store", save_tiny_prior(tmp_path / "prior"),
+                    adapt={"enabled": True, "corpus": [str(tmp_path / "corpus")],
+                           "neighbours": 5})
+    env = cli_env(prefect_server, PREFECT_HOME=str(tmp_path / "ph"),
+                  RESTOREFLOW_DASK_ADDRESS=dask_cluster)
+    res = run_cli(["run", str(write_spec(tmp_path / "k.yaml", spec))], env, tmp_path)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run 'hardening' failed: ValueError: adapt.neighbours=5 "
+                           "but the reference index holds 3 images"), res.stderr[-2000:]
+    store = TileStore(tmp_path / "store")
+    assert store.image_ids("input", complete_only=False)  # it got that far...
+    assert "restored" not in store.collections()  # ...and restored nothing

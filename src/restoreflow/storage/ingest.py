@@ -21,7 +21,13 @@ import numpy as np
 
 from restoreflow.settings import Settings
 from restoreflow.storage.readers import ImageRejected, read_image
-from restoreflow.storage.sources import SourceItem, expand_sources, read_source, strip_credentials
+from restoreflow.storage.sources import (
+    SourceItem,
+    expand_sources,
+    printable,
+    read_source,
+    strip_credentials,
+)
 from restoreflow.storage.store import (
     INPUT,
     SOURCE_DTYPES,
@@ -149,8 +155,8 @@ def _input_attrs(a: np.ndarray, image_id: str, *, source: str, name: str, fmt: s
     meta = dict(meta or {})
     attrs = {
         "image_id": image_id,
-        "source": strip_credentials(source),
-        "name": name,
+        "source": printable(strip_credentials(source)),
+        "name": printable(name),
         "format": fmt,
         "shape": list(a.shape),
         "dtype": a.dtype.name,
@@ -233,8 +239,8 @@ def _prepare(item: SourceItem, store: TileStore, settings: Settings, fs_cache: d
 def _commit(p: _Prepared, store: TileStore, seen: dict) -> IngestRow:
     """Decide and write (driver thread): present, rejected or ingested."""
     item = p.item
-    row = IngestRow(source=item.uri, name=item.name, status=REJECTED, image_id=p.image_id,
-                    nbytes=p.nbytes)
+    row = IngestRow(source=printable(item.uri), name=printable(item.name), status=REJECTED,
+                    image_id=p.image_id, nbytes=p.nbytes)
     if p.image_id is not None and p.image_id in seen:
         row.status, row.reason = PRESENT, f"same content as {seen[p.image_id]}"
         return row
@@ -244,13 +250,13 @@ def _commit(p: _Prepared, store: TileStore, seen: dict) -> IngestRow:
     if p.status == STATUS_COMPLETE:
         a = store.attrs(INPUT, p.image_id)
         row.status, row.shape, row.dtype = PRESENT, a.get("shape"), a.get("dtype")
-        seen[p.image_id] = item.uri
+        seen[p.image_id] = printable(item.uri)
         return row
     arr, meta = p.array, p.meta
     attrs = _input_attrs(arr, p.image_id, source=item.uri, name=item.name,
                          fmt=meta["format"], meta=meta)
     _store_input(store, arr, p.image_id, attrs, overwrite=p.status is not None)
-    seen[p.image_id] = item.uri
+    seen[p.image_id] = printable(item.uri)
     row.status, row.shape, row.dtype = INGESTED, list(arr.shape), arr.dtype.name
     if p.status is not None:
         row.reason = f"rewrote an incomplete image (status {p.status})"

@@ -42,6 +42,22 @@ def strip_credentials(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print, log and store as JSON, on one line: bytes of a file name
+    that are not UTF-8 (surrogate escapes) become ``\\xNN``, control characters
+    (newlines, NUL, ...) become escapes like ``\\n``. Used for the names and sources that
+    ingest reports and records; the file itself is still opened by its real name."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    s = raw.decode("utf-8", "backslashreplace")
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
 def has_image_extension(name: str) -> bool:
     return PurePosixPath(name.replace("\\", "/")).suffix.lower() in IMAGE_EXTENSIONS
 

@@ -67,13 +67,14 @@ def simulate_cmd(
 
 def _open_store(store: str | None, tile_size: int | None = None):
     from restoreflow.settings import get_settings
+    from restoreflow.storage.sources import strip_credentials
     from restoreflow.storage.store import TileStore
 
     settings = get_settings()
     try:
         return TileStore(store or settings.store, settings, tile_size=tile_size)
     except (ValueError, OSError) as exc:
-        typer.echo(f"error: cannot open store {store or settings.store}: "
+        typer.echo(f"error: cannot open store {strip_credentials(store or settings.store)}: "
                    f"{type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc
 

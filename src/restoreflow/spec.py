@@ -395,6 +395,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_credentials(value):
+    """Refuse ``scheme://user:secret@host/...`` in a URI field: the spec is written into
+    manifests and sent to Prefect as a flow parameter, so a secret in it would leak.
+    The message does not repeat the value."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and "://" in item and "@" in item.split("://", 1)[1].split(
+                "/", 1)[0]:
+            raise ValueError("credentials in a URI are not supported (they would be recorded "
+                             "in manifests and Prefect): use AWS_ACCESS_KEY_ID / "
+                             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    return value
+
+
 class RestoreOptions(_Strict):
     sampler: Literal["ddpg", "ddnm", "dps", "diffpir"] = "ddpg"
     steps: int = Field(100, ge=1, le=1000, description="UNet evaluations per sample")
@@ -415,6 +428,8 @@ class AdaptOptions(_Strict):
     rank: int | None = Field(None, ge=1, le=256)
     embedder: str = "efficientnet-lite0"
 
+    _corpus_without_credentials = field_validator("corpus")(_no_credentials)
+
 
 class CalibrationOptions(_Strict):
     clean: list[str] = Field(description="clean calibration images (sources), held out")
@@ -423,6 +438,8 @@ class CalibrationOptions(_Strict):
     method: Literal["residual", "cqr"] = "residual"
     pixel_epsilon: float = Field(0.1, gt=0, lt=1)
     pixel_delta: float = Field(0.1, gt=0, lt=1)
+
+    _clean_without_credentials = field_validator("clean")(_no_credentials)
 
 
 class ExportOptions(_Strict):
@@ -447,6 +464,8 @@ class RunSpec(_Strict):
     calibration: CalibrationOptions | None = None
     export: ExportOptions | None = None
     report: str | None = "report.html"
+
+    _uris_without_credentials = field_validator("sources", "store", "prior")(_no_credentials)
 
     @field_validator("degradation")
     @classmethod

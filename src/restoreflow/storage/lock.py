@@ -14,8 +14,9 @@ the lock (up to ``RESTOREFLOW_LOCK_TIMEOUT`` seconds), then finds the work done.
   start time and what it does (for the waiting run's message).
 - S3 stores: an object ``<prefix>/.locks/<name>.lock`` created with a conditional PUT
   (``If-None-Match: *``, create-if-absent) and deleted on release. A lock left by a
-  killed process of this host (its pid is gone) is taken over; one from another host is
-  honoured until the timeout, and the error names its holder and the object to delete.
+  killed process of this host (its pid is gone, or now belongs to a process started
+  later) is taken over; one from another host is honoured until the timeout, and the
+  error names its holder and the object to delete.
 
 The lock is re-entrant within a process (a flow holding it may call the ingest that
 takes it too). ``.locks`` cannot clash with a collection (names start with a letter or
@@ -45,10 +46,21 @@ class StoreLocked(RuntimeError):
     """Another driver holds the store's lock and did not release it in time."""
 
 
+def _process_identity(pid) -> str | None:
+    """boot id + start time of process ``pid`` (Linux), which a reused pid does not
+    share; None when unknown."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        stat = open(f"/proc/{int(pid)}/stat").read()
+        return f"{boot}:{stat[stat.rindex(')') + 2:].split()[19]}"
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def _holder_info(what: str) -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
-            "token": uuid.uuid4().hex}
+            "process": _process_identity(os.getpid()), "token": uuid.uuid4().hex}
 
 
 def describe_holder(info: dict | None) -> str:
@@ -152,8 +164,10 @@ class _S3Lock:
         info = self.holder()
         if info is None or info.get("host") != socket.gethostname():
             return False
-        if _pid_alive(info.get("pid")):
-            return False
+        recorded = info.get("process")
+        if _pid_alive(info.get("pid")) and (
+                recorded is None or _process_identity(info.get("pid")) in (recorded, None)):
+            return False  # alive, and not a later process that reused the pid
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path)
         return True

@@ -167,6 +167,7 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
     assert store.image_ids("input") == []  # the lock dir is not a collection
 
 
+@pytest.mark.s3
 def test_s3_lock_is_create_if_absent(make_store):
     import multiprocessing as mp
     import socket
@@ -194,6 +195,11 @@ def test_s3_lock_is_create_if_absent(make_store):
                                      "what": "killed run"}).encode())
     with b.lock("after the crash", timeout=2.0):
         assert json.loads(a.fs.cat_file(path))["what"] == "after the crash"
+    # ... also when its pid now belongs to another, later process (pid 1 is alive)
+    a.fs.pipe_file(path, json.dumps({"pid": 1, "host": socket.gethostname(),
+                                     "process": "another-boot:1", "what": "old run"}).encode())
+    with b.lock("after pid reuse", timeout=2.0):
+        assert json.loads(a.fs.cat_file(path))["what"] == "after pid reuse"
     a.fs.pipe_file(path, json.dumps({"pid": 1, "host": "elsewhere", "what": "far run"}).encode())
     with pytest.raises(StoreLocked, match=r"far run \(pid 1 on host elsewhere.*delete s3://"):
         with b.lock("x", timeout=0.5):

@@ -1,6 +1,10 @@
 """Worker death: a Dask worker is SIGKILLed while it runs a restore task; the task runs
 again on the other worker and the restore flow completes with every image restored,
-bit-identical to restoring each image in one process."""
+bit-identical to restoring each image in one process.
+
+Dask reschedules the lost task (the same Prefect task run id) on the surviving worker,
+and Prefect's task engine accepts running it again: no resubmission by the flow is
+needed."""
 
 from __future__ import annotations
 

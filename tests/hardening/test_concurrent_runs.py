@@ -8,6 +8,7 @@ now and then; with it the second run waits, then skips what the first one comple
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -40,18 +41,38 @@ def _outputs(store_dir: Path, outs: list[Path]) -> tuple[dict, dict]:
     return arrays, files
 
 
-def _run_pair(ws: Path, specs: list[Path], env: dict) -> list[dict]:
-    """Start both runs within a few ms of each other; wait for both."""
+def _run_pair(ws: Path, specs: list[Path], env: dict, hold_first: bool = False) -> list[dict]:
+    """Start both runs within a few ms of each other; wait for both.
+
+    ``hold_first``: this test holds the store's lock while the runs start, so both must
+    wait (and say who holds it), then race for it when it is released."""
+    import os
+    import socket
+
+    from restoreflow.settings import Settings
+    from restoreflow.storage.store import TileStore
+
     for s in specs:
         (ws / f"{s.stem}.log").unlink(missing_ok=True)
-    procs = [start_cli(["run", str(s)], env, ws, log=ws / f"{s.stem}.log") for s in specs]
+
+    def logs() -> list[str]:
+        return [" ".join((ws / f"{s.stem}.log").read_text().split()) for s in specs]
+
+    held = TileStore(ws / "store", Settings(), tile_size=16).lock("the hardening test") \
+        if hold_first else contextlib.nullcontext()
+    with held:
+        procs = [start_cli(["run", str(s)], env, ws, log=ws / f"{s.stem}.log") for s in specs]
+        deadline = time.monotonic() + 120
+        while hold_first and not all("is in use by" in t for t in logs()):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), logs()
+            time.sleep(0.2)
+    if hold_first:
+        who = f"the hardening test (pid {os.getpid()} on host {socket.gethostname()}"
+        assert all(who in t for t in logs()), logs()
     deadline = time.monotonic() + 240
     for p, s in zip(procs, specs, strict=True):
         rc = p.wait(max(1.0, deadline - time.monotonic()))
         assert rc == 0, (ws / f"{s.stem}.log").read_text()[-3000:]
-    logs = " ".join((ws / f"{s.stem}.log").read_text() for s in specs)
-    # the second run waited for the first one's lock, and said whose it was
-    assert "is in use by restoreflow run" in " ".join(logs.split()), logs[-3000:]
     return json.loads((ws / "store" / "tables" / "runs.json").read_text())
 
 
@@ -115,7 +136,7 @@ def test_two_runs_same_images_same_store(ws):
     ws, specs, env, ref = ws
     for d in ("store", "outA", "outA2"):
         shutil.rmtree(ws / d, ignore_errors=True)
-    runs = _run_pair(ws, [specs["A"], specs["A2"]], env)
+    runs = _run_pair(ws, [specs["A"], specs["A2"]], env, hold_first=True)
     # outA2 holds the same files as outA (same images, same store)
     ref_files = {**ref[1], **{("outA2", k[1]): v for k, v in ref[1].items() if k[0] == "outA"}}
     n = _check(ws, runs, ["A", "A2"], (ref[0], ref_files), ["outA", "outA2"], n_distinct=2)

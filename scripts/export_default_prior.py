@@ -13,10 +13,13 @@ import argparse
 import fnmatch
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from restoreflow import samples
-from restoreflow.models import corpus
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/
+
+from restoreflow import samples  # noqa: E402
+from restoreflow.models import corpus  # noqa: E402
 
 DEST = Path(__file__).resolve().parent.parent / "src" / "restoreflow" / "weights" / "default-prior"
 
@@ -148,7 +151,8 @@ def main() -> None:
         f"- AdamW lr {cfg['lr']} ({cfg['warmup']}-step warm-up), grad clip {cfg['grad_clip']}, "
         f"EMA {cfg['ema_decay']} (exported), bf16 autocast = {cfg['bf16_autocast']}",
         f"- {last['elapsed_s'] / 60:.0f} minutes on {cfg['num_threads'] or 'all'} CPU thread(s) "
-        "of a 2-core AMD EPYC VM (`restoreflow train-prior`, resumable)",
+        "of a 2-core AMD EPYC VM, shared with other jobs for most of the run "
+        "(`restoreflow train-prior`, resumable)",
         f"- seed {cfg['seed']}", "",
         "Loss (mean eps-MSE over 50 steps):", "",
         "| step | loss |", "|---|---|",

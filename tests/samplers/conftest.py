@@ -5,25 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import make_tiny_unet
 from restoreflow.models.prior import DiffusionPrior
-
-
-def make_tiny_unet(seed: int = 0):
-    """Same construction as tests/models/conftest.py (tests/ is not a package)."""
-    from diffusers import UNet2DModel
-
-    with torch.random.fork_rng(devices=[]):  # reproducible init, global RNG left untouched
-        torch.manual_seed(seed)
-        return UNet2DModel(
-            sample_size=16,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=1,
-            block_out_channels=(8, 16),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        ).eval()
 
 
 class _Out:

@@ -1,8 +1,9 @@
 """Where tasks run: the Dask task runner and the resource annotation for model tasks.
 
-Embedded default: a ``LocalCluster`` started by the flow (processes, one thread each, no
-dashboard port). Each local worker declares one unit of the model resource (default
-``GPU``), so model tasks still run on a laptop with no GPU, one per worker.
+Embedded default: a ``LocalCluster`` started by the flow (processes, one thread each,
+bound to 127.0.0.1; the scheduler's HTTP routes take a random port, not 8787). Each
+local worker declares one unit of the model resource (default ``GPU``), so model tasks
+still run on a laptop with no GPU, one per worker.
 External: ``RESTOREFLOW_DASK_ADDRESS=tcp://host:8786`` (any dask-distributed scheduler:
 dask-jobqueue on SLURM, Kubernetes, ...); start GPU workers with
 ``dask worker ADDR --resources GPU=1 --nthreads 1``.
@@ -33,7 +34,9 @@ def dask_task_runner(settings: Settings, n_workers: int | None = None):
             "n_workers": n_workers or settings.dask_workers,
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            # the scheduler always serves its HTTP health routes; a random loopback port
+            # keeps two embedded clusters from colliding on 8787
+            "dashboard_address": "127.0.0.1:0",
             "resources": {settings.gpu_resource: 1},
             "host": "127.0.0.1",
         },

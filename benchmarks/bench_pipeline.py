@@ -1,9 +1,10 @@
 """Orchestration overhead, Dask scaling, local vs S3, and memory of tiled restoration.
 
-1. Overhead: the same N images (simulate + restore + metrics + export) run (a) by calling
-   the core functions in one process and (b) by the pipeline flow on a one-worker local
-   Dask cluster. overhead = flow wall / core compute - 1; the cluster start-up is timed
-   separately (a flow with no images) and reported both ways. Bar: <= 5% at N >= 20.
+1. Overhead: the same N images (ingest + simulate + restore + metrics + export) run (a) by
+   a plain script calling the core functions in one fresh process and (b) by the pipeline
+   flow (`restoreflow run`) on a one-worker local Dask cluster, also a fresh process.
+   overhead = flow wall / script wall - 1; the Prefect + cluster start-up is timed
+   separately (a run with no images) and reported both ways. Bar: <= 5% at N >= 20.
 2. Scale: the pipeline flow with 1 and with 2 local workers on the same images:
    throughput ratio. Bar: >= 1.7x on 2 cores.
 3. Storage: the pipeline flow on a local store vs a SeaweedFS S3 store (started here on
@@ -12,7 +13,7 @@
    prior (``--steps-mem`` sampler steps), for several sizes; the memory beyond the
    image-sized tensors should not grow with S.
 
-    python -m benchmarks.bench_pipeline [--quick] [--n 20] [--size 128] [--steps 30]
+    python -m benchmarks.bench_pipeline [--quick] [--n 20] [--size 256] [--steps 30]
 """
 
 from __future__ import annotations
@@ -56,29 +57,48 @@ def _spec(src: str, store: str, steps: int, out: str) -> dict:
             "report": None}
 
 
-def core_time(src: str, work: Path, steps: int) -> float:
-    """Sum of the core functions' time, in this process (no Prefect, no Dask)."""
-    from restoreflow import pipeline as P
-    from restoreflow.simulate import simulate_image
-    from restoreflow.spec import DegradationSpec, RunSpec
-    from restoreflow.storage.export import export
-    from restoreflow.storage.ingest import ingest
-    from restoreflow.storage.store import TileStore
+CORE = """
+import sys, time
+t0 = time.perf_counter()
+from restoreflow import pipeline as P
+from restoreflow.simulate import simulate_image
+from restoreflow.spec import DegradationSpec, RunSpec
+from restoreflow.storage.export import export
+from restoreflow.storage.ingest import ingest
+from restoreflow.storage.store import TileStore
+import yaml
 
-    store = TileStore(str(work / "core-store"))
-    run = RunSpec.from_dict(_spec(src, store.uri, steps, str(work / "core-out")))
-    cfg = P.RestoreConfig.from_run(run)
-    spec = DegradationSpec.parse(SPEC)
-    P.load_prior(None)  # model load is per worker process in both paths: not counted
-    t = time.perf_counter()
-    rep = ingest([src], store, progress=False)
-    ids = [r.image_id for r in rep.rows if r.image_id]
-    for i in ids:
-        simulate_image(store, i, spec, 0)
-        P.restore_one(store, i, cfg, P.DEGRADED)
-        P.truth_metrics(store, i)
-    export(store, "restored", "png", str(work / "core-out"), ids)
-    return time.perf_counter() - t
+run = RunSpec.from_dict(yaml.safe_load(open(sys.argv[1])))
+store = TileStore(run.store)
+cfg = P.RestoreConfig.from_run(run)
+spec = DegradationSpec.parse(run.degradation)
+rep = ingest(run.sources, store, progress=False)
+ids = [r.image_id for r in rep.rows if r.image_id]
+for i in ids:
+    simulate_image(store, i, spec, run.seed)
+    P.restore_one(store, i, cfg, P.DEGRADED)
+    P.truth_metrics(store, i)
+export(store, "restored", "png", run.export.out, ids)
+print(time.perf_counter() - t0)
+"""
+
+
+def core_time(spec: dict) -> float:
+    """The same work as a plain script: the core functions in one fresh process, no
+    Prefect, no Dask; wall time from process start (imports and model load included, as
+    they are in each worker of the flow)."""
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "spec.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", CORE, str(p)], capture_output=True,
+                           text=True)
+        wall = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return wall
 
 
 def flow_time(spec: dict, workers: int, env_extra: dict | None = None) -> dict:
@@ -134,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--mem-sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--steps-mem", type=int, default=1)
@@ -147,7 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = _images(work / "src", args.n, args.size)
-        res["core_s"] = core_time(src, work, args.steps)
+        res["core_s"] = core_time(_spec(src, str(work / "s0"), args.steps, str(work / "o0")))
         res["startup_1w_s"] = startup_time(work, 1)
         one = flow_time(_spec(src, str(work / "s1"), args.steps, str(work / "o1")), 1)
         res["flow_1w_s"] = one["wall_s"]
@@ -175,7 +195,7 @@ def main() -> None:
             res["image_tensor_mb"] = {s: 3 * s * s * 4 / 2**20 for s in args.mem_sizes}
     md = [f"{args.n} images of {args.size}x{args.size}, `{SPEC}`, DDPG {args.steps} steps.", "",
           "| figure | value |", "|---|---|",
-          f"| core functions, one process (s) | {res['core_s']:.1f} |",
+          f"| plain script, core functions, one process (s) | {res['core_s']:.1f} |",
           f"| pipeline flow, 1 local Dask worker (s) | {res['flow_1w_s']:.1f} |",
           f"| of which Prefect + cluster start-up (s) | {res['startup_1w_s']:.1f} |",
           f"| overhead (incl. / excl. start-up) | {res['overhead']:+.1%} / "

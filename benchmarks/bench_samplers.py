@@ -23,6 +23,7 @@ is seeded with ``--seed``. PSNR and SSIM (skimage.metrics, data_range=1) on [0, 
 The prior snapshot is copied first (the trainer rewrites it every few minutes) and the
 training step of the copy is recorded.
 
+    python -m benchmarks.bench_samplers                    # the shipped prior
     python -m benchmarks.bench_samplers --prior /work/train/default-prior/prior
     python -m benchmarks.bench_samplers --quick            # smoke run, minutes
     python -m benchmarks.bench_samplers --tune             # option grid on tuning images
@@ -526,7 +527,7 @@ def seams_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--prior", default="/work/train/default-prior/prior", help="prior dir")
+    ap.add_argument("--prior", default=None, help="prior dir (default: the shipped prior)")
     ap.add_argument("--steps", type=int, default=100, help="UNet evaluations per sampler")
     ap.add_argument("--images", type=int, default=4, help="number of held-out photos")
     ap.add_argument("--astro", type=int, default=2, help="number of astronomy images")
@@ -556,10 +557,14 @@ def main(argv: list[str] | None = None) -> None:
         args.images, args.astro, args.size, args.steps = 2, 1, 128, 20
         args.tune_images, args.tune_size, args.seam_size = 1, 64, 512
 
-    from restoreflow.models.prior import DiffusionPrior
+    from restoreflow.models.prior import DEFAULT_PRIOR_DIR, DiffusionPrior
 
-    src = Path(args.prior)
-    if (src.parent / "checkpoint").is_dir():
+    src = Path(args.prior) if args.prior else DEFAULT_PRIOR_DIR
+    if args.prior is None:  # shipped weights: the model card names the training step
+        card = (src / "MODEL_CARD.md").read_text()
+        m = re.search(r"(\d+) (?:optimisation |training )?steps", card)
+        local, step = src, int(m.group(1)) if m else None
+    elif (src.parent / "checkpoint").is_dir():
         local, step = snapshot_prior(src, Path(args.workdir))
     else:  # a copy made earlier: prior-step<N>
         m = re.fullmatch(r"prior-step(\d+)", src.name)

@@ -74,3 +74,35 @@ def test_model_tasks_land_on_gpu_worker(prefect_api):
     # CPU tasks ran elsewhere meanwhile: all finished before the model tasks did
     assert max(c[2] for c in cpus) < max(m[2] for m in models)
     assert any(c[0] == "cpu-worker" for c in cpus)
+
+
+EPHEMERAL = """
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from restoreflow.settings import Settings
+from restoreflow.tasks.runner import dask_task_runner
+
+@task(cache_policy=NO_CACHE)
+def where():
+    from prefect.settings import PREFECT_API_URL
+    return PREFECT_API_URL.value()
+
+@flow(task_runner=dask_task_runner(Settings(), n_workers=1))
+def f():
+    from prefect.client.orchestration import get_client
+    return where.submit().result(), str(get_client().api_url)
+
+print(*f())
+"""
+
+
+@pytest.mark.slow
+def test_embedded_workers_report_to_the_drivers_ephemeral_api(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_ENABLED="true")
+    r = subprocess.run([sys.executable, "-c", EPHEMERAL], env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    worker_url, driver_url = r.stdout.split()[-2:]
+    assert worker_url.startswith("http://127.0.0.1:")
+    assert driver_url.rstrip("/") == worker_url.rstrip("/")

@@ -33,6 +33,14 @@ def _ids(report: dict) -> list[str]:
     return list(seen)
 
 
+def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
+    """True PSNR/SSIM of each restored image (CPU tasks over batches of images)."""
+    from restoreflow.tasks.common import cpu_batches
+
+    futures = [metrics_task.submit(uri, b, out) for b in cpu_batches(store, ids)]
+    return {i: m for f in futures for i, m in f.result().items()}
+
+
 def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: str,
                     pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
@@ -46,8 +54,7 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
     out = f"calibration-{shash}.restored"
     simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
     restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
-    futures = [metrics_task.submit(uri, i, out) for i in clean_ids]
-    truths = {i: f.result() for i, f in zip(clean_ids, futures, strict=True)}
+    truths = _truth(uri, store, clean_ids, out)
     rows = [{"image_id": i, "features": store.attrs(out, i)["features"], **truths[i]}
             for i in clean_ids]
     cal = fit_calibration(store, rows, cfg, shash, alpha, method, pixel_epsilon, pixel_delta,
@@ -174,8 +181,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     min_psnr = run.calibration.min_psnr if run.calibration else None
     truth = {}
     if run.simulate:
-        futures = {i: metrics_task.submit(uri, i, P.RESTORED) for i in ids}
-        truth = {i: f.result() for i, f in futures.items()}
+        truth = _truth(uri, store, ids, P.RESTORED)
     rows, interval_futures = [], []
     for i in ids:
         attrs = store.attrs(P.RESTORED, i)

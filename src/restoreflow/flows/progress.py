@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 
-def track_futures(futures: list, description: str, show: bool) -> Iterator:
-    """Yield futures as they finish, with a rich progress bar (images, ETA) if ``show``."""
+def track_futures(futures: list, description: str, show: bool,
+                  sizes: list[int] | None = None) -> Iterator:
+    """Yield futures as they finish, with a rich progress bar (images, ETA) if ``show``;
+    ``sizes`` are the images per future (1 each by default)."""
     from prefect.futures import as_completed
 
     done: Iterable = as_completed(futures)
@@ -25,7 +27,8 @@ def track_futures(futures: list, description: str, show: bool) -> Iterator:
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*cols, transient=False) as bar:
-        t = bar.add_task(description, total=len(futures))
+        size = {id(f): s for f, s in zip(futures, sizes or [1] * len(futures), strict=True)}
+        t = bar.add_task(description, total=sum(size.values()))
         for f in done:
-            bar.advance(t)
+            bar.advance(t, size[id(f)])
             yield f

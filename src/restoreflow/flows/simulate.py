@@ -10,20 +10,22 @@ from restoreflow.tasks.simulate import simulate_task
 
 def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed: int,
                     collection: str, progress: bool = False) -> list[dict]:
-    """Driver: create outputs, one CPU task per image still to do, mark each complete."""
+    """Driver: create outputs, CPU tasks over batches of the images still to do (one
+    image per task unless images are small), mark each image complete."""
     from restoreflow.simulate import prepare_simulate
     from restoreflow.spec import DegradationSpec
-    from restoreflow.tasks.common import open_store
+    from restoreflow.tasks.common import cpu_batches, open_store
 
     store = open_store(store_uri)
     spec = DegradationSpec.parse(degradation)
     todo = [i for i in image_ids if prepare_simulate(store, i, spec, seed, collection)]
-    futures = [simulate_task.submit(store_uri, i, spec.text, seed, collection) for i in todo]
+    batches = cpu_batches(store, todo)
+    futures = [simulate_task.submit(store_uri, b, spec.text, seed, collection) for b in batches]
     rows = []
-    for f in track_futures(futures, "simulate", progress):
-        res = f.result()
-        store.mark_complete(collection, res["image_id"])
-        rows.append(res)
+    for f in track_futures(futures, "simulate", progress, [len(b) for b in batches]):
+        for res in f.result():
+            store.mark_complete(collection, res["image_id"])
+            rows.append(res)
     rows += [{"image_id": i, "status": "present", "mode": "none"}
              for i in image_ids if i not in set(todo)]
     return rows
@@ -32,7 +34,7 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
 @flow(name="simulate")
 def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str = "degraded",
                   image_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
-    """One CPU task per image; returns per-image status rows."""
+    """CPU tasks over (batches of) images; returns per-image status rows."""
     from restoreflow.spec import DegradationSpec
     from restoreflow.tasks.common import open_store
 

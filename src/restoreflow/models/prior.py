@@ -230,6 +230,9 @@ class DiffusionPrior:
         """
         from diffusers import UNet2DModel
 
+        from restoreflow.models.allocator import tune_allocator
+
+        tune_allocator()  # model work in this process: keep step tensors in the heap
         root = resolve_model_path(name_or_path or DEFAULT_PRIOR_DIR)
         unet_dir, sched_file = _resolve_dirs(root)
         _check_safetensors(unet_dir)

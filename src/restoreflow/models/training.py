@@ -196,6 +196,9 @@ def train_prior(
     """Train (or resume) and export the EMA prior to ``out_dir/prior``; returns that dir."""
     from safetensors.torch import load_file
 
+    from restoreflow.models.allocator import tune_allocator
+
+    tune_allocator()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -29,7 +29,7 @@ def dask_task_runner(settings: Settings, n_workers: int | None = None):
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
+        cluster_class="restoreflow.tasks.runner.local_cluster",
         cluster_kwargs={
             "n_workers": n_workers or settings.dask_workers,
             "threads_per_worker": 1,
@@ -41,6 +41,24 @@ def dask_task_runner(settings: Settings, n_workers: int | None = None):
             "host": "127.0.0.1",
         },
     )
+
+
+def local_cluster(**kwargs):
+    """A ``LocalCluster`` whose workers report task runs to the driver's Prefect API.
+
+    Called by the task runner inside the flow run, when the API is known. Without this,
+    each worker of an in-process (ephemeral) Prefect starts a server of its own: seconds
+    of start-up per worker, and task runs the driver's UI never sees."""
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the driver's ephemeral server (one per process)
+        url = server.api_url if server.server_process is not None else None
+    return LocalCluster(env={"PREFECT_API_URL": url} if url else {}, **kwargs)
 
 
 @contextlib.contextmanager

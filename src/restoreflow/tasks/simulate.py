@@ -1,4 +1,4 @@
-"""Prefect task: simulate a degradation on one stored image (thin wrapper)."""
+"""Prefect task: simulate a degradation on a batch of stored images (thin wrapper)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from restoreflow.tasks.common import open_store
 
 
 @task(name="simulate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
-def simulate_task(store_uri: str, image_id: str, degradation: str, seed: int,
-                  collection: str) -> dict:
-    """Worker side: the driver has created the output image (``prepare_simulate``)."""
+def simulate_task(store_uri: str, image_ids: list[str], degradation: str, seed: int,
+                  collection: str) -> list[dict]:
+    """Worker side: the driver has created the output images (``prepare_simulate``)."""
     from restoreflow.simulate import simulate_tiles
     from restoreflow.spec import DegradationSpec
 
-    mode = simulate_tiles(open_store(store_uri), image_id, DegradationSpec.parse(degradation),
-                          seed=seed, collection=collection)
-    return {"image_id": image_id, "status": "written", "mode": mode}
+    store, spec = open_store(store_uri), DegradationSpec.parse(degradation)
+    return [{"image_id": i, "status": "written",
+             "mode": simulate_tiles(store, i, spec, seed=seed, collection=collection)}
+            for i in image_ids]

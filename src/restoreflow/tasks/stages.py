@@ -40,10 +40,12 @@ def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, ou
 
 
 @task(name="truth-metrics", cache_policy=NO_CACHE, **RETRY)
-def metrics_task(store_uri: str, image_id: str, out: str) -> dict:
+def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, dict]:
+    """PSNR/SSIM against the input, for a batch of images."""
     from restoreflow.pipeline import truth_metrics
 
-    return truth_metrics(open_store(store_uri), image_id, out)
+    store = open_store(store_uri)
+    return {i: truth_metrics(store, i, out) for i in image_ids}
 
 
 @task(name="write-intervals", cache_policy=NO_CACHE, **RETRY)

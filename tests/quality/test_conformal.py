@@ -254,3 +254,17 @@ def test_fit_validation():
 def test_flag():
     out = flag([20.0, 25.0, 30.0, math.nan, -math.inf], 25.0)
     np.testing.assert_array_equal(out, [True, False, False, True, True])
+
+
+def test_auto_ridge_shrinks_noise_features_and_keeps_signal():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(25, 8))
+    noise = rng.normal(size=25)
+    # pure-noise features: the auto fit is close to the constant predictor
+    m_noise = fit_ridge(X, noise, ridge="auto")
+    m_ols = fit_ridge(X, noise, ridge=1e-3)
+    assert np.abs(m_noise.coef).sum() < 0.2 * np.abs(m_ols.coef).sum()
+    # a clean linear signal is kept
+    y = X @ np.arange(1.0, 9.0) + 0.01 * noise
+    m_sig = fit_ridge(X, y, ridge="auto")
+    np.testing.assert_allclose(m_sig.predict(X), y, atol=0.5)

@@ -150,7 +150,7 @@ class DiffusionPrior:
         sa, s1a = ab.sqrt(), (1 - ab).sqrt()
         if self.prediction_type == "epsilon":
             eps = out
-            x0 = (x_t - s1a * eps) / sa
+            x0 = (x_t - s1a * eps).div_(sa)  # in place: one image-sized temporary less
         elif self.prediction_type == "v_prediction":
             # v = sqrt(abar) eps - sqrt(1-abar) x0
             x0 = sa * x_t - s1a * out

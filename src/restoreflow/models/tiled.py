@@ -96,7 +96,7 @@ class TiledPrior:
                 out[i, :, y : y + th, xx : xx + tw] += wgt * r
                 if i == 0:
                     wsum[0, 0, y : y + th, xx : xx + tw] += wgt
-        return (out / wsum)[..., :h0, :w0]
+        return out.div_(wsum)[..., :h0, :w0]
 
     def eps_x0(self, x_t: torch.Tensor, t: int | torch.Tensor):
         return self.prior.eps_x0(x_t, t, out=self.model_output(x_t, t))

@@ -108,25 +108,34 @@ def sample(
         x = randn(s.x_shape, generator, y)  # x_T ~ N(0, I)
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
+            # Image-sized tensors are updated in place (same arithmetic, same order, so the
+            # same bits as the out-of-place formulas): peak memory on large images is a
+            # few image tensors, not one per intermediate.
             x0 = tweedie_x0(prior, x, st.t, clip_x0)
-            r = operator.A(x0) - y  # A x0_t - y
+            r = operator.A(x0).sub_(y)  # A x0_t - y
             delta = ab_prev**gamma if noisy else 0.0  # delta_t
-            g = torch.zeros_like(x0)
+            g = None
             if delta < 1.0:
-                g = g + (1.0 - delta) * operator.A_dagger(r, eta=eta)  # g_BP
+                g = operator.A_dagger(r, eta=eta).mul_(1.0 - delta)  # (1 - delta) g_BP
             if delta > 0.0:
-                g = g + (delta * c) * operator.A_adjoint(r)  # c g_LS
+                ls = operator.A_adjoint(r).mul_(delta * c)  # delta c g_LS
+                g = ls if g is None else g.add_(ls)
+                del ls
+            del r
             mu = mu_scale
             if step_size == "decay":
                 mu *= (1.0 - ab_prev) / (1.0 - ab)
-            x_tilde = x0 - mu * g  # x~_t
+            x_tilde = x0.sub_(g.mul_(mu))  # x~_t = x0_t - mu_t g
+            del g, x0
             if ab_prev >= 1.0:  # last step: x_{-1} = x~
                 x = x_tilde
             else:
-                eps_hat = (x - math.sqrt(ab) * x_tilde) / math.sqrt(1.0 - ab)
+                eps_hat = x.sub_(x_tilde * math.sqrt(ab)).div_(math.sqrt(1.0 - ab))
                 w = delta if noisy else 1.0  # w_t
-                z = randn(s.x_shape, generator, y)
-                noise = math.sqrt(zeta) * z + (math.sqrt(1.0 - zeta) * w) * eps_hat
-                x = math.sqrt(ab_prev) * x_tilde + math.sqrt(1.0 - ab_prev) * noise
+                noise = randn(s.x_shape, generator, y).mul_(math.sqrt(zeta))
+                noise.add_(eps_hat.mul_(math.sqrt(1.0 - zeta) * w))
+                del eps_hat, x
+                x = x_tilde.mul_(math.sqrt(ab_prev)).add_(noise.mul_(math.sqrt(1.0 - ab_prev)))
+                del noise, x_tilde
             report(progress, st, len(s.steps))
     return x

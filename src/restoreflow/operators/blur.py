@@ -136,14 +136,14 @@ class Blur(LinearOperator):
         check_input(x)
         h, w = self.y_shape(tuple(x.shape))[-2:]
         if self.boundary == "circular":
-            return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x), s=(h, w))
+            return torch.fft.irfft2(torch.fft.rfft2(x).mul_(self._otf(x)), s=(h, w))
         return self._reflect_A(x)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y)
         h, w = self.y_shape(tuple(y.shape))[-2:]
         if self.boundary == "circular":
-            return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf(y).conj(), s=(h, w))
+            return torch.fft.irfft2(torch.fft.rfft2(y).mul_(self._otf(y).conj()), s=(h, w))
         return self._reflect_At(y)
 
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
@@ -163,7 +163,7 @@ class Blur(LinearOperator):
             rcond = eps_rcond(y.dtype) if self.rcond is None else self.rcond
             keep = mag2 > (rcond**2) * mag2.max()
             filt = torch.where(keep, otf.conj() / torch.where(keep, mag2, 1.0), 0.0)
-        return torch.fft.irfft2(torch.fft.rfft2(y) * filt, s=(h, w))
+        return torch.fft.irfft2(torch.fft.rfft2(y).mul_(filt), s=(h, w))
 
 
 def _fold_reflect(g: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:

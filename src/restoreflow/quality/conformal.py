@@ -438,36 +438,11 @@ class ConformalLowerBound:
         return _replace(self, settings_hash=settings_hash)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "ConformalLowerBound",
-            "version": FORMAT_VERSION,
-            "method": self.method,
-            "alpha": self.alpha,
-            "target": self.target,
-            "feature_names": list(self.feature_names),
-            "model": self.model.to_dict(),
-            "quantile": _enc(self.quantile),
-            "n_fit": self.n_fit,
-            "n_cal": self.n_cal,
-            "settings_hash": self.settings_hash,
-        }
+        return _fitted_to_dict(self, "ConformalLowerBound", model=self.model.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConformalLowerBound:
-        _check_kind(d, "ConformalLowerBound")
-        _check_method(d["method"])
-        model = LinearModel.from_dict(d["model"])
-        return cls(
-            method=d["method"],
-            alpha=_check_alpha(d["alpha"]),
-            feature_names=_names(d["feature_names"], model.coef.size),
-            model=model,
-            quantile=_dec(d["quantile"]),
-            n_fit=int(d["n_fit"]),
-            n_cal=int(d["n_cal"]),
-            target=str(d["target"]),
-            settings_hash=str(d["settings_hash"]),
-        )
+        return cls(**_fitted_from_dict(d, "ConformalLowerBound", "model"))
 
 
 @dataclass(frozen=True)
@@ -574,39 +549,34 @@ class ConformalInterval:
         return _replace(self, settings_hash=settings_hash)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "ConformalInterval",
-            "version": FORMAT_VERSION,
-            "method": self.method,
-            "alpha": self.alpha,
-            "target": self.target,
-            "feature_names": list(self.feature_names),
-            "lower_model": self.lower_model.to_dict(),
-            "upper_model": self.upper_model.to_dict(),
-            "quantile": _enc(self.quantile),
-            "n_fit": self.n_fit,
-            "n_cal": self.n_cal,
-            "settings_hash": self.settings_hash,
-        }
+        return _fitted_to_dict(self, "ConformalInterval", lower_model=self.lower_model.to_dict(),
+                               upper_model=self.upper_model.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConformalInterval:
-        _check_kind(d, "ConformalInterval")
-        _check_method(d["method"])
-        lo = LinearModel.from_dict(d["lower_model"])
-        hi = LinearModel.from_dict(d["upper_model"])
-        return cls(
-            method=d["method"],
-            alpha=_check_alpha(d["alpha"]),
-            feature_names=_names(d["feature_names"], lo.coef.size),
-            lower_model=lo,
-            upper_model=hi,
-            quantile=_dec(d["quantile"]),
-            n_fit=int(d["n_fit"]),
-            n_cal=int(d["n_cal"]),
-            target=str(d["target"]),
-            settings_hash=str(d["settings_hash"]),
-        )
+        return cls(**_fitted_from_dict(d, "ConformalInterval", "lower_model", "upper_model"))
+
+
+def _fitted_to_dict(obj, kind: str, **models: dict) -> dict[str, Any]:
+    """JSON form shared by the fitted conformal objects (their models passed in)."""
+    return {"kind": kind, "version": FORMAT_VERSION, "method": obj.method,
+            "alpha": obj.alpha, "target": obj.target,
+            "feature_names": list(obj.feature_names), **models,
+            "quantile": _enc(obj.quantile), "n_fit": obj.n_fit, "n_cal": obj.n_cal,
+            "settings_hash": obj.settings_hash}
+
+
+def _fitted_from_dict(d: Mapping[str, Any], kind: str, *model_keys: str) -> dict[str, Any]:
+    """Validated constructor arguments of a fitted conformal object (models included)."""
+    _check_kind(d, kind)
+    _check_method(d["method"])
+    models = {k: LinearModel.from_dict(d[k]) for k in model_keys}
+    n_features = models[model_keys[0]].coef.size
+    return {**models, "method": d["method"], "alpha": _check_alpha(d["alpha"]),
+            "feature_names": _names(d["feature_names"], n_features),
+            "quantile": _dec(d["quantile"]), "n_fit": int(d["n_fit"]),
+            "n_cal": int(d["n_cal"]), "target": str(d["target"]),
+            "settings_hash": str(d["settings_hash"])}
 
 
 @dataclass(frozen=True)

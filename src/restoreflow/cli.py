@@ -303,7 +303,14 @@ def print_summary(summary: dict) -> None:
 
 
 def _error_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (the flow's log above holds the traceback)."""
+    """``Type: message`` on one line (the flow's log above holds the traceback).
+
+    The process is about to exit on this error: asyncio's "exception was never
+    retrieved" reports of the same failure (e.g. zarr's other writes when the disk is
+    full) would only repeat it as tracebacks, so they are silenced."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
 

@@ -109,7 +109,7 @@ def test_serve_s3_command_prints_settings_and_stops_on_ctrl_c(tmp_path):
         assert "export RESTOREFLOW_STORE=s3://demo/restoreflow-store" in text
         assert "export AWS_ACCESS_KEY_ID=" in text  # generated: printed once for the user
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=90)  # stop: SIGTERM, SIGKILL after 10 s
     finally:
         if proc.poll() is None:
             proc.kill()

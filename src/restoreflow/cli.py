@@ -188,9 +188,18 @@ def serve_s3(
     port: int = typer.Option(0, "--port", help="S3 port (0: a free one; must be < 55535)."),
     bucket: str = typer.Option("restoreflow", "--bucket", help="Bucket to create."),
 ) -> None:
-    """Run a local S3 server (SeaweedFS) on 127.0.0.1 until Ctrl-C."""
+    """Run a local S3 server (SeaweedFS) on 127.0.0.1 until Ctrl-C (or SIGTERM)."""
     import os
+    import signal
     import time
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # explicit: a shell that starts us in the background has SIGINT ignored, and SIGTERM
+    # (systemd, kill) must stop the server too rather than orphan it
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
 
     from restoreflow.storage.s3server import free_ports, random_credentials, seaweedfs_server
 

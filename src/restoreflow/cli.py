@@ -112,8 +112,7 @@ def ingest(
         if not isinstance(exc, (ValueError, OSError, StoreLocked)) and not is_backend_error(exc):
             raise
         # the store failed (not a bad file): one line; what was ingested is kept
-        typer.echo(f"error: {_error_line(exc)}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(_error_line(exc))
     for row in report.rejected:
         typer.echo(f"REJECTED {row.source}: {row.reason}")
     Console(width=160).print(report.summary_table())
@@ -284,6 +283,12 @@ def _on_dask(flow_obj):
 
 
 def _fail(msg: str, code: int = 2):
+    """Print the one-line error and exit. asyncio's "exception was never retrieved"
+    reports of the same failure (e.g. zarr's other writes when the disk is full) would
+    only repeat it as tracebacks at exit, so they are silenced."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
@@ -312,14 +317,7 @@ def print_summary(summary: dict) -> None:
 
 
 def _error_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (the flow's log above holds the traceback).
-
-    The process is about to exit on this error: asyncio's "exception was never
-    retrieved" reports of the same failure (e.g. zarr's other writes when the disk is
-    full) would only repeat it as tracebacks, so they are silenced."""
-    import logging
-
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    """``Type: message`` on one line (the flow's log above holds the traceback)."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
 

@@ -35,7 +35,7 @@ def _ids(report: dict) -> list[str]:
 
 def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
     """True PSNR/SSIM of each restored image (CPU tasks over batches of images)."""
-    from restoreflow.tasks.common import cpu_batches
+    from restoreflow.flows.batches import cpu_batches
 
     futures = [metrics_task.submit(uri, b, out) for b in cpu_batches(store, ids)]
     return {i: m for f in futures for i, m in f.result().items()}

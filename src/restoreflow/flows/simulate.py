@@ -12,9 +12,10 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
                     collection: str, progress: bool = False) -> list[dict]:
     """Driver: create outputs, CPU tasks over batches of the images still to do (one
     image per task unless images are small), mark each image complete."""
+    from restoreflow.flows.batches import cpu_batches
     from restoreflow.simulate import prepare_simulate
     from restoreflow.spec import DegradationSpec
-    from restoreflow.tasks.common import cpu_batches, open_store
+    from restoreflow.tasks.common import open_store
 
     store = open_store(store_uri)
     spec = DegradationSpec.parse(degradation)

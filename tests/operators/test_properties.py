@@ -145,3 +145,38 @@ def test_halo_bounds_support(case, build_case):
         assert op.halo <= min(i0, j0, h - 1 - i0, w - 1 - j0)
     if far.any():  # exact zeros up to FFT round-off
         assert float(y[..., far].abs().max()) <= 1e-12 * float(y.abs().max())
+
+
+def test_channelwise_operators_act_per_channel(case, build_case):
+    """``channelwise``: A, A^T and A^+ of one channel equal that channel of the whole."""
+    op = build_case(case, SHAPE)
+    if not op.channelwise:
+        pytest.skip("not channel-wise")
+    x = _rand(SHAPE, 11)
+    y = _rand(op.y_shape(SHAPE), 12)
+    for c in range(SHAPE[1]):
+        assert _rel(op.A(x[:, c : c + 1]), op.A(x)[:, c : c + 1]) <= CLOSED_TOL
+        assert _rel(op.A_adjoint(y[:, c : c + 1]), op.A_adjoint(y)[:, c : c + 1]) <= CLOSED_TOL
+        got = op.A_dagger(y[:, c : c + 1], eta=0.1)
+        tol = 1e-6 if op.closed_form_dagger else 1e-3  # CGLS stops on the joint residual
+        assert _rel(got, op.A_dagger(y, eta=0.1)[:, c : c + 1]) <= tol
+
+
+def test_results_are_new_tensors(case, build_case):
+    """Samplers update operator results in place: they must never alias the input."""
+    op = build_case(case, SHAPE)
+    x = _rand(SHAPE, 13)
+    y = _rand(op.y_shape(SHAPE), 14)
+    for out, inp in [(op.A(x), x), (op.A_adjoint(y), y), (op.A_dagger(y, eta=0.0), y),
+                     (op.dagger_adjoint(y, 0.1, 0.5, 0.5), y)]:
+        assert out.untyped_storage().data_ptr() != inp.untyped_storage().data_ptr()
+
+
+def test_dagger_adjoint_is_the_weighted_sum(case, build_case):
+    """``a A^+_eta y + b A^T y`` (one pass for circular blurs, two otherwise)."""
+    op = build_case(case, SHAPE)
+    y = _rand(op.y_shape(SHAPE), 15)
+    tol = CLOSED_TOL if op.closed_form_dagger else 1e-6
+    for eta, a, b in [(0.3, 0.7, 0.2), (0.3, 1.0, 0.0), (0.3, 0.0, 2.0)]:
+        want = a * op.A_dagger(y, eta=eta) + b * op.A_adjoint(y)
+        assert _rel(op.dagger_adjoint(y, eta, a, b), want) <= tol

@@ -32,17 +32,24 @@ def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class LinearOperator(torch.nn.Module):
     """A linear forward model ``y = A x`` with adjoint and (regularised) pseudo-inverse.
 
+    ``A``, ``A_adjoint``, ``A_dagger`` and ``dagger_adjoint`` return new tensors, never
+    their input or a view of it (samplers update their results in place).
+
     Attributes:
         halo: radius in input pixels of the support of ``A`` (a pixel of ``A x`` depends
             only on the input pixels within ``halo`` of it): 0 for pixel-wise operators,
             the kernel radius for blurs, ``None`` when ``A`` is global. A large image can
             be degraded tile by tile by reading each tile with this halo.
+        channelwise: True when ``A`` acts on every channel alike and independently
+            (``A(x)[:, c] = A(x[:, c:c+1])``): samplers then run the guidance one
+            channel at a time (a third of the scratch memory on RGB images).
         closed_form_dagger: True when ``A_dagger`` is exact (no iterative solve).
         cg_tol, cg_max_iter: relative tolerance and iteration cap of the CGLS fallback
             used by ``A_dagger`` when there is no closed form.
     """
 
     halo: int | None = 0
+    channelwise: bool = False
     closed_form_dagger: bool = False
     cg_tol: float = 1e-6
     cg_max_iter: int = 300
@@ -69,6 +76,17 @@ class LinearOperator(torch.nn.Module):
     def AAt(self, y: torch.Tensor) -> torch.Tensor:
         """``A A^T y``."""
         return self.A(self.A_adjoint(y))
+
+    def dagger_adjoint(self, y: torch.Tensor, eta: float, a: float, b: float) -> torch.Tensor:
+        """``a A^+_eta y + b A^T y`` as a new tensor (DDPG's preconditioned guidance).
+        Operators where both are one filter (circular blur) override it with one pass."""
+        out = None
+        if a != 0.0:
+            out = self.A_dagger(y, eta=eta).mul(a)
+        if b != 0.0:
+            ls = self.A_adjoint(y).mul(b)
+            out = ls if out is None else out.add_(ls)
+        return out if out is not None else torch.zeros_like(self.A_adjoint(y))
 
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
         """``A^T (A A^T + eta I)^{-1} y`` by CGLS (generic fallback, no closed form).

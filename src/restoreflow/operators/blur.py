@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from . import fft
 from .base import LinearOperator, ShapeError, _check_shape, check_input, eps_rcond, like
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, uniform_kernel, validate_kernel
 
@@ -42,6 +43,8 @@ class Blur(LinearOperator):
         boundary: "circular" (FFT; exact A^+) or "reflect" (real photos; A^+ by CGLS).
         dtype: dtype of the kernel buffer (default: torch's default dtype).
     """
+
+    channelwise = True
 
     def __init__(
         self,
@@ -90,9 +93,11 @@ class Blur(LinearOperator):
         k = like(self.kernel, x)
         kh, kw = k.shape
         kp = x.new_zeros(h, w)
-        kp[:kh, :kw] = k
-        kp = torch.roll(kp, shifts=(-self.center[0], -self.center[1]), dims=(0, 1))
-        return torch.fft.rfft2(kp)
+        # the kernel's centre at (0, 0), wrapping around (= torch.roll, without a copy)
+        rows = (torch.arange(kh, device=x.device) - self.center[0]) % h
+        cols = (torch.arange(kw, device=x.device) - self.center[1]) % w
+        kp[rows[:, None], cols[None, :]] = k
+        return fft.rfft2(kp)
 
     # --- reflect: direct convolution for small kernels, FFT on the padded image else ---
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,16 +139,16 @@ class Blur(LinearOperator):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)
-        h, w = self.y_shape(tuple(x.shape))[-2:]
+        self.y_shape(tuple(x.shape))
         if self.boundary == "circular":
-            return torch.fft.irfft2(torch.fft.rfft2(x).mul_(self._otf(x)), s=(h, w))
+            return self._circular(x, lambda otf: otf)
         return self._reflect_A(x)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y)
-        h, w = self.y_shape(tuple(y.shape))[-2:]
+        self.y_shape(tuple(y.shape))
         if self.boundary == "circular":
-            return torch.fft.irfft2(torch.fft.rfft2(y).mul_(self._otf(y).conj()), s=(h, w))
+            return self._circular(y, torch.conj)
         return self._reflect_At(y)
 
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
@@ -153,17 +158,49 @@ class Blur(LinearOperator):
             raise ValueError(f"eta must be >= 0, got {eta}")
         if self.boundary != "circular":
             return super().A_dagger(y, eta)
+        return self.dagger_adjoint(y, eta, 1.0, 0.0)
+
+    def dagger_adjoint(self, y: torch.Tensor, eta: float, a: float, b: float) -> torch.Tensor:
+        """``a A^+_eta y + b A^T y``; circular: one filter ``conj(K) (a / (|K|^2 + eta) + b)``
+        (one FFT pair instead of two)."""
+        if self.boundary != "circular":
+            return super().dagger_adjoint(y, eta, a, b)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
         check_input(y)
-        h, w = self.y_shape(tuple(y.shape))[-2:]
-        otf = self._otf(y)
-        mag2 = otf.real**2 + otf.imag**2
-        if eta > 0:
-            filt = otf.conj() / (mag2 + eta)
+        self.y_shape(tuple(y.shape))
+        rcond = eps_rcond(y.dtype) if self.rcond is None else self.rcond
+
+        def filt(otf: torch.Tensor) -> torch.Tensor:
+            cut = (rcond**2) * float((otf.real**2 + otf.imag**2).max()) if eta == 0 else 0.0
+
+            def band(i0: int, i1: int) -> torch.Tensor:
+                o = otf[i0:i1]
+                mag2 = o.real**2 + o.imag**2
+                if eta > 0:
+                    inv = mag2.add(eta).reciprocal_()
+                else:  # exact pseudo-inverse: frequencies below the cut are zeros of K
+                    keep = mag2 > cut
+                    inv = torch.where(keep, 1.0 / torch.where(keep, mag2, 1.0), 0.0)
+                return o.conj() * inv.mul_(a).add_(b)
+
+            return band
+
+        return self._circular(y, filt, banded=True)
+
+    def _circular(self, x: torch.Tensor, filt, banded: bool = False) -> torch.Tensor:
+        """``IDFT(f(K) DFT(x))`` per image, with memory-lean FFTs (:mod:`.fft`): one
+        spectrum and the output beyond the input. ``banded``: ``filt(otf)`` returns a
+        function of a band of rows (the filter is never image-sized)."""
+        size = tuple(x.shape[-2:])
+        otf = self._otf(x)
+        spec = fft.rfft2(x)
+        if banded:
+            fft.filter_(spec, filt(otf))
         else:
-            rcond = eps_rcond(y.dtype) if self.rcond is None else self.rcond
-            keep = mag2 > (rcond**2) * mag2.max()
-            filt = torch.where(keep, otf.conj() / torch.where(keep, mag2, 1.0), 0.0)
-        return torch.fft.irfft2(torch.fft.rfft2(y).mul_(filt), s=(h, w))
+            spec.mul_(filt(otf))
+        del otf
+        return fft.irfft2_(spec, size)
 
 
 def _fold_reflect(g: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:

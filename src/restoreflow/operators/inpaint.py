@@ -20,6 +20,7 @@ class Inpainting(LinearOperator):
     """Pixel masking with a fixed (H, W) keep-mask (bool buffer; True = keep)."""
 
     closed_form_dagger = True
+    channelwise = True
     halo = 0
 
     def __init__(self, mask: torch.Tensor) -> None:

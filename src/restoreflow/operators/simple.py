@@ -11,21 +11,22 @@ class Identity(LinearOperator):
     """Denoising: ``A = I``; ``A^+_eta y = y / (1 + eta)``."""
 
     closed_form_dagger = True
+    channelwise = True
     halo = 0
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)
-        return x
+        return x.clone()  # operators return new tensors (samplers update them in place)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y)
-        return y
+        return y.clone()
 
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         check_input(y)
-        return y / (1.0 + eta) if eta else y
+        return y / (1.0 + eta) if eta else y.clone()
 
 
 class Colorise(LinearOperator):

@@ -52,6 +52,7 @@ class BoxDownsample(LinearOperator):
     """Block averaging by ``factor``; exact pseudo-inverse ``f^2 A^T``."""
 
     closed_form_dagger = True
+    channelwise = True
     halo = 0  # tiles must start at multiples of the factor
 
     def __init__(self, factor: int) -> None:
@@ -129,6 +130,7 @@ class BicubicDownsample(LinearOperator):
     """
 
     closed_form_dagger = True
+    channelwise = True
 
     def __init__(self, factor: int) -> None:
         super().__init__()

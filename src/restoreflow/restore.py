@@ -170,16 +170,21 @@ def restore_image(
     opts = default_options(sampler, task_kind(operator), sigma_y)
     opts.update(options or {})
 
+    from restoreflow.samplers.schedule import x_shape_of
+
     device = prior.device
     y = y.to(device=device, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
     yb = y[None]
-    x_channels = operator.A_adjoint(yb).shape[1]
-    grey = x_channels == 1 and _prior_channels(prior) == 3
+    del y  # a caller that passes y without keeping it frees it as soon as y_m exists
+    grey = yb.shape[1] == 1 and x_shape_of(operator, yb)[1] == 1 and _prior_channels(prior) == 3
     if grey:
         yb = yb.expand(-1, 3, -1, -1).contiguous()
-    x_shape = tuple(operator.A_adjoint(yb).shape)
-    ones = torch.ones(x_shape, device=device, dtype=yb.dtype)
-    y_m = 2.0 * yb - operator.A(ones)  # model units: A (2x - 1) + 2n
+    x_shape = x_shape_of(operator, yb)
+    # model units: A (2x - 1) + 2n = 2y - A 1 (A 1 on one channel for channel-wise A)
+    ones_shape = (1, 1, *x_shape[2:]) if getattr(operator, "channelwise", False) else x_shape
+    a1 = operator.A(torch.ones(ones_shape, device=device, dtype=yb.dtype))
+    y_m = (2.0 * yb).sub_(a1)
+    del yb, a1
     sigma_m = 2.0 * float(sigma_y)
 
     if not isinstance(prior, TiledPrior):
@@ -195,7 +200,8 @@ def restore_image(
         progress=progress,
         **opts,
     )
-    x = ((x_m + 1.0) / 2.0).clamp(0.0, 1.0)
+    del y_m
+    x = x_m.add_(1.0).div_(2.0).clamp_(0.0, 1.0)
     if grey:
         x = x.mean(dim=1, keepdim=True)
     return x

@@ -180,3 +180,4 @@ def test_dagger_adjoint_is_the_weighted_sum(case, build_case):
     for eta, a, b in [(0.3, 0.7, 0.2), (0.3, 1.0, 0.0), (0.3, 0.0, 2.0)]:
         want = a * op.A_dagger(y, eta=eta) + b * op.A_adjoint(y)
         assert _rel(op.dagger_adjoint(y, eta, a, b), want) <= tol
+        assert _rel(op.dagger_adjoint(y.clone(), eta, a, b, overwrite=True), want) <= tol

@@ -163,8 +163,18 @@ class DiffusionPrior:
     def eps(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.eps_x0(x_t, t)[0]
 
-    def x0(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return self.eps_x0(x_t, t)[1]
+    def x0(
+        self, x_t: torch.Tensor, t: int | torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x0 estimate at timestep t. For an epsilon-prediction UNet it is computed in the
+        model output's own buffer (same arithmetic as :meth:`eps_x0`, no image-sized
+        temporary); ``out`` (a precomputed model output) is then overwritten."""
+        out = self.model_output(x_t, t) if out is None else out
+        if self.prediction_type != "epsilon" or out.requires_grad or out.dtype != x_t.dtype:
+            return self.eps_x0(x_t, t, out=out)[1]
+        ab = self.abar(t).to(x_t.device, x_t.dtype).reshape(-1, 1, 1, 1)
+        # (x_t - s1a eps) / sa, bit for bit: -(s1a eps) + x_t rounds like x_t - s1a eps
+        return out.mul_(-(1 - ab).sqrt()).add_(x_t).div_(ab.sqrt())
 
     def timestep_for_sigma(self, sigma: float) -> int:
         """t whose noise-to-signal ratio sqrt((1-abar)/abar) is closest to ``sigma``.

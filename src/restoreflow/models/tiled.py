@@ -81,7 +81,14 @@ class TiledPrior:
         tt = torch.as_tensor(t).reshape(-1)
         jobs = [(i, y, xx) for i in range(b) for y in ys for xx in xs]
         out = None
-        wsum = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
+        # The weights are products wy(row) wx(col) over the grid ys x xs, so their sum is
+        # the product of two 1-D sums: no image-sized weight buffer.
+        wsum_y = torch.zeros(h, device=x.device, dtype=x.dtype)
+        wsum_x = torch.zeros(w, device=x.device, dtype=x.dtype)
+        for y in ys:
+            wsum_y[y : y + th] += _ramp(th, self.overlap, y > 0, y + th < h, x.device, x.dtype)
+        for xx in xs:
+            wsum_x[xx : xx + tw] += _ramp(tw, self.overlap, xx > 0, xx + tw < w, x.device, x.dtype)
         for k in range(0, len(jobs), self.batch):
             chunk = jobs[k : k + self.batch]
             tiles = torch.stack([x[i, :, y : y + th, xx : xx + tw] for i, y, xx in chunk])
@@ -92,11 +99,12 @@ class TiledPrior:
             for (i, y, xx), r in zip(chunk, res, strict=True):
                 wy = _ramp(th, self.overlap, y > 0, y + th < h, x.device, x.dtype)
                 wx = _ramp(tw, self.overlap, xx > 0, xx + tw < w, x.device, x.dtype)
-                wgt = wy[:, None] * wx[None, :]
-                out[i, :, y : y + th, xx : xx + tw] += wgt * r
-                if i == 0:
-                    wsum[0, 0, y : y + th, xx : xx + tw] += wgt
-        return out.div_(wsum)[..., :h0, :w0]
+                out[i, :, y : y + th, xx : xx + tw] += (wy[:, None] * wx[None, :]) * r
+            del tiles, res
+        for r0 in range(0, h, th):  # normalise band by band (one band-sized temporary)
+            r1 = min(r0 + th, h)
+            out[..., r0:r1, :].div_(wsum_y[r0:r1, None] * wsum_x[None, :])
+        return out[..., :h0, :w0]
 
     def eps_x0(self, x_t: torch.Tensor, t: int | torch.Tensor):
         return self.prior.eps_x0(x_t, t, out=self.model_output(x_t, t))
@@ -105,4 +113,4 @@ class TiledPrior:
         return self.eps_x0(x_t, t)[0]
 
     def x0(self, x_t, t):
-        return self.eps_x0(x_t, t)[1]
+        return self.prior.x0(x_t, t, out=self.model_output(x_t, t))

@@ -77,14 +77,17 @@ class LinearOperator(torch.nn.Module):
         """``A A^T y``."""
         return self.A(self.A_adjoint(y))
 
-    def dagger_adjoint(self, y: torch.Tensor, eta: float, a: float, b: float) -> torch.Tensor:
-        """``a A^+_eta y + b A^T y`` as a new tensor (DDPG's preconditioned guidance).
-        Operators where both are one filter (circular blur) override it with one pass."""
+    def dagger_adjoint(
+        self, y: torch.Tensor, eta: float, a: float, b: float, overwrite: bool = False
+    ) -> torch.Tensor:
+        """``a A^+_eta y + b A^T y`` (DDPG's preconditioned guidance). Operators where both
+        are one filter (circular blur) override it with one pass; with ``overwrite`` they
+        may write the result into y's buffer (it is a new tensor otherwise)."""
         out = None
         if a != 0.0:
-            out = self.A_dagger(y, eta=eta).mul(a)
+            out = self.A_dagger(y, eta=eta).mul_(a)
         if b != 0.0:
-            ls = self.A_adjoint(y).mul(b)
+            ls = self.A_adjoint(y).mul_(b)
             out = ls if out is None else out.add_(ls)
         return out if out is not None else torch.zeros_like(self.A_adjoint(y))
 

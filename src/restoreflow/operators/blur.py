@@ -97,7 +97,7 @@ class Blur(LinearOperator):
         rows = (torch.arange(kh, device=x.device) - self.center[0]) % h
         cols = (torch.arange(kw, device=x.device) - self.center[1]) % w
         kp[rows[:, None], cols[None, :]] = k
-        return fft.rfft2(kp)
+        return torch.fft.rfft2(kp)
 
     # --- reflect: direct convolution for small kernels, FFT on the padded image else ---
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,47 +160,61 @@ class Blur(LinearOperator):
             return super().A_dagger(y, eta)
         return self.dagger_adjoint(y, eta, 1.0, 0.0)
 
-    def dagger_adjoint(self, y: torch.Tensor, eta: float, a: float, b: float) -> torch.Tensor:
+    def dagger_adjoint(
+        self, y: torch.Tensor, eta: float, a: float, b: float, overwrite: bool = False
+    ) -> torch.Tensor:
         """``a A^+_eta y + b A^T y``; circular: one filter ``conj(K) (a / (|K|^2 + eta) + b)``
-        (one FFT pair instead of two)."""
+        (one FFT pair instead of two). ``overwrite``: y may be used as the output buffer."""
         if self.boundary != "circular":
-            return super().dagger_adjoint(y, eta, a, b)
+            return super().dagger_adjoint(y, eta, a, b, overwrite)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         check_input(y)
         self.y_shape(tuple(y.shape))
         rcond = eps_rcond(y.dtype) if self.rcond is None else self.rcond
+        # max |K| = K(0) = sum(k) for a non-negative kernel
+        cut = (rcond * float(self.kernel.sum())) ** 2
 
-        def filt(otf: torch.Tensor) -> torch.Tensor:
-            cut = (rcond**2) * float((otf.real**2 + otf.imag**2).max()) if eta == 0 else 0.0
+        def filt(o: torch.Tensor) -> torch.Tensor:
+            mag2 = o.real**2 + o.imag**2
+            if eta > 0:
+                inv = mag2.add_(eta).reciprocal_()
+            else:  # exact pseudo-inverse: frequencies below the cut are zeros of K
+                keep = mag2 > cut
+                inv = torch.where(keep, 1.0 / torch.where(keep, mag2, 1.0), 0.0)
+            return o.conj() * inv.mul_(a).add_(b)
 
-            def band(i0: int, i1: int) -> torch.Tensor:
-                o = otf[i0:i1]
-                mag2 = o.real**2 + o.imag**2
-                if eta > 0:
-                    inv = mag2.add(eta).reciprocal_()
-                else:  # exact pseudo-inverse: frequencies below the cut are zeros of K
-                    keep = mag2 > cut
-                    inv = torch.where(keep, 1.0 / torch.where(keep, mag2, 1.0), 0.0)
-                return o.conj() * inv.mul_(a).add_(b)
+        return self._circular(y, filt, out=y if overwrite else None)
 
-            return band
+    def _otf_rows(self, x: torch.Tensor, size: tuple[int, int]):
+        """A function (i0, i1) -> rows [i0, i1) of the kernel's H x (W//2+1) spectrum with
+        its centre at (0, 0) (= rfft2 of the wrapped kernel image), computed as the 2-D
+        DFT of the kh x kw taps: the full spectrum is never held at once."""
+        h, w = size
+        kh, kw = self.kernel.shape
+        ctype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        k = self.kernel.to(device=x.device, dtype=torch.float64)
+        ra = (torch.arange(kh, device=x.device) - self.center[0]) % h
+        cb = (torch.arange(kw, device=x.device) - self.center[1]) % w
+        v = torch.arange(w // 2 + 1, device=x.device)
+        # exact integer phases (v * cb mod w) before the float64 exponent
+        ew = torch.exp(-2j * torch.pi * ((v[:, None] * cb[None, :]) % w).double() / w)
+        m = k.to(ew.dtype) @ ew.T  # (kh, W//2+1): DFT along W of each kernel row
 
-        return self._circular(y, filt, banded=True)
+        def rows(i0: int, i1: int) -> torch.Tensor:
+            u = torch.arange(i0, i1, device=x.device)
+            eh = torch.exp(-2j * torch.pi * ((u[:, None] * ra[None, :]) % h).double() / h)
+            return (eh @ m).to(ctype)
 
-    def _circular(self, x: torch.Tensor, filt, banded: bool = False) -> torch.Tensor:
-        """``IDFT(f(K) DFT(x))`` per image, with memory-lean FFTs (:mod:`.fft`): one
-        spectrum and the output beyond the input. ``banded``: ``filt(otf)`` returns a
-        function of a band of rows (the filter is never image-sized)."""
+        return rows
+
+    def _circular(self, x: torch.Tensor, filt, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``IDFT(filt(K) DFT(x))`` with the memory-lean FFTs of :mod:`.fft`: one spectrum
+        and the output beyond the input (``out``: write the result there, e.g. into x)."""
         size = tuple(x.shape[-2:])
-        otf = self._otf(x)
-        spec = fft.rfft2(x)
-        if banded:
-            fft.filter_(spec, filt(otf))
-        else:
-            spec.mul_(filt(otf))
-        del otf
-        return fft.irfft2_(spec, size)
+        otf = self._otf_rows(x, size)
+        spec = fft.filter_(fft.rfft2(x), lambda i0, i1: filt(otf(i0, i1)))
+        return fft.irfft2_(spec, size, out=out)
 
 
 def _fold_reflect(g: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:

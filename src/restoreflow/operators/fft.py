@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-BAND_BYTES = 16 * 2**20  # size of one band of rows or columns
+BAND_BYTES = 4 * 2**20  # size of one band of rows or columns
 
 
 def _band(n_other: int, itemsize: int) -> int:
@@ -40,8 +40,11 @@ def rfft2(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def irfft2_(spec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``torch.fft.irfft2(spec, s=size)``; ``spec`` is overwritten (used as scratch)."""
+def irfft2_(
+    spec: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``torch.fft.irfft2(spec, s=size)``; ``spec`` is overwritten (used as scratch).
+    ``out``: an existing real tensor of the result's shape to write into."""
     h, w = size
     if spec.shape[-2] != h or spec.shape[-1] != w // 2 + 1:
         raise ValueError(f"spectrum {tuple(spec.shape[-2:])} does not match image {h}x{w}")
@@ -50,7 +53,10 @@ def irfft2_(spec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     cols = _band(lead * h, spec.element_size())
     for j in range(0, spec.shape[-1], cols):
         spec[..., :, j : j + cols] = torch.fft.ifft(spec[..., :, j : j + cols], dim=-2)
-    out = torch.empty((*spec.shape[:-2], h, w), dtype=rtype, device=spec.device)
+    if out is None:
+        out = torch.empty((*spec.shape[:-2], h, w), dtype=rtype, device=spec.device)
+    elif out.shape != (*spec.shape[:-2], h, w) or out.dtype != rtype:
+        raise ValueError(f"out {tuple(out.shape)} {out.dtype} does not fit the result")
     rows = _band(lead * spec.shape[-1], spec.element_size())
     for i in range(0, h, rows):
         out[..., i : i + rows, :] = torch.fft.irfft(spec[..., i : i + rows, :], n=w, dim=-1)

@@ -99,13 +99,76 @@ def measurement_consistency(
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
     xb = _as_batch_tensor(x_hat, "x_hat")
     yb = _as_batch_tensor(y, "y").to(xb.dtype)
-    with torch.no_grad():
-        ax = A.A(xb)
-    if ax.shape != yb.shape:
-        raise ValueError(f"A(x_hat) has shape {tuple(ax.shape)} but y has {tuple(yb.shape)}")
+    # a channel-wise operator is applied one channel at a time (memory of one channel)
+    groups = _groups(A, xb.shape[1]) if yb.shape[1] == xb.shape[1] else [slice(None)]
+    sq = 0.0
+    for g in groups:
+        with torch.no_grad():
+            ax = A.A(xb[:, g])
+        if ax.shape != yb[:, g].shape:
+            raise ValueError(f"A(x_hat) has shape {tuple(ax.shape)} but y has {tuple(yb.shape)}")
+        sq += torch.linalg.vector_norm(ax.sub_(yb[:, g]).double()).item() ** 2
+        del ax
     m = yb.numel()
-    resid = torch.linalg.vector_norm((ax - yb).double()).item()
-    return resid / (max(float(sigma_y), sigma_floor) * math.sqrt(m))
+    return math.sqrt(sq) / (max(float(sigma_y), sigma_floor) * math.sqrt(m))
+
+
+def _groups(A: Any, channels: int) -> list[slice]:
+    if getattr(A, "channelwise", False):
+        return [slice(c, c + 1) for c in range(channels)]
+    return [slice(None)]
+
+
+def _channels(image: Any, name: str = "image"):
+    """The channels of an (H, W), (C, H, W) or (1, C, H, W) image as float64 arrays, one at
+    a time: an image-sized float64 copy never exists."""
+    shape = tuple(image.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        image, shape = image[0], shape[1:]
+    if len(shape) == 2:
+        image, shape = image[None], (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"{name} must have shape (H, W) or (C, H, W), got {shape}")
+    for c in range(shape[0]):
+        yield as_image_array(image[c], name)
+
+
+def _grad_parts(a: np.ndarray, band: int = 256) -> tuple[float, int]:
+    """(sum of forward-difference gradient magnitudes, count) of one channel, by bands."""
+    h, w = a.shape
+    if min(h, w) < 2:
+        raise ValueError(f"image too small for gradients: {a.shape}")
+    total = 0.0
+    for r0 in range(0, h - 1, band):
+        blk = a[r0 : min(r0 + band, h - 1) + 1]
+        dx = np.diff(blk, axis=-1)[:-1, :]
+        dy = np.diff(blk, axis=-2)[:, :-1]
+        total += float(np.sqrt(dx**2 + dy**2).sum())
+    return total, (h - 1) * (w - 1)
+
+
+def _hf_parts(a: np.ndarray, cutoff: float) -> tuple[float, float]:
+    """(energy above ``cutoff``, total energy) of one mean-removed channel, from its half
+    spectrum (real input: the other half mirrors it) computed by bands."""
+    import torch
+
+    from restoreflow.operators import fft
+
+    h, w = a.shape
+    spec = fft.rfft2(torch.from_numpy(a - a.mean()))
+    wv = np.full(w // 2 + 1, 2.0)  # columns 1 .. ceil(w/2)-1 stand for two
+    wv[0] = 1.0
+    if w % 2 == 0:
+        wv[-1] = 1.0
+    fy, fx = np.fft.fftfreq(h), np.fft.rfftfreq(w)
+    high = total = 0.0
+    rows = max(1, 2**22 // (w // 2 + 1))
+    for r0 in range(0, h, rows):
+        p = (spec[r0 : r0 + rows].abs() ** 2).numpy() * wv
+        mask = np.sqrt(fx[None, :] ** 2 + fy[r0 : r0 + rows, None] ** 2) > cutoff
+        high += float(p[mask].sum())
+        total += float(p.sum())
+    return high, total
 
 
 def posterior_spread(samples: Any, data_range: float = 1.0) -> dict[str, float]:
@@ -149,14 +212,8 @@ def rca_feature(neighbour_psnrs: Sequence[float]) -> dict[str, float]:
 def gradient_magnitude_mean(image: Any) -> float:
     """Mean gradient magnitude ``mean sqrt((dx)^2 + (dy)^2)`` with forward differences
     (intensity per pixel), averaged over the ``(H-1) x (W-1)`` grid and channels."""
-    a = as_image_array(image)
-    if a.ndim == 2:
-        a = a[None]
-    if min(a.shape[-2:]) < 2:
-        raise ValueError(f"image too small for gradients: {a.shape}")
-    dx = np.diff(a, axis=-1)[..., :-1, :]
-    dy = np.diff(a, axis=-2)[..., :, :-1]
-    return float(np.sqrt(dx**2 + dy**2).mean())
+    parts = [_grad_parts(a) for a in _channels(image)]
+    return sum(t for t, _ in parts) / sum(n for _, n in parts)
 
 
 def high_frequency_energy(image: Any, cutoff: float = 0.25) -> float:
@@ -165,18 +222,11 @@ def high_frequency_energy(image: Any, cutoff: float = 0.25) -> float:
     channels: ``sum_{|f|>c} |F|^2 / sum_f |F|^2`` in [0, 1]; 0 for a constant image."""
     if not 0 < cutoff < math.sqrt(0.5):
         raise ValueError(f"cutoff must be in (0, 0.707) cycles/pixel, got {cutoff}")
-    a = as_image_array(image)
-    if a.ndim == 2:
-        a = a[None]
-    a = a - a.mean(axis=(-2, -1), keepdims=True)
-    power = np.abs(np.fft.fft2(a)) ** 2
-    fy = np.fft.fftfreq(a.shape[-2])[:, None]
-    fx = np.fft.fftfreq(a.shape[-1])[None, :]
-    high = np.sqrt(fx**2 + fy**2) > cutoff
-    total = float(power.sum())
+    parts = [_hf_parts(a, cutoff) for a in _channels(image)]
+    total = sum(t for _, t in parts)
     if total <= 0:
         return 0.0
-    return float(power[:, high].sum() / total)
+    return sum(hi for hi, _ in parts) / total
 
 
 def noise_level(y: Any) -> float:
@@ -185,8 +235,9 @@ def noise_level(y: Any) -> float:
     averaged over channels)."""
     from skimage.restoration import estimate_sigma
 
-    a = as_image_array(y, "y")
-    return float(estimate_sigma(a, channel_axis=0 if a.ndim == 3 else None, average_sigmas=True))
+    # the mean of the per-channel estimates (estimate_sigma's average_sigmas), channel
+    # by channel
+    return float(np.mean([estimate_sigma(a, channel_axis=None) for a in _channels(y, "y")]))
 
 
 def compute_features(
@@ -208,13 +259,24 @@ def compute_features(
         "hf_energy_xhat": high_frequency_energy(x_hat),
         "noise_sigma_y": noise_level(y),
     }
-    if y_dagger is None:
+    if y_dagger is None:  # A^+ y one channel at a time for a channel-wise operator
         import torch
 
-        with torch.no_grad():
-            y_dagger = A.A_dagger(_as_batch_tensor(y, "y"))
-    feats["grad_mean_ydagger"] = gradient_magnitude_mean(y_dagger)
-    feats["hf_energy_ydagger"] = high_frequency_energy(y_dagger)
+        yb = _as_batch_tensor(y, "y")
+        grad, hf = [], []
+        for g in _groups(A, yb.shape[1]):
+            with torch.no_grad():
+                yd = A.A_dagger(yb[:, g])
+            for a in _channels(yd[0]):
+                grad.append(_grad_parts(a))
+                hf.append(_hf_parts(a, 0.25))
+            del yd
+        feats["grad_mean_ydagger"] = sum(t for t, _ in grad) / sum(n for _, n in grad)
+        total = sum(t for _, t in hf)
+        feats["hf_energy_ydagger"] = sum(h for h, _ in hf) / total if total > 0 else 0.0
+    else:
+        feats["grad_mean_ydagger"] = gradient_magnitude_mean(y_dagger)
+        feats["hf_energy_ydagger"] = high_frequency_energy(y_dagger)
     if samples is not None:
         feats.update(posterior_spread(samples))
     if neighbour_psnrs is not None:

@@ -37,7 +37,15 @@ from typing import Literal
 
 import torch
 
-from .schedule import Progress, operator_norm_sq, randn, report, setup, tweedie_x0
+from .schedule import (
+    Progress,
+    channel_groups,
+    operator_norm_sq,
+    randn,
+    report,
+    setup,
+    tweedie_x0,
+)
 
 StepSize = Literal["auto", "constant", "decay"]
 
@@ -103,39 +111,40 @@ def sample(
     if step_size == "auto":
         step_size = "decay" if noisy else "constant"
     eta = max(eta_min, eta_tilde * sig**2)  # regularisation of (A A^T)^{-1}
+    groups = channel_groups(operator, s.x_shape[1])
+    b, ch, h, w = s.x_shape
     with torch.no_grad():
         c = 1.0 / operator_norm_sq(operator, s.x_shape, y) if ls_scale == "auto" else ls_scale
         x = randn(s.x_shape, generator, y)  # x_T ~ N(0, I)
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
-            # Image-sized tensors are updated in place (same arithmetic, same order, so the
-            # same bits as the out-of-place formulas): peak memory on large images is a
-            # few image tensors, not one per intermediate.
+            # Image-sized tensors are updated in place, and the guidance runs one channel
+            # at a time for channel-wise operators: peak memory on large images is x_t,
+            # x0 and y plus the scratch of one channel.
             x0 = tweedie_x0(prior, x, st.t, clip_x0)
-            r = operator.A(x0).sub_(y)  # A x0_t - y
             delta = ab_prev**gamma if noisy else 0.0  # delta_t
-            g = None
-            if delta < 1.0:
-                g = operator.A_dagger(r, eta=eta).mul_(1.0 - delta)  # (1 - delta) g_BP
-            if delta > 0.0:
-                ls = operator.A_adjoint(r).mul_(delta * c)  # delta c g_LS
-                g = ls if g is None else g.add_(ls)
-                del ls
-            del r
             mu = mu_scale
             if step_size == "decay":
                 mu *= (1.0 - ab_prev) / (1.0 - ab)
-            x_tilde = x0.sub_(g.mul_(mu))  # x~_t = x0_t - mu_t g
-            del g, x0
-            if ab_prev >= 1.0:  # last step: x_{-1} = x~
-                x = x_tilde
-            else:
-                eps_hat = x.sub_(x_tilde * math.sqrt(ab)).div_(math.sqrt(1.0 - ab))
-                w = delta if noisy else 1.0  # w_t
-                noise = randn(s.x_shape, generator, y).mul_(math.sqrt(zeta))
-                noise.add_(eps_hat.mul_(math.sqrt(1.0 - zeta) * w))
-                del eps_hat, x
-                x = x_tilde.mul_(math.sqrt(ab_prev)).add_(noise.mul_(math.sqrt(1.0 - ab_prev)))
-                del noise, x_tilde
+            for cs in groups:  # x0 -> x~_t = x0_t - mu_t g
+                r = operator.A(x0[:, cs]).sub_(y[:, cs])  # A x0_t - y
+                # g = (1 - delta) g_BP + delta c g_LS
+                g = operator.dagger_adjoint(r, eta, 1.0 - delta, delta * c, overwrite=True)
+                del r
+                x0[:, cs].sub_(g.mul_(mu))
+                del g
+            x_tilde = x0
+            del x0
+            if ab_prev < 1.0:  # else last step: x_{-1} = x~
+                wt = delta if noisy else 1.0  # w_t
+                for k in range(ch):  # x_{t-1}, channel by channel, into x~'s buffer
+                    xt, xk = x_tilde[:, k : k + 1], x[:, k : k + 1]
+                    eps_hat = xk.sub_(xt * math.sqrt(ab)).div_(math.sqrt(1.0 - ab))
+                    noise = randn((b, 1, h, w), generator, y).mul_(math.sqrt(zeta))
+                    noise.add_(eps_hat.mul_(math.sqrt(1.0 - zeta) * wt))
+                    xt.mul_(math.sqrt(ab_prev)).add_(noise.mul_(math.sqrt(1.0 - ab_prev)))
+                    del noise, eps_hat, xt, xk  # the views would keep x_t alive
+            x = x_tilde
+            del x_tilde
             report(progress, st, len(s.steps))
     return x

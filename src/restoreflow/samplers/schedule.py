@@ -105,9 +105,9 @@ def setup(
         raise ValueError(f"y must be a batch (B, C, H, W), got shape {tuple(y.shape)}")
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     y = y.to(device=prior.device, dtype=dtype)
-    if not bool(torch.isfinite(y).all()):
+    if not all(bool(torch.isfinite(y[:, c]).all()) for c in range(y.shape[1])):
         raise ValueError("y has NaN or infinite values")
-    x_shape = tuple(operator.A_adjoint(y).shape)
+    x_shape = x_shape_of(operator, y)
     expected = tuple(operator.y_shape(x_shape))
     if expected != tuple(y.shape):
         raise ValueError(f"y has shape {tuple(y.shape)} but A maps {x_shape} to {expected}")
@@ -115,6 +115,22 @@ def setup(
         y = y.repeat_interleave(num_samples, dim=0)
     x_shape = (y.shape[0], *x_shape[1:])
     return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
+
+
+def x_shape_of(operator, y: torch.Tensor) -> tuple[int, ...]:
+    """Shape of ``A^T y`` (for a channel-wise operator computed on one channel)."""
+    if getattr(operator, "channelwise", False):
+        b, c, h, w = operator.A_adjoint(y[:1, :1]).shape
+        return (y.shape[0], y.shape[1], h, w)
+    return tuple(operator.A_adjoint(y).shape)
+
+
+def channel_groups(operator, channels: int) -> list[slice]:
+    """Channel slices the guidance runs on one after the other: one per channel for a
+    channel-wise operator (its scratch memory is then a third on RGB), else all."""
+    if getattr(operator, "channelwise", False):
+        return [slice(c, c + 1) for c in range(channels)]
+    return [slice(None)]
 
 
 def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:
@@ -125,22 +141,26 @@ def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:
     multiplies any error of eps by up to 1/sqrt(abar_T) (~160 for the linear schedule);
     samplers that need eps use the one consistent with the clamped x0.
     """
-    x0 = prior.eps_x0(x_t, t)[1].to(x_t.dtype)
-    return x0.clamp(-1.0, 1.0) if clip else x0
+    x0 = prior.x0(x_t, t).to(x_t.dtype)  # a new tensor: clamped in place
+    if not clip:
+        return x0
+    return x0.clamp(-1.0, 1.0) if x0.requires_grad else x0.clamp_(-1.0, 1.0)
 
 
 def operator_norm_sq(operator, x_shape: tuple[int, ...], like: torch.Tensor, iters: int = 20):
-    """Largest eigenvalue of A^T A (= ||A||_2^2) by power iteration on one batch item.
+    """Largest eigenvalue of A^T A (= ||A||_2^2) by power iteration on one batch item
+    (one channel of it for a channel-wise operator).
 
     The start vector comes from a private generator with a fixed seed (no global RNG, and
     the caller's generator is left untouched), so the estimate is deterministic.
     """
     g = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn((1, *x_shape[1:]), generator=g, dtype=torch.float32)
+    c = 1 if getattr(operator, "channelwise", False) else x_shape[1]  # same norm per channel
+    v = torch.randn((1, c, *x_shape[2:]), generator=g, dtype=torch.float32)
     v = v.to(device=like.device, dtype=like.dtype)
     lam = 1.0
     for _ in range(iters):
-        v = v / v.norm().clamp_min(1e-30)
+        v.div_(v.norm().clamp_min(1e-30))
         w = operator.A_adjoint(operator.A(v))
         lam = float((v * w).sum())
         v = w

@@ -9,9 +9,10 @@
    throughput ratio. Bar: >= 1.7x on 2 cores.
 3. Storage: the pipeline flow on a local store vs a SeaweedFS S3 store (started here on
    127.0.0.1): end-to-end time ratio.
-4. Memory: peak RSS of a fresh process restoring one S x S RGB image with the tiled
-   prior (``--steps-mem`` sampler steps), for several sizes; the memory beyond the
-   image-sized tensors should not grow with S.
+4. Memory: peak RSS of a worker's restore task on one S x S RGB image (a fresh process;
+   ``--steps-mem`` sampler steps), for several sizes; the memory beyond the image-sized
+   tensors should not grow with S. ``--memory-only`` runs just this (bar: 8192 px under
+   4 GiB).
 
     python -m benchmarks.bench_pipeline [--quick] [--n 20] [--size 256] [--steps 30]
 """
@@ -128,26 +129,77 @@ def startup_time(work: Path, workers: int) -> float:
     return flow_time(spec, workers)["wall_s"]
 
 
-def peak_rss_mb(size: int, steps: int) -> float:
-    code = f"""
-import resource, torch
-from restoreflow.models.prior import DiffusionPrior
-from restoreflow.restore import restore_image
-from restoreflow.spec import DegradationSpec, make_generator
-prior = DiffusionPrior.load()
-spec = DegradationSpec.parse("{SPEC}")
-deg = spec.build((3, {size}, {size}), generator=make_generator(spec, 0, "mem"))
-x = torch.rand(1, 3, {size}, {size}, generator=torch.Generator().manual_seed(0))
-y = deg.apply(x, torch.Generator().manual_seed(1))[0]
-del x
-restore_image(prior, deg.operator, y, deg.sigma_y, steps={steps}, tile=256, overlap=64,
-              tile_batch=4)
+MEM_PREP = """
+import resource, sys
+import numpy as np
+from PIL import Image
+from restoreflow import samples
+from restoreflow.simulate import simulate_image
+from restoreflow.spec import DegradationSpec
+from restoreflow.storage.ingest import ingest
+from restoreflow.storage.store import TileStore
+size, work = int(sys.argv[1]), sys.argv[2]
+Image.MAX_IMAGE_PIXELS = None
+im = Image.open(samples.sample_paths(samples.HELD_OUT)[0]).convert("RGB").resize((size, size))
+im.save(f"{work}/big.png", compress_level=1)
+del im
+store = TileStore(f"{work}/store")
+rep = ingest([f"{work}/big.png"], store, progress=False)
+image_id = [r.image_id for r in rep.rows if r.image_id][0]
+simulate_image(store, image_id, DegradationSpec.parse(sys.argv[3]), 0)
+print(image_id, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+MEM_RESTORE = """
+import resource, sys
+from restoreflow import pipeline as P
+from restoreflow.spec import RunSpec
+from restoreflow.storage.store import TileStore
+work, image_id, spec, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+run = RunSpec.from_dict({"name": "mem", "sources": [work], "store": f"{work}/store",
+                         "degradation": spec, "restore": {"steps": steps}, "report": None})
+P.restore_one(TileStore(run.store), image_id, P.RestoreConfig.from_run(run), P.DEGRADED)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def _py(code: str, *args) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                       text=True)
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
-    return float(r.stdout.strip().splitlines()[-1])
+    return r.stdout.strip().splitlines()[-1].split()
+
+
+def peak_rss_mb(size: int, steps: int) -> dict:
+    """Peak RSS of a worker's restore task on one S x S RGB image: the image is ingested
+    and degraded in one process, then a fresh process (a worker) runs the restore task
+    (`pipeline.restore_one`: read y from the store, tiled DDPG with the run spec's
+    defaults, write the result, compute the quality features) and reports its peak."""
+    with tempfile.TemporaryDirectory() as tmp:
+        image_id, prep = _py(MEM_PREP, size, tmp, SPEC)
+        t = time.perf_counter()
+        (restore,) = _py(MEM_RESTORE, tmp, image_id, SPEC, steps)
+        return {"restore_mb": float(restore), "ingest_simulate_mb": float(prep),
+                "restore_wall_s": time.perf_counter() - t}
+
+
+def memory_only(sizes: list[int], steps: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    res = {"spec": SPEC, "steps": steps, "sizes": {}}
+    md = [f"Peak RSS of one worker's restore task (`pipeline.restore_one`, fresh process:"
+          f" read y, tiled DDPG {steps} step(s) with the run spec's defaults (tile 256,"
+          f" overlap 64, tile batch 4), write, quality features) on an S x S RGB image"
+          f" degraded by `{SPEC}`.", "",
+          "| S | restore task peak RSS (MB) | one 3 x S x S float32 tensor (MB) |"
+          " ingest + simulate process (MB) | restore wall (s) |", "|---|---|---|---|---|"]
+    for size in sizes:
+        r = peak_rss_mb(size, steps)
+        res["sizes"][size] = {**r, "image_tensor_mb": 3 * size * size * 4 / 2**20}
+        md.append(f"| {size} | {r['restore_mb']:.0f} | {3 * size * size * 4 / 2**20:.0f} | "
+                  f"{r['ingest_simulate_mb']:.0f} | {r['restore_wall_s']:.0f} |")
+        print(md[-1], flush=True)
+    print(write_results("memory_tiled", res, "\n".join(md)).read_text())
 
 
 def main() -> None:
@@ -159,7 +211,11 @@ def main() -> None:
     ap.add_argument("--mem-sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--steps-mem", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["scale", "s3", "memory"])
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak-RSS measurement (results: memory_tiled)")
     args = ap.parse_args()
+    if args.memory_only:
+        return memory_only(args.mem_sizes, args.steps_mem)
     if args.quick:
         args.n, args.size, args.steps, args.mem_sizes = 4, 64, 3, [256, 512]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -205,9 +261,9 @@ def main() -> None:
                   f"{res['speedup_2w_excl_startup']:.2f}x (bar >= 1.7x) |")
     if "s3_over_local" in res:
         md.append(f"| SeaweedFS S3 / local store, end to end | {res['s3_over_local']:.2f} |")
-    for s, mb in res.get("peak_rss_mb", {}).items():
-        md.append(f"| peak RSS restoring {s}x{s} RGB ({args.steps_mem} step) (MB) | {mb:.0f} "
-                  f"(one image tensor: {res['image_tensor_mb'][s]:.0f}) |")
+    for s, r in res.get("peak_rss_mb", {}).items():
+        md.append(f"| peak RSS of the restore task, {s}x{s} RGB ({args.steps_mem} step) (MB) | "
+                  f"{r['restore_mb']:.0f} (one image tensor: {res['image_tensor_mb'][s]:.0f}) |")
     name = "pipeline_quick" if args.quick else "pipeline"
     print(write_results(name, res, "\n".join(md)).read_text())
 

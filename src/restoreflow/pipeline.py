@@ -323,20 +323,27 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
                     adapter_cached=cached)
     t2 = time.perf_counter()
     g = torch.Generator().manual_seed(seed_for(spec.hash, cfg.seed, f"{image_id}/restore"))
+    # y is handed over, not kept: restore_image frees it once it has its model-space copy
+    # (one image-sized buffer less at the peak); it is read again for the features.
+    held = [y]
+    del y, y3
     samples = restore_image(
-        prior, deg.operator, y, deg.sigma_y, sampler=cfg.sampler, steps=cfg.steps, generator=g,
+        prior, deg.operator, held.pop(), deg.sigma_y, sampler=cfg.sampler, steps=cfg.steps,
+        generator=g,
         num_samples=cfg.posterior_samples, tile=cfg.tile, overlap=cfg.overlap,
         tile_batch=cfg.tile_batch, options=dict(cfg.options), progress=progress,
     )
     timings["restore"] = time.perf_counter() - t2
-    x_hat = samples.mean(0)
+    x_hat = samples[0] if samples.shape[0] == 1 else samples.mean(0)
     outs = restore_outputs(cfg, out)
-    store.write_image(outs[0], image_id, x_hat.numpy().astype(np.float32))
+    store.write_image(outs[0], image_id, np.asarray(x_hat.numpy(), dtype=np.float32))
     if cfg.posterior_samples >= 2:
         lo, hi = base_intervals(samples.numpy(), cfg.lower_q, cfg.upper_q)
         store.write_image(outs[1], image_id, lo.astype(np.float32))
         store.write_image(outs[2], image_id, hi.astype(np.float32))
     op3 = deg.operator
+    y = torch.from_numpy(store.read(y_collection, image_id, normalised=True))
+    y3 = y.expand(3, -1, -1) if y.shape[0] == 1 and spec.operator.name != "colorise" else y
     xin = x_hat.expand(3, -1, -1) if x_hat.shape[0] == 1 else x_hat
     feats = compute_features(op3, xin, y3, max(deg.sigma_y, 1e-3),
                              samples=samples if cfg.posterior_samples >= 2 else None)

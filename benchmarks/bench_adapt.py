@@ -207,7 +207,7 @@ def run(args) -> dict:
     index.add(embed_images(emb, [r["x"] for r in refs]).numpy(), [r["key"] for r in refs])
     known = known_source_accuracy(emb, index, refs, args.n_known, args.seed)
 
-    lora = LoraSettings(steps=args.adapt_steps, seed=args.seed)
+    lora = LoraSettings(steps=args.adapt_steps, seed=args.seed, max_t=args.max_t)
     rows, same_class = [], []
     for item in test:
         key, x = item["key"], item["x"]
@@ -334,7 +334,7 @@ def markdown(res: dict) -> str:
         f"prior's training photos). {st['size']} px centre crops (shorter side resized to "
         f"{st['short_side']} px), seed {st['seed']}. DDPG, {st['steps']} steps; LoRA rank "
         f"{lora['rank']}, lr {lora['lr']}, {lora['steps']} steps of batch {lora['batch_size']} "
-        f"at {lora['crop']} px on K = {st['k']} neighbours (random or retrieved with the "
+        f"at {lora['crop']} px, adapter for t < {lora.get('max_t') or 'T'}, on K = {st['k']} neighbours (random or retrieved with the "
         f"prepared query, {st['embedder']}). Total {res['seconds'] / 60:.1f} min.",
         "" if st["default_settings"] else "\n**Not the default settings (quick or custom "
         "run): the figures only show that the benchmark runs.**\n",
@@ -398,12 +398,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, help=f"crop side in px ({FULL['size']})")
     ap.add_argument("--short-side", type=int, default=256, help="resize before cropping")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-t", type=int, default=None,
+                    help="adapter only for t < max_t (LoraSettings.max_t)")
+    ap.add_argument("--name", default=None, help="results name (default: adapt / adapt_quick)")
     args = ap.parse_args()
     for k, v in (QUICK if args.quick else FULL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     res = run(args)
-    path = write_results("adapt_quick" if args.quick else "adapt", res, markdown(res))
+    name = args.name or ("adapt_quick" if args.quick else "adapt")
+    path = write_results(name, res, markdown(res))
     print(path.read_text())
 
 

@@ -149,3 +149,26 @@ def test_bad_inputs(prior):
     # grey neighbours smaller than the crop: repeated to RGB, crop shrunk to fit
     small = adapt_prior(prior, [torch.rand(1, 8, 12)], LoraSettings(rank=2, steps=1, crop=64))
     assert small.extra["lora"]["crop"] == 8
+
+
+def test_adapter_below_max_t_only(prior, neighbours, tmp_path):
+    """max_t: the adapted UNet below max_t, the base UNet (bit for bit) from max_t on;
+    the switch survives a save / load round trip."""
+    settings = LoraSettings(**{**SETTINGS.to_dict(), "max_t": 400})
+    adapted = adapt_prior(prior, neighbours, settings)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (400, 700):
+            assert torch.equal(adapted.eps(x, t), prior.eps(x, t))
+        assert (adapted.eps(x, 100) - prior.eps(x, 100)).abs().max() > 1e-3
+        mixed = adapted.eps(x, torch.tensor([100, 700]))
+        assert torch.equal(mixed[1], prior.eps(x, 700)[1])
+        assert torch.equal(mixed[0], adapted.eps(x, 100)[0])
+    loaded = load_adapter(prior, save_adapter(adapted, tmp_path / "a"))
+    with torch.no_grad():
+        assert torch.equal(loaded.eps(x, torch.tensor([100, 700])), mixed)
+    # settings without max_t keep the hash they had before the field existed
+    assert "max_t" not in LoraSettings().to_dict()
+    assert settings.hash != SETTINGS.hash
+    with pytest.raises(ValueError, match="max_t"):
+        LoraSettings(max_t=0)

@@ -91,6 +91,7 @@ class LoraSettings:
     batch_size: int = 4
     crop: int = 64
     seed: int = 0
+    max_t: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "crop"):
@@ -101,6 +102,11 @@ class LoraSettings:
             raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"LoraSettings.lr must be > 0, got {self.lr!r}")
+        if self.max_t is not None and (
+            not isinstance(self.max_t, int) or isinstance(self.max_t, bool) or self.max_t < 1
+        ):
+            raise ValueError(f"LoraSettings.max_t must be a positive integer or None, "
+                             f"got {self.max_t!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"LoraSettings.seed must be an integer, got {self.seed!r}")
         targets = tuple(self.target_modules)
@@ -117,6 +123,8 @@ class LoraSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if d["max_t"] is None:  # settings from before max_t keep their hash
+            del d["max_t"]
         return d
 
     @classmethod
@@ -286,17 +294,47 @@ def _loss(
     return torch.nn.functional.mse_loss(pred, target)
 
 
-def _draw(sampler: CropSampler, prior: DiffusionPrior, n: int, g: torch.Generator):
+def _draw(
+    sampler: CropSampler, prior: DiffusionPrior, n: int, g: torch.Generator,
+    max_t: int | None = None,
+):
     x0 = sampler.batch(n).to(prior.device)
-    t = torch.randint(0, prior.num_train_timesteps, (n,), generator=g)
+    t_end = min(max_t or prior.num_train_timesteps, prior.num_train_timesteps)
+    t = torch.randint(0, t_end, (n,), generator=g)
     noise = torch.randn(x0.shape, generator=g).to(prior.device)
     return x0, t, noise
+
+
+class LowNoiseAdaptedPrior(DiffusionPrior):
+    """An adapted prior whose adapter acts only below ``max_t``: timesteps t < max_t use
+    the adapted UNet, the others the base UNet (``base_unet``, shared, not copied). The
+    adapter is then trained on t < max_t only (``LoraSettings.max_t``): it refines the
+    fine detail of the neighbours' domain and leaves the coarse structure, which K
+    neighbours cannot teach, to the base prior."""
+
+    def __init__(self, *args, base_unet: torch.nn.Module, max_t: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_unet, self.max_t = base_unet, int(max_t)
+
+    def model_output(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        b = x_t.shape[0]
+        tt = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(b)
+        low = tt < self.max_t
+        if bool(low.all()):
+            return super().model_output(x_t, tt)
+        base = self.base_unet(x_t.to(self.dtype), tt).sample.to(x_t.dtype)
+        if not bool(low.any()):
+            return base
+        return torch.where(low.reshape(-1, 1, 1, 1), super().model_output(x_t, tt), base)
 
 
 def _adapted_prior(prior: DiffusionPrior, unet: torch.nn.Module, info: dict) -> DiffusionPrior:
     a_hash = info["adapter_hash"]
     model_hash = hashlib.sha256(f"{prior.model_hash}+lora:{a_hash}".encode()).hexdigest()
-    return DiffusionPrior(
+    max_t = (info.get("settings") or {}).get("max_t")
+    kwargs = {"base_unet": prior.unet, "max_t": max_t} if max_t else {}
+    return (LowNoiseAdaptedPrior if max_t else DiffusionPrior)(
+        **kwargs,
         unet=unet,
         alphas_cumprod=prior.alphas_cumprod.clone(),
         prediction_type=prior.prediction_type,
@@ -369,7 +407,8 @@ def adapt_prior(
     losses: list[float] = []
     with torch.enable_grad():
         for step in range(settings.steps):
-            loss = _loss(unet, prior, *_draw(sampler, prior, settings.batch_size, g))
+            batch = _draw(sampler, prior, settings.batch_size, g, settings.max_t)
+            loss = _loss(unet, prior, *batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

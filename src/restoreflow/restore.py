@@ -12,6 +12,10 @@ Large images. The prior is wrapped in :class:`~restoreflow.models.tiled.TiledPri
 UNet runs on overlapping tiles (``tile``, ``overlap``, ``tile_batch``) blended into one
 image-sized eps, while the guidance (A, A^T, A^+) acts on the whole image. An image no
 larger than one tile is evaluated in one piece (padded to the UNet's size multiple).
+Memory: the default sampler (DDPG) holds three image-sized tensors (x_t, x0, y in model
+units) plus, for channel-wise operators, the scratch of one channel; a caller that hands
+``y`` over without keeping a reference (``restore_image(..., held.pop(), ...)``) lets it
+be freed once its model-units copy exists.
 
 Greyscale. The operator is built for the prior's channels (3 for an RGB prior). A 1-channel
 ``y`` whose ``A^T y`` has 1 channel (blur, SR, masks act per channel) is replicated to 3

@@ -334,7 +334,8 @@ def markdown(res: dict) -> str:
         f"prior's training photos). {st['size']} px centre crops (shorter side resized to "
         f"{st['short_side']} px), seed {st['seed']}. DDPG, {st['steps']} steps; LoRA rank "
         f"{lora['rank']}, lr {lora['lr']}, {lora['steps']} steps of batch {lora['batch_size']} "
-        f"at {lora['crop']} px, adapter for t < {lora.get('max_t') or 'T'}, on K = {st['k']} neighbours (random or retrieved with the "
+        f"at {lora['crop']} px, adapter for t < {lora.get('max_t') or 'T'}, "
+        f"on K = {st['k']} neighbours (random or retrieved with the "
         f"prepared query, {st['embedder']}). Total {res['seconds'] / 60:.1f} min.",
         "" if st["default_settings"] else "\n**Not the default settings (quick or custom "
         "run): the figures only show that the benchmark runs.**\n",

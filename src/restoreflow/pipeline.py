@@ -323,13 +323,13 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
                     adapter_cached=cached)
     t2 = time.perf_counter()
     g = torch.Generator().manual_seed(seed_for(spec.hash, cfg.seed, f"{image_id}/restore"))
-    # y is handed over, not kept: restore_image frees it once it has its model-space copy
-    # (one image-sized buffer less at the peak); it is read again for the features.
-    held = [y]
+    # y goes in as a loader, not a tensor: restore_image frees it once it has its
+    # model-units copy (one image-sized buffer less at the peak); read again for features
     del y, y3
     samples = restore_image(
-        prior, deg.operator, held.pop(), deg.sigma_y, sampler=cfg.sampler, steps=cfg.steps,
-        generator=g,
+        prior, deg.operator,
+        lambda: torch.from_numpy(store.read(y_collection, image_id, normalised=True)),
+        deg.sigma_y, sampler=cfg.sampler, steps=cfg.steps, generator=g,
         num_samples=cfg.posterior_samples, tile=cfg.tile, overlap=cfg.overlap,
         tile_batch=cfg.tile_batch, options=dict(cfg.options), progress=progress,
     )

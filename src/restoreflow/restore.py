@@ -13,9 +13,9 @@ UNet runs on overlapping tiles (``tile``, ``overlap``, ``tile_batch``) blended i
 image-sized eps, while the guidance (A, A^T, A^+) acts on the whole image. An image no
 larger than one tile is evaluated in one piece (padded to the UNet's size multiple).
 Memory: the default sampler (DDPG) holds three image-sized tensors (x_t, x0, y in model
-units) plus, for channel-wise operators, the scratch of one channel; a caller that hands
-``y`` over without keeping a reference (``restore_image(..., held.pop(), ...)``) lets it
-be freed once its model-units copy exists.
+units) plus, for channel-wise operators, the scratch of one channel. ``y`` may be given
+as a loader (a function returning it): the [0, 1] tensor is then freed as soon as its
+model-units copy exists (a tensor argument stays referenced by the caller).
 
 Greyscale. The operator is built for the prior's channels (3 for an RGB prior). A 1-channel
 ``y`` whose ``A^T y`` has 1 channel (blur, SR, masks act per channel) is replicated to 3
@@ -150,7 +150,8 @@ def restore_image(
     Args:
         prior: a DiffusionPrior (or TiledPrior; it is then used as it is).
         operator: LinearOperator A built for the prior's channel count (see module doc).
-        y: measurements (C', H', W') in [0, 1] units, ``y = A x + n``.
+        y: measurements (C', H', W') in [0, 1] units, ``y = A x + n``, or a function
+            returning them (see the module docstring: memory).
         sigma_y: std of n in [0, 1] units (0 = noiseless).
         sampler: name in :data:`restoreflow.samplers.SAMPLERS`.
         steps: UNet evaluations (DPS also runs a backward pass per step).
@@ -165,7 +166,7 @@ def restore_image(
     from restoreflow.models.tiled import TiledPrior
 
     sample = get_sampler(sampler)
-    if y.dim() != 3:
+    if not callable(y) and y.dim() != 3:
         raise ValueError(f"y must be one image (C, H, W), got shape {tuple(y.shape)}")
     if not (math.isfinite(sigma_y) and sigma_y >= 0):
         raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
@@ -177,6 +178,10 @@ def restore_image(
     from restoreflow.samplers.schedule import x_shape_of
 
     device = prior.device
+    if callable(y):  # a loader: then nothing outside holds y, and it is freed below
+        y = y()
+        if not isinstance(y, torch.Tensor) or y.dim() != 3:
+            raise ValueError("the y loader must return one image tensor (C, H, W)")
     y = y.to(device=device, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
     yb = y[None]
     del y  # a caller that passes y without keeping it frees it as soon as y_m exists

@@ -39,6 +39,12 @@ def test_output_shape_range_and_determinism(tiny_prior):
     # generator=None is reproducible too (seed 0)
     c = restore_image(tiny_prior, op, y, 0.05, steps=5, num_samples=2)
     assert torch.equal(a, c)
+    # y given as a loader (large images: then only restore_image holds it): same result
+    d = restore_image(tiny_prior, op, lambda: y.clone(), 0.05, steps=5, generator=gen(0),
+                      num_samples=2)
+    assert torch.equal(a, d)
+    with pytest.raises(ValueError, match="loader"):
+        restore_image(tiny_prior, op, lambda: y[0], 0.05, steps=5)
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))

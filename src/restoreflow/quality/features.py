@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import as_image_array, psnr_from_mse
+from .metrics import psnr_from_mse
 
 __all__ = [
     "FEATURE_NAMES",
@@ -130,7 +130,13 @@ def _channels(image: Any, name: str = "image"):
     if len(shape) != 3:
         raise ValueError(f"{name} must have shape (H, W) or (C, H, W), got {shape}")
     for c in range(shape[0]):
-        yield as_image_array(image[c], name)
+        ch = image[c]
+        if hasattr(ch, "detach"):  # torch: a float64 copy (never a view of the input)
+            import torch
+
+            yield ch.detach().cpu().to(torch.float64, copy=True).numpy()
+        else:
+            yield np.array(ch, dtype=np.float64)
 
 
 def _grad_parts(a: np.ndarray, band: int = 256) -> tuple[float, int]:
@@ -155,7 +161,8 @@ def _hf_parts(a: np.ndarray, cutoff: float) -> tuple[float, float]:
     from restoreflow.operators import fft
 
     h, w = a.shape
-    spec = fft.rfft2(torch.from_numpy(a - a.mean()))
+    a -= a.mean()  # a is this function's own copy (see _channels)
+    spec = fft.rfft2(torch.from_numpy(a))
     wv = np.full(w // 2 + 1, 2.0)  # columns 1 .. ceil(w/2)-1 stand for two
     wv[0] = 1.0
     if w % 2 == 0:

@@ -107,8 +107,11 @@ def measurement_consistency(
             ax = A.A(xb[:, g])
         if ax.shape != yb[:, g].shape:
             raise ValueError(f"A(x_hat) has shape {tuple(ax.shape)} but y has {tuple(yb.shape)}")
-        sq += torch.linalg.vector_norm(ax.sub_(yb[:, g]).double()).item() ** 2
+        d = ax.sub_(yb[:, g])
         del ax
+        # sum of squares in float64, band by band (no image-sized float64 copy)
+        sq += sum(float(torch.sum(b.double() ** 2)) for b in d.split(256, dim=-2))
+        del d
     m = yb.numel()
     return math.sqrt(sq) / (max(float(sigma_y), sigma_floor) * math.sqrt(m))
 
@@ -137,6 +140,16 @@ def _channels(image: Any, name: str = "image"):
             yield ch.detach().cpu().to(torch.float64, copy=True).numpy()
         else:
             yield np.array(ch, dtype=np.float64)
+
+
+def _per_channel(fn, image: Any, name: str = "image") -> list:
+    """``[fn(channel) for channel in _channels(image)]`` with one channel copy alive at a
+    time (a comprehension keeps the previous one until the next exists)."""
+    out = []
+    for a in _channels(image, name):
+        out.append(fn(a))
+        del a
+    return out
 
 
 def _grad_parts(a: np.ndarray, band: int = 256) -> tuple[float, int]:
@@ -219,7 +232,7 @@ def rca_feature(neighbour_psnrs: Sequence[float]) -> dict[str, float]:
 def gradient_magnitude_mean(image: Any) -> float:
     """Mean gradient magnitude ``mean sqrt((dx)^2 + (dy)^2)`` with forward differences
     (intensity per pixel), averaged over the ``(H-1) x (W-1)`` grid and channels."""
-    parts = [_grad_parts(a) for a in _channels(image)]
+    parts = _per_channel(_grad_parts, image)
     return sum(t for t, _ in parts) / sum(n for _, n in parts)
 
 
@@ -229,7 +242,7 @@ def high_frequency_energy(image: Any, cutoff: float = 0.25) -> float:
     channels: ``sum_{|f|>c} |F|^2 / sum_f |F|^2`` in [0, 1]; 0 for a constant image."""
     if not 0 < cutoff < math.sqrt(0.5):
         raise ValueError(f"cutoff must be in (0, 0.707) cycles/pixel, got {cutoff}")
-    parts = [_hf_parts(a, cutoff) for a in _channels(image)]
+    parts = _per_channel(lambda a: _hf_parts(a, cutoff), image)
     total = sum(t for _, t in parts)
     if total <= 0:
         return 0.0
@@ -244,7 +257,7 @@ def noise_level(y: Any) -> float:
 
     # the mean of the per-channel estimates (estimate_sigma's average_sigmas), channel
     # by channel
-    return float(np.mean([estimate_sigma(a, channel_axis=None) for a in _channels(y, "y")]))
+    return float(np.mean(_per_channel(lambda a: estimate_sigma(a, channel_axis=None), y, "y")))
 
 
 def compute_features(
@@ -274,10 +287,13 @@ def compute_features(
         for g in _groups(A, yb.shape[1]):
             with torch.no_grad():
                 yd = A.A_dagger(yb[:, g])
-            for a in _channels(yd[0]):
+            for c in range(yd.shape[1]):
+                a = next(_channels(yd[0, c]))
+                if c == yd.shape[1] - 1:
+                    del yd  # the float64 copy of the last channel is all that is needed
                 grad.append(_grad_parts(a))
                 hf.append(_hf_parts(a, 0.25))
-            del yd
+                del a
         feats["grad_mean_ydagger"] = sum(t for t, _ in grad) / sum(n for _, n in grad)
         total = sum(t for _, t in hf)
         feats["hf_energy_ydagger"] = sum(h for h, _ in hf) / total if total > 0 else 0.0

@@ -191,8 +191,8 @@ def memory_only(sizes: list[int], steps: int) -> None:
           f" read y, tiled DDPG {steps} step(s) with the run spec's defaults (tile 256,"
           f" overlap 64, tile batch 4), write, quality features) on an S x S RGB image"
           f" degraded by `{SPEC}`.", "",
-          "| S | restore task peak RSS (MB) | one 3 x S x S float32 tensor (MB) |"
-          " ingest + simulate process (MB) | restore wall (s) |", "|---|---|---|---|---|"]
+          "| S | restore task peak RSS (MiB) | one 3 x S x S float32 tensor (MiB) |"
+          " ingest + simulate process (MiB) | restore wall (s) |", "|---|---|---|---|---|"]
     for size in sizes:
         r = peak_rss_mb(size, steps)
         res["sizes"][size] = {**r, "image_tensor_mb": 3 * size * size * 4 / 2**20}
@@ -262,7 +262,7 @@ def main() -> None:
     if "s3_over_local" in res:
         md.append(f"| SeaweedFS S3 / local store, end to end | {res['s3_over_local']:.2f} |")
     for s, r in res.get("peak_rss_mb", {}).items():
-        md.append(f"| peak RSS of the restore task, {s}x{s} RGB ({args.steps_mem} step) (MB) | "
+        md.append(f"| peak RSS of the restore task, {s}x{s} RGB ({args.steps_mem} step) (MiB) | "
                   f"{r['restore_mb']:.0f} (one image tensor: {res['image_tensor_mb'][s]:.0f}) |")
     name = "pipeline_quick" if args.quick else "pipeline"
     print(write_results(name, res, "\n".join(md)).read_text())

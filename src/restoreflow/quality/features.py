@@ -122,9 +122,9 @@ def _groups(A: Any, channels: int) -> list[slice]:
     return [slice(None)]
 
 
-def _channels(image: Any, name: str = "image"):
-    """The channels of an (H, W), (C, H, W) or (1, C, H, W) image as float64 arrays, one at
-    a time: an image-sized float64 copy never exists."""
+def _channels(image: Any, name: str = "image", dtype=np.float64):
+    """The channels of an (H, W), (C, H, W) or (1, C, H, W) image as new ``dtype`` arrays,
+    one at a time: an image-sized float64 copy never exists."""
     shape = tuple(image.shape)
     if len(shape) == 4 and shape[0] == 1:
         image, shape = image[0], shape[1:]
@@ -137,16 +137,17 @@ def _channels(image: Any, name: str = "image"):
         if hasattr(ch, "detach"):  # torch: a float64 copy (never a view of the input)
             import torch
 
-            yield ch.detach().cpu().to(torch.float64, copy=True).numpy()
+            tdt = torch.float32 if dtype == np.float32 else torch.float64
+            yield ch.detach().cpu().to(tdt, copy=True).numpy()
         else:
-            yield np.array(ch, dtype=np.float64)
+            yield np.array(ch, dtype=dtype)
 
 
-def _per_channel(fn, image: Any, name: str = "image") -> list:
+def _per_channel(fn, image: Any, name: str = "image", dtype=np.float64) -> list:
     """``[fn(channel) for channel in _channels(image)]`` with one channel copy alive at a
     time (a comprehension keeps the previous one until the next exists)."""
     out = []
-    for a in _channels(image, name):
+    for a in _channels(image, name, dtype):
         out.append(fn(a))
         del a
     return out
@@ -257,7 +258,10 @@ def noise_level(y: Any) -> float:
 
     # the mean of the per-channel estimates (estimate_sigma's average_sigmas), channel
     # by channel
-    return float(np.mean(_per_channel(lambda a: estimate_sigma(a, channel_axis=None), y, "y")))
+    # float32 channels: the wavelet transform of a float64 8192 px channel alone would
+    # take 1.5 GB; the estimate moves by ~1e-7 relative
+    sigmas = _per_channel(lambda a: estimate_sigma(a, channel_axis=None), y, "y", np.float32)
+    return float(np.mean(sigmas))
 
 
 def compute_features(

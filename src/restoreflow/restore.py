@@ -175,7 +175,7 @@ def restore_image(
     opts = default_options(sampler, task_kind(operator), sigma_y)
     opts.update(options or {})
 
-    from restoreflow.samplers.schedule import x_shape_of
+    from restoreflow.operators.base import x_shape_of
 
     device = prior.device
     if callable(y):  # a loader: then nothing outside holds y, and it is freed below

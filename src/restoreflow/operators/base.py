@@ -143,6 +143,22 @@ class LinearOperator(torch.nn.Module):
         return x
 
 
+def x_shape_of(operator, y: torch.Tensor) -> tuple[int, ...]:
+    """Shape of ``A^T y`` (for a channel-wise operator computed on one channel)."""
+    if getattr(operator, "channelwise", False):
+        b, c, h, w = operator.A_adjoint(y[:1, :1]).shape
+        return (y.shape[0], y.shape[1], h, w)
+    return tuple(operator.A_adjoint(y).shape)
+
+
+def channel_groups(operator, channels: int) -> list[slice]:
+    """Channel slices the guidance runs on one after the other: one per channel for a
+    channel-wise operator (its scratch memory is then a third on RGB), else all."""
+    if getattr(operator, "channelwise", False):
+        return [slice(c, c + 1) for c in range(channels)]
+    return [slice(None)]
+
+
 def _check_shape(x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     if len(x_shape) != 4:
         raise ShapeError(f"expected an image batch of shape (B, C, H, W), got {tuple(x_shape)}")

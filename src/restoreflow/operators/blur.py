@@ -154,11 +154,9 @@ class Blur(LinearOperator):
     def A_dagger(self, y: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
         """Circular: ``IDFT(conj(K) Y / (|K|^2 + eta))``, zero where |K| <= rcond max|K|
         at eta = 0. Reflect: CGLS fallback (see LinearOperator.A_dagger)."""
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         if self.boundary != "circular":
             return super().A_dagger(y, eta)
-        return self.dagger_adjoint(y, eta, 1.0, 0.0)
+        return self.dagger_adjoint(y, eta, 1.0, 0.0)  # checks eta
 
     def dagger_adjoint(
         self, y: torch.Tensor, eta: float, a: float, b: float, overwrite: bool = False

@@ -97,10 +97,12 @@ def measurement_consistency(
         raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
     if not sigma_floor > 0:
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
+    from restoreflow.operators.base import channel_groups
+
     xb = _as_batch_tensor(x_hat, "x_hat")
     yb = _as_batch_tensor(y, "y").to(xb.dtype)
     # a channel-wise operator is applied one channel at a time (memory of one channel)
-    groups = _groups(A, xb.shape[1]) if yb.shape[1] == xb.shape[1] else [slice(None)]
+    groups = channel_groups(A, xb.shape[1]) if yb.shape[1] == xb.shape[1] else [slice(None)]
     sq = 0.0
     for g in groups:
         with torch.no_grad():
@@ -116,12 +118,6 @@ def measurement_consistency(
     return math.sqrt(sq) / (max(float(sigma_y), sigma_floor) * math.sqrt(m))
 
 
-def _groups(A: Any, channels: int) -> list[slice]:
-    if getattr(A, "channelwise", False):
-        return [slice(c, c + 1) for c in range(channels)]
-    return [slice(None)]
-
-
 def _channels(image: Any, name: str = "image", dtype=np.float64):
     """The channels of an (H, W), (C, H, W) or (1, C, H, W) image as new ``dtype`` arrays,
     one at a time: an image-sized float64 copy never exists."""
@@ -134,13 +130,9 @@ def _channels(image: Any, name: str = "image", dtype=np.float64):
         raise ValueError(f"{name} must have shape (H, W) or (C, H, W), got {shape}")
     for c in range(shape[0]):
         ch = image[c]
-        if hasattr(ch, "detach"):  # torch: a float64 copy (never a view of the input)
-            import torch
-
-            tdt = torch.float32 if dtype == np.float32 else torch.float64
-            yield ch.detach().cpu().to(tdt, copy=True).numpy()
-        else:
-            yield np.array(ch, dtype=dtype)
+        if hasattr(ch, "detach"):  # torch: a numpy view, copied below
+            ch = ch.detach().cpu().numpy()
+        yield np.array(ch, dtype=dtype)  # always a copy (callers update it in place)
 
 
 def _per_channel(fn, image: Any, name: str = "image", dtype=np.float64) -> list:
@@ -256,10 +248,9 @@ def noise_level(y: Any) -> float:
     averaged over channels)."""
     from skimage.restoration import estimate_sigma
 
-    # the mean of the per-channel estimates (estimate_sigma's average_sigmas), channel
-    # by channel
-    # float32 channels: the wavelet transform of a float64 8192 px channel alone would
-    # take 1.5 GB; the estimate moves by ~1e-7 relative
+    # the mean of the per-channel estimates (estimate_sigma's average_sigmas), on float32
+    # channels: the float64 wavelet transform of one 8192 px channel alone takes 1.5 GB;
+    # the estimate moves by ~1e-7 relative
     sigmas = _per_channel(lambda a: estimate_sigma(a, channel_axis=None), y, "y", np.float32)
     return float(np.mean(sigmas))
 
@@ -286,9 +277,11 @@ def compute_features(
     if y_dagger is None:  # A^+ y one channel at a time for a channel-wise operator
         import torch
 
+        from restoreflow.operators.base import channel_groups
+
         yb = _as_batch_tensor(y, "y")
         grad, hf = [], []
-        for g in _groups(A, yb.shape[1]):
+        for g in channel_groups(A, yb.shape[1]):
             with torch.no_grad():
                 yd = A.A_dagger(yb[:, g])
             for c in range(yd.shape[1]):

@@ -37,15 +37,9 @@ from typing import Literal
 
 import torch
 
-from .schedule import (
-    Progress,
-    channel_groups,
-    operator_norm_sq,
-    randn,
-    report,
-    setup,
-    tweedie_x0,
-)
+from restoreflow.operators.base import channel_groups
+
+from .schedule import Progress, operator_norm_sq, randn, report, setup, tweedie_x0
 
 StepSize = Literal["auto", "constant", "decay"]
 

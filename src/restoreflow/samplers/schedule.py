@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from restoreflow.operators.base import x_shape_of
+
 Progress = Callable[[int, int], None]
 
 
@@ -115,22 +117,6 @@ def setup(
         y = y.repeat_interleave(num_samples, dim=0)
     x_shape = (y.shape[0], *x_shape[1:])
     return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
-
-
-def x_shape_of(operator, y: torch.Tensor) -> tuple[int, ...]:
-    """Shape of ``A^T y`` (for a channel-wise operator computed on one channel)."""
-    if getattr(operator, "channelwise", False):
-        b, c, h, w = operator.A_adjoint(y[:1, :1]).shape
-        return (y.shape[0], y.shape[1], h, w)
-    return tuple(operator.A_adjoint(y).shape)
-
-
-def channel_groups(operator, channels: int) -> list[slice]:
-    """Channel slices the guidance runs on one after the other: one per channel for a
-    channel-wise operator (its scratch memory is then a third on RGB), else all."""
-    if getattr(operator, "channelwise", False):
-        return [slice(c, c + 1) for c in range(channels)]
-    return [slice(None)]
 
 
 def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:

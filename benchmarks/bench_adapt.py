@@ -21,6 +21,9 @@ seed:
     random      the prior adapted (``adapt_prior``) on K random corpus images
     retrieved   the prior adapted on the K nearest corpus images to the prepared query
                 (``prepare_query(y, A, sigma_y)``, EfficientNet-Lite0, as the pipeline)
+    oracle      (``--oracle``) the prior adapted on the clean test image itself: the
+                best neighbour there can be, so the most retrieval could ever deliver
+                with these adaptation settings, prior and sampler
 
 Both adaptations use the same ``LoraSettings`` (defaults, ``steps=--adapt-steps``) and
 the same LoRA seed. Adaptation and sampling are timed separately.
@@ -55,6 +58,7 @@ TASKS = {
     "sr": "sr(factor=4,kernel=bicubic)+gaussian_noise(sigma=0.01)",
 }
 CONDITIONS = ("none", "random", "retrieved")
+ORACLE = "oracle"  # optional condition (--oracle)
 QUERIES = ("raw", "prepared")
 DOMAINS = ("astro", "photo")
 FULL = dict(n_test=8, n_corpus=150, n_known=20, size=128, k=8, steps=100, adapt_steps=100)
@@ -199,6 +203,7 @@ def run(args) -> dict:
         prior, prior_info = load_prior(args.prior, Path(tmp))
     test, refs = load_data(args.n_test, args.n_corpus, args.size, args.short_side, args.seed)
     refs_by_key = {r["key"]: r for r in refs}
+    conditions = CONDITIONS + ((ORACLE,) if args.oracle else ())
     print(f"{len(test)} test images, {len(refs)} corpus images "
           f"({time.perf_counter() - t_start:.0f} s)", flush=True)
 
@@ -221,28 +226,30 @@ def run(args) -> dict:
                 same = np.mean([refs_by_key[i]["domain"] == item["domain"] for i in found[mode]])
                 same_class.append({"domain": item["domain"], "task": task, "query": mode,
                                    "image": key, "rate": float(same)})
-            neighbours = {"none": [], "random": random_ids, "retrieved": found["prepared"]}
-            for cond in CONDITIONS:
+            neighbours = {"none": [], "random": random_ids, "retrieved": found["prepared"],
+                          ORACLE: [key]}
+            for cond in conditions:
                 ids = neighbours[cond]
                 model, adapt_s, loss = prior, 0.0, None
                 if ids:
                     if tuple(ids) not in adapters:
-                        adapters[tuple(ids)] = adapt(prior, refs_by_key, ids, key, lora,
-                                                     args.seed)
+                        source = {key: item} if cond == ORACLE else refs_by_key
+                        adapters[tuple(ids)] = adapt(prior, source, ids, key, lora, args.seed)
                     model, adapt_s, loss = adapters[tuple(ids)]
                 x_hat, sample_s = restore(model, q, key, args.steps, args.seed)
                 rows.append({"domain": item["domain"], "task": task, "image": key,
                              "condition": cond, "psnr": psnr(x_hat, x), "ssim": ssim(x_hat, x),
                              "adapt_s": adapt_s, "sample_s": sample_s, "lora_loss": loss,
                              "neighbours": ids})
-            r = {row["condition"]: row for row in rows[-3:]}
+            r = {row["condition"]: row for row in rows[-len(conditions):]}
             print(f"{key} {task}: PSNR " + " ".join(
-                f"{c} {r[c]['psnr']:.2f}" for c in CONDITIONS) +
+                f"{c} {r[c]['psnr']:.2f}" for c in conditions) +
                 f" | adapt {r['retrieved']['adapt_s']:.1f} s, sample "
                 f"{r['none']['sample_s']:.1f} s", flush=True)
 
     settings = {k: getattr(args, k) for k in FULL} | {
         "short_side": args.short_side, "seed": args.seed, "quick": args.quick,
+        "oracle": args.oracle,
         "sampler": "ddpg", "lora": lora.to_dict(), "embedder": emb.name,
         "default_settings": args.steps == FULL["steps"]
         and args.adapt_steps == LoraSettings().steps}
@@ -272,11 +279,13 @@ def summarise(rows: list[dict]) -> dict:
             r = [row for row in rows if row["domain"] == domain and row["task"] == task]
             if not r:
                 continue
-            by = {c: [row for row in r if row["condition"] == c] for c in CONDITIONS}
+            conds = [c for c in CONDITIONS + (ORACLE,) if any(row["condition"] == c
+                                                              for row in r)]
+            by = {c: [row for row in r if row["condition"] == c] for c in conds}
             s = {c: {m: mean([row[m] for row in by[c]]) for m in ("psnr", "ssim", "adapt_s",
                                                                   "sample_s")}
-                 for c in CONDITIONS}
-            for c in ("random", "retrieved"):
+                 for c in conds}
+            for c in conds[1:]:
                 for m in ("psnr", "ssim"):
                     s[c][f"d_{m}_none"] = s[c][m] - s["none"][m]
                 s[c]["wins_over_none"] = sum(a["psnr"] > b["psnr"]
@@ -317,7 +326,7 @@ def bars(res: dict) -> dict:
         s = res["summary"][f"astro/{task}"]["retrieved"]
         out[f"astro/{task}: retrieved >= none + 0.5 dB"] = bool(s["d_psnr_none"] >= 0.5)
         out[f"astro/{task}: retrieved > random"] = bool(s["d_psnr_random"] > 0)
-    adapted = [r for r in res["rows"] if r["condition"] != "none"]
+    adapted = [r for r in res["rows"] if r["condition"] not in ("none", ORACLE)]
     out["adaptation time <= sampling time"] = bool(
         mean([r["adapt_s"] for r in adapted]) <= mean([r["sample_s"] for r in adapted]))
     return out
@@ -345,7 +354,7 @@ def markdown(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in res["summary"].items():
-        for c in CONDITIONS:
+        for c in (c for c in CONDITIONS + (ORACLE,) if c in s):
             v = s[c]
             d = (" | | " if c == "none" else f"{v['d_psnr_none']:+.2f} | "
                  f"{v['d_ssim_none']:+.4f} | {v['wins_over_none']}/{s['n']}")
@@ -354,6 +363,11 @@ def markdown(res: dict) -> str:
     lines += ["", "Retrieved minus random: " + "; ".join(
         f"{name} {s['retrieved']['d_psnr_random']:+.2f} dB / "
         f"{s['retrieved']['d_ssim_random']:+.4f} SSIM" for name, s in res["summary"].items())]
+    if st.get("oracle"):
+        lines += ["", "Oracle: the prior adapted on the clean test image itself, with the same "
+                  "settings; what perfect retrieval could add at most. Oracle minus none: "
+                  + "; ".join(f"{name} {s[ORACLE]['d_psnr_none']:+.2f} dB"
+                              for name, s in res["summary"].items())]
 
     ret = res["retrieval"]
     kn = ret["known_source"]
@@ -374,7 +388,7 @@ def markdown(res: dict) -> str:
               f"{v['wins']['prepared']}); the pipeline uses the prepared query: "
               + ("keep it." if v["keep_default"] else "switch to the raw query.")]
 
-    adapted = [r for r in res["rows"] if r["condition"] != "none"]
+    adapted = [r for r in res["rows"] if r["condition"] not in ("none", ORACLE)]
     a_s, s_s = mean([r["adapt_s"] for r in adapted]), mean([r["sample_s"] for r in adapted])
     side = st["size"] * (a_s / s_s) ** 0.5
     lines += ["", "## Bars", ""]
@@ -401,6 +415,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-t", type=int, default=None,
                     help="adapter only for t < max_t (LoraSettings.max_t)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also adapt on the clean test image itself (upper bound)")
     ap.add_argument("--name", default=None, help="results name (default: adapt / adapt_quick)")
     args = ap.parse_args()
     for k, v in (QUICK if args.quick else FULL).items():

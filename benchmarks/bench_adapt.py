@@ -212,7 +212,8 @@ def run(args) -> dict:
     index.add(embed_images(emb, [r["x"] for r in refs]).numpy(), [r["key"] for r in refs])
     known = known_source_accuracy(emb, index, refs, args.n_known, args.seed)
 
-    lora = LoraSettings(steps=args.adapt_steps, seed=args.seed, max_t=args.max_t)
+    targets = {"target_modules": tuple(args.targets.split(","))} if args.targets else {}
+    lora = LoraSettings(steps=args.adapt_steps, seed=args.seed, max_t=args.max_t, **targets)
     rows, same_class = [], []
     for item in test:
         key, x = item["key"], item["x"]
@@ -252,7 +253,8 @@ def run(args) -> dict:
         "oracle": args.oracle,
         "sampler": "ddpg", "lora": lora.to_dict(), "embedder": emb.name,
         "default_settings": args.steps == FULL["steps"]
-        and args.adapt_steps == LoraSettings().steps}
+        and args.adapt_steps == LoraSettings().steps and lora.hash == LoraSettings(
+            steps=args.adapt_steps, seed=args.seed).hash}
     res = {"prior": prior_info, "settings": settings, "tasks": TASKS,
            "split": {"test": [t["key"] for t in test], "corpus": [r["key"] for r in refs]},
            "retrieval": {"known_source": known, "same_class": summarise_same(same_class),
@@ -343,11 +345,13 @@ def markdown(res: dict) -> str:
         f"prior's training photos). {st['size']} px centre crops (shorter side resized to "
         f"{st['short_side']} px), seed {st['seed']}. DDPG, {st['steps']} steps; LoRA rank "
         f"{lora['rank']}, lr {lora['lr']}, {lora['steps']} steps of batch {lora['batch_size']} "
-        f"at {lora['crop']} px, adapter for t < {lora.get('max_t') or 'T'}, "
+        f"at {lora['crop']} px on {', '.join(lora['target_modules'])}, adapter for t < "
+        f"{lora.get('max_t') or 'T'}, "
         f"on K = {st['k']} neighbours (random or retrieved with the "
         f"prepared query, {st['embedder']}). Total {res['seconds'] / 60:.1f} min.",
-        "" if st["default_settings"] else "\n**Not the default settings (quick or custom "
-        "run): the figures only show that the benchmark runs.**\n",
+        "\n**Quick run: the figures only show that the benchmark runs.**\n" if st["quick"]
+        else "" if st["default_settings"] else "\n**Custom settings: not the defaults "
+        "(sampling steps, LoRA steps or LoRA settings differ).**\n",
         "## Restoration (means; PSNR dB)", "",
         "| domain/task | condition | PSNR | SSIM | dPSNR vs none | dSSIM vs none | "
         "PSNR wins vs none | adapt s | sample s |",
@@ -415,6 +419,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-t", type=int, default=None,
                     help="adapter only for t < max_t (LoraSettings.max_t)")
+    ap.add_argument("--targets", default=None,
+                    help="comma-separated LoRA target modules (LoraSettings.target_modules)")
     ap.add_argument("--oracle", action="store_true",
                     help="also adapt on the clean test image itself (upper bound)")
     ap.add_argument("--name", default=None, help="results name (default: adapt / adapt_quick)")

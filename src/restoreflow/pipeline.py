@@ -50,6 +50,8 @@ class RestoreConfig:
     neighbours: int = 8
     adapt_steps: int | None = None
     adapt_rank: int | None = None
+    # further LoraSettings overrides ((name, value) pairs: alpha, lr, target_modules, max_t)
+    adapt_lora: tuple[tuple[str, float | int | tuple[str, ...]], ...] = ()
     embedder: str = "efficientnet-lite0"
     index: str = "default"
     lower_q: float = 0.05
@@ -63,6 +65,10 @@ class RestoreConfig:
             options=tuple(sorted(r.options.items())), tile=r.tile, overlap=r.overlap,
             tile_batch=r.tile_batch, posterior_samples=r.posterior_samples, prior=spec.prior,
             adapt=a.enabled, neighbours=a.neighbours, adapt_steps=a.steps, adapt_rank=a.rank,
+            adapt_lora=tuple(sorted(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in {"alpha": a.alpha, "lr": a.lr, "target_modules": a.targets,
+                             "max_t": a.max_t}.items() if v is not None)),
             embedder=a.embedder,
         )
 
@@ -73,16 +79,21 @@ class RestoreConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["options"] = dict(self.options)
+        d["adapt_lora"] = {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.adapt_lora}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RestoreConfig:
-        return cls(**{**d, "options": tuple(sorted(dict(d.get("options") or {}).items()))})
+        lora = {k: tuple(v) if isinstance(v, list) else v
+                for k, v in dict(d.get("adapt_lora") or {}).items()}
+        return cls(**{**d, "options": tuple(sorted(dict(d.get("options") or {}).items())),
+                      "adapt_lora": tuple(sorted(lora.items()))})
 
     def lora_settings(self):
         from restoreflow.models.lora import LoraSettings
 
-        over = {"seed": self.seed}
+        over = {"seed": self.seed, **dict(self.adapt_lora)}
         if self.adapt_steps:
             over["steps"] = self.adapt_steps
         if self.adapt_rank:
@@ -92,7 +103,7 @@ class RestoreConfig:
     def settings_hash(self, prior_hash: str) -> str:
         """What a calibration certifies: everything but the seed and the tile batch."""
         d = asdict(self)
-        for k in ("seed", "tile_batch", "prior"):
+        for k in ("seed", "tile_batch", "prior", "adapt_lora"):  # adapt_lora: in d["lora"]
             d.pop(k)
         d["degradation"] = self.spec.text
         d["prior_hash"] = prior_hash

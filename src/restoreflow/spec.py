@@ -426,6 +426,12 @@ class AdaptOptions(_Strict):
     neighbours: int = Field(8, ge=1, le=1000)
     steps: int | None = Field(None, ge=1, le=100000)
     rank: int | None = Field(None, ge=1, le=256)
+    alpha: float | None = Field(None, gt=0, le=1024)
+    lr: float | None = Field(None, gt=0, le=1)
+    targets: list[str] | None = Field(None, min_length=1,
+                                      description="UNet module names to adapt")
+    max_t: int | None = Field(None, ge=1, le=100000,
+                              description="adapter only for timesteps below max_t")
     embedder: str = "efficientnet-lite0"
 
     _corpus_without_credentials = field_validator("corpus")(_no_credentials)

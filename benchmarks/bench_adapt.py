@@ -440,6 +440,30 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def timing_only(args) -> None:
+    """Adaptation vs sampling seconds at the benchmark size and at ``--time-size``:
+    results/adapt_timing.*"""
+    from restoreflow.models.lora import LoraSettings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prior, prior_info = load_prior(args.prior, Path(tmp))
+    _, refs = load_data(args.n_test, args.n_corpus, args.size, args.short_side, args.seed)
+    lora = LoraSettings(steps=args.adapt_steps, seed=args.seed)
+    sizes = sorted({args.size, args.time_size})
+    rows = [tile_timing(prior, refs, lora, argparse.Namespace(**{**vars(args), "time_size": s}))
+            for s in sizes]
+    lines = [f"Prior `{prior_info['source']}` (hash {prior_info['hash'][:12]}); DDPG "
+             f"{args.steps} steps, one deblur restoration per size; LoRA defaults "
+             f"({lora.steps} steps of batch {lora.batch_size} at {lora.crop} px) on K = "
+             f"{args.k} corpus images.", "",
+             "| image px | adapt s | sample s | adapt / sample |", "|---|---|---|---|"]
+    lines += [f"| {r['size']} | {r['adapt_s']:.1f} | {r['sample_s']:.1f} | "
+              f"{r['adapt_s'] / r['sample_s']:.2f} |" for r in rows]
+    res = {"prior": prior_info, "settings": {"steps": args.steps, "k": args.k,
+                                             "lora": lora.to_dict()}, "rows": rows}
+    print(write_results(args.name or "adapt_timing", res, "\n".join(lines)).read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -460,6 +484,8 @@ def main() -> None:
                     help="comma-separated LoRA target modules (LoraSettings.target_modules)")
     ap.add_argument("--time-size", type=int, default=None,
                     help="image side for the second timing (default 256, quick 128)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only adaptation vs sampling time at 128 px and --time-size px")
     ap.add_argument("--oracle", action="store_true",
                     help="also adapt on the clean test image itself (upper bound)")
     ap.add_argument("--name", default=None, help="results name (default: adapt / adapt_quick)")
@@ -469,6 +495,9 @@ def main() -> None:
             setattr(args, k, v)
     if args.time_size is None:
         args.time_size = 128 if args.quick else 256
+    if args.timing_only:
+        timing_only(args)
+        return
     res = run(args)
     name = args.name or ("adapt_quick" if args.quick else "adapt")
     path = write_results(name, res, markdown(res))

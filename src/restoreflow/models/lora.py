@@ -32,6 +32,11 @@ brick) gave +0.3 / +0.5 dB at lr 1e-4, +1.1 / +1.6 at 5e-4, +1.6 / +2.1 at 1e-3,
 +1.9 / +2.6 at 2e-3 and +2.0 / +2.6 at 5e-3: the default lr 2e-3 is where the gain
 levels off (that checkpoint had trained 14 minutes: a better prior will gain less). On a
 GPU or a larger prior, ADIR's settings (``LoraSettings.adir()``) are the reference.
+On restorations (``benchmarks/bench_adapt.py``, 128 px astronomy images, DDPG) none of
+these settings helps the shipped prior by more than ~0.2 dB, and neither does adapting on
+the clean test image itself (``--oracle``: -0.6 dB deblurring, +0.0 SR with these
+defaults; -0.2 / +0.1 dB without the time-embedding targets): the lower denoising loss
+(about -10% at every t on the adapted image) does not reach the restoration.
 
 Randomness (LoRA init, crops, t, eps) comes from one ``torch.Generator`` seeded with
 ``settings.seed``: the same settings on the same device give bit-identical adapters.

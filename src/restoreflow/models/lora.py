@@ -36,7 +36,7 @@ On restorations (``benchmarks/bench_adapt.py``, 128 px astronomy images, DDPG) n
 these settings helps the shipped prior by more than ~0.2 dB, and neither does adapting on
 the clean test image itself (``--oracle``: -0.6 dB deblurring, +0.0 SR with these
 defaults; -0.2 / +0.1 dB without the time-embedding targets): the lower denoising loss
-(about -10% at every t on the adapted image) does not reach the restoration.
+(-5..-25% at t <= 200 on the adapted image) does not reach the restoration.
 
 Randomness (LoRA init, crops, t, eps) comes from one ``torch.Generator`` seeded with
 ``settings.seed``: the same settings on the same device give bit-identical adapters.

@@ -79,18 +79,19 @@ def short_names(paths: list[Path]) -> list[str]:
     return out
 
 
-def load_data(n_test: int, n_corpus: int, size: int, short_side: int, seed: int):
-    """(test images, corpus images): dicts {key, domain, x (3, size, size) in [0, 1]}."""
+def min_side(path: Path) -> int:
     from PIL import Image
 
+    with Image.open(path) as im:
+        return min(im.size)
+
+
+def load_data(n_test: int, n_corpus: int, size: int, short_side: int, seed: int):
+    """(test images, corpus images): dicts {key, domain, x (3, size, size) in [0, 1]}."""
     from restoreflow.models import corpus
     from restoreflow.models.training import center_crops
 
-    astro = []
-    for p in corpus.astronomy_images():  # sorted by name
-        with Image.open(p) as im:
-            if min(im.size) >= size:
-                astro.append(p)
+    astro = [p for p in corpus.astronomy_images() if min_side(p) >= size]  # sorted by name
     order = np.random.default_rng(seed).permutation(len(astro))
     astro_test = sorted(astro[i] for i in order[:n_test])
     astro_corpus = sorted(astro[i] for i in order[n_test : n_test + n_corpus])
@@ -191,22 +192,15 @@ def restore(model, q: dict, key: str, steps: int, seed: int):
     return x, time.perf_counter() - t0
 
 
-def tile_timing(prior, refs: list[dict], lora, args) -> dict:
-    """Sampling and adaptation seconds for one image of ``--time-size`` px (default 256,
-    the pipeline's tile): the bar compares them at a realistic image size too, since
-    sampling grows with the pixels and adaptation does not. The image: the corpus'
-    first astronomy image, resized and cropped like the test images; deblur task."""
-    from PIL import Image
-
+def tile_timing(prior, refs: list[dict], lora, args, size: int) -> dict:
+    """Sampling and adaptation seconds for one ``size`` px image (``--time-size``,
+    default 256, the pipeline's tile): the bar compares them at a realistic image size
+    too, since sampling grows with the pixels and adaptation does not. The image: the
+    corpus' first astronomy image, resized and cropped like the test images; deblur."""
     from restoreflow.models import corpus
     from restoreflow.models.training import center_crops
 
-    size = args.time_size
-    def side(p: Path) -> int:
-        with Image.open(p) as im:
-            return min(im.size)
-
-    path = next(p for p in corpus.astronomy_images() if side(p) >= size)
+    path = next(p for p in corpus.astronomy_images() if min_side(p) >= size)
     item = {"key": f"timing/{path.name}", "x": center_crops([path], size, max(size, 256))[0]}
     q = queries("deblur", item, args.seed)
     _, sample_s = restore(prior, q, item["key"], args.steps, args.seed)
@@ -272,7 +266,7 @@ def run(args) -> dict:
                 f" | adapt {r['retrieved']['adapt_s']:.1f} s, sample "
                 f"{r['none']['sample_s']:.1f} s", flush=True)
 
-    timing = tile_timing(prior, refs, lora, args)
+    timing = tile_timing(prior, refs, lora, args, args.time_size)
     print(f"at {timing['size']} px: adapt {timing['adapt_s']:.1f} s, sample "
           f"{timing['sample_s']:.1f} s", flush=True)
 
@@ -449,9 +443,7 @@ def timing_only(args) -> None:
         prior, prior_info = load_prior(args.prior, Path(tmp))
     _, refs = load_data(args.n_test, args.n_corpus, args.size, args.short_side, args.seed)
     lora = LoraSettings(steps=args.adapt_steps, seed=args.seed)
-    sizes = sorted({args.size, args.time_size})
-    rows = [tile_timing(prior, refs, lora, argparse.Namespace(**{**vars(args), "time_size": s}))
-            for s in sizes]
+    rows = [tile_timing(prior, refs, lora, args, s) for s in sorted({args.size, args.time_size})]
     lines = [f"Prior `{prior_info['source']}` (hash {prior_info['hash'][:12]}); DDPG "
              f"{args.steps} steps, one deblur restoration per size; LoRA defaults "
              f"({lora.steps} steps of batch {lora.batch_size} at {lora.crop} px) on K = "

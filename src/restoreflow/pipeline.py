@@ -32,6 +32,14 @@ INTERVAL_LO, INTERVAL_HI = "interval_lower", "interval_upper"
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 201), 6)  # pixel values lie in [0, 1]
 
 
+# RestoreConfig field -> LoraSettings field
+_LORA_FIELDS = {"adapt_steps": "steps", "adapt_rank": "rank", "adapt_alpha": "alpha",
+                "adapt_lr": "lr", "adapt_targets": "target_modules", "adapt_max_t": "max_t"}
+# left out of the settings hash as fields (they are in its "lora" entry), so the hashes of
+# configurations from before these fields existed stay the same
+_LORA_FIELDS_NOT_HASHED = ("adapt_alpha", "adapt_lr", "adapt_targets", "adapt_max_t")
+
+
 @dataclass(frozen=True)
 class RestoreConfig:
     """Everything that determines a restoration (and what a calibration certifies)."""
@@ -50,8 +58,10 @@ class RestoreConfig:
     neighbours: int = 8
     adapt_steps: int | None = None
     adapt_rank: int | None = None
-    # further LoraSettings overrides ((name, value) pairs: alpha, lr, target_modules, max_t)
-    adapt_lora: tuple[tuple[str, float | int | tuple[str, ...]], ...] = ()
+    adapt_alpha: float | None = None
+    adapt_lr: float | None = None
+    adapt_targets: tuple[str, ...] | None = None
+    adapt_max_t: int | None = None
     embedder: str = "efficientnet-lite0"
     index: str = "default"
     lower_q: float = 0.05
@@ -65,10 +75,8 @@ class RestoreConfig:
             options=tuple(sorted(r.options.items())), tile=r.tile, overlap=r.overlap,
             tile_batch=r.tile_batch, posterior_samples=r.posterior_samples, prior=spec.prior,
             adapt=a.enabled, neighbours=a.neighbours, adapt_steps=a.steps, adapt_rank=a.rank,
-            adapt_lora=tuple(sorted(
-                (k, tuple(v) if isinstance(v, list) else v)
-                for k, v in {"alpha": a.alpha, "lr": a.lr, "target_modules": a.targets,
-                             "max_t": a.max_t}.items() if v is not None)),
+            adapt_alpha=a.alpha, adapt_lr=a.lr,
+            adapt_targets=tuple(a.targets) if a.targets else None, adapt_max_t=a.max_t,
             embedder=a.embedder,
         )
 
@@ -79,31 +87,25 @@ class RestoreConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["options"] = dict(self.options)
-        d["adapt_lora"] = {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in self.adapt_lora}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RestoreConfig:
-        lora = {k: tuple(v) if isinstance(v, list) else v
-                for k, v in dict(d.get("adapt_lora") or {}).items()}
+        targets = d.get("adapt_targets")
         return cls(**{**d, "options": tuple(sorted(dict(d.get("options") or {}).items())),
-                      "adapt_lora": tuple(sorted(lora.items()))})
+                      "adapt_targets": tuple(targets) if targets else None})
 
     def lora_settings(self):
         from restoreflow.models.lora import LoraSettings
 
-        over = {"seed": self.seed, **dict(self.adapt_lora)}
-        if self.adapt_steps:
-            over["steps"] = self.adapt_steps
-        if self.adapt_rank:
-            over["rank"] = self.adapt_rank
-        return LoraSettings(**over)
+        over = {name: getattr(self, field) for field, name in _LORA_FIELDS.items()
+                if getattr(self, field) is not None}
+        return LoraSettings(seed=self.seed, **over)
 
     def settings_hash(self, prior_hash: str) -> str:
         """What a calibration certifies: everything but the seed and the tile batch."""
         d = asdict(self)
-        for k in ("seed", "tile_batch", "prior", "adapt_lora"):  # adapt_lora: in d["lora"]
+        for k in ("seed", "tile_batch", "prior", *_LORA_FIELDS_NOT_HASHED):  # in d["lora"]
             d.pop(k)
         d["degradation"] = self.spec.text
         d["prior_hash"] = prior_hash

@@ -5,7 +5,7 @@
 set -euo pipefail
 dest=${1:-${RESTOREFLOW_CORPUS_DIR:-$HOME/.cache/restoreflow/corpus}}
 mkdir -p "$dest/debs"
-pkgs="stellarium-data plasma-workspace-wallpapers mate-backgrounds ukui-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 gnome-backgrounds"
+pkgs="stellarium-data plasma-workspace-wallpapers mate-backgrounds ukui-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 gnome-backgrounds opencv-doc"
 cd "$dest/debs"
 if [ ! -f .updated ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq || true; fi

@@ -246,6 +246,9 @@ def train_prior_cmd(
     device: str = typer.Option(None, help="torch device (default: settings.device)"),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes"),
     images: list[str] = typer.Option(None, "--image", help="Training images (default: corpus)"),
+    init_from: str = typer.Option(
+        None, "--init-from", help="Start from this prior's weights (same architecture)"),
+    threads: int = typer.Option(None, min=1, help="torch CPU threads (default: all cores)"),
 ) -> None:
     """Train (or resume) the default diffusion prior; writes OUT/prior in diffusers format."""
     from restoreflow.flows.train_prior import train_prior_flow
@@ -253,7 +256,8 @@ def train_prior_cmd(
 
     path = train_prior_flow(out_dir=out, steps=steps, batch_size=batch_size,
                             device=device or get_settings().resolved_device(),
-                            max_minutes=max_minutes, images=images or None)
+                            max_minutes=max_minutes, images=images or None,
+                            init_from=init_from, num_threads=threads)
     typer.echo(f"prior written to {path}")
 
 

@@ -28,3 +28,35 @@ def test_train_prior_flow_trains_exports_and_resumes(prefect_api, tmp_path):
     x = torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
         assert not torch.equal(prior.eps(x, 10), again.eps(x, 10))
+
+
+def test_init_from_starts_at_the_given_prior(tmp_path):
+    """--init-from: step 0 of the new run is the given prior (EMA and weights)."""
+    from restoreflow.models.training import TrainConfig, train_prior
+
+    img = [samples.sample_path("coins.png")]
+    base = dict(batch_size=2, num_threads=1, bf16_autocast=False)
+    src = DiffusionPrior.load(train_prior(TrainConfig(out_dir=str(tmp_path / "a"), steps=2,
+                                                      **base), img, log=lambda s: None))
+    # lr 0: the weights cannot move, so the export equals the source prior exactly
+    warm = DiffusionPrior.load(train_prior(
+        TrainConfig(out_dir=str(tmp_path / "b"), steps=1, lr=0.0, init_from=str(src.source),
+                    **base), img, log=lambda s: None))
+    cold = DiffusionPrior.load(train_prior(
+        TrainConfig(out_dir=str(tmp_path / "c"), steps=1, lr=0.0, seed=1, **base), img,
+        log=lambda s: None))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(src.eps(x, 10), warm.eps(x, 10))
+        assert not torch.equal(src.eps(x, 10), cold.eps(x, 10))
+
+
+def test_attention_option_adds_lowest_level_attention():
+    from restoreflow.models.training import TrainConfig, build_unet
+
+    plain = build_unet(TrainConfig(out_dir="unused"))
+    attn = build_unet(TrainConfig(out_dir="unused", attention=True))
+    assert plain.config.down_block_types[-1] == "DownBlock2D"
+    assert attn.config.down_block_types[-1] == "AttnDownBlock2D"
+    assert attn.config.up_block_types[0] == "AttnUpBlock2D"
+    assert sum(p.numel() for p in attn.parameters()) > sum(p.numel() for p in plain.parameters())

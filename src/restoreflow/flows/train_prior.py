@@ -17,6 +17,7 @@ def train_prior_flow(
     images: list[str] | None = None,
     num_threads: int | None = None,
     seed: int = 0,
+    init_from: str | None = None,
 ) -> str:
     """Train on ``images`` (default: the project's photo corpus) and export the EMA prior."""
     from restoreflow.models import corpus
@@ -24,5 +25,6 @@ def train_prior_flow(
     train = images or [str(p) for p in corpus.training_photos()]
     evals = [str(p) for p in corpus.held_out_photos()] if images is None else []
     config = dict(out_dir=out_dir, steps=steps, batch_size=batch_size, device=device,
-                  max_minutes=max_minutes, num_threads=num_threads, seed=seed)
+                  max_minutes=max_minutes, num_threads=num_threads, seed=seed,
+                  init_from=init_from)
     return train_prior_task(config, train, evals)

@@ -1,8 +1,9 @@
 """The photo corpus used to train the default prior, and its held-out split.
 
-Photos come from Debian wallpaper packages (fetched with ``scripts/fetch-corpus.sh``,
-no install needed) plus scikit-image's bundled photos. Paths are relative to the corpus
-directory (setting ``corpus_dir``). Licenses are listed in the model card.
+Photos come from Debian wallpaper packages and opencv-doc's sample photos (fetched
+with ``scripts/fetch-corpus.sh``, no install needed) plus scikit-image's bundled photos.
+Paths are relative to the corpus directory (setting ``corpus_dir``). Licenses are listed
+in the model card.
 """
 
 from __future__ import annotations
@@ -45,6 +46,30 @@ HELD_OUT_WALLPAPERS: tuple[str, ...] = (
     _LOM16.format("Wine_by_Jakkub_Mede"),
 )
 
+# Test and sample photographs shipped with OpenCV's documentation (opencv-doc, examples/;
+# paintings, renders, screenshots and synthetic images left out).
+_CV = "opencv-doc/usr/share/doc/opencv-doc/examples/{}"
+OPENCV_PHOTOS: tuple[str, ...] = (
+    *(_CV.format(f"data/{n}") for n in (
+        "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png",
+        "board.jpg", "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png",
+        "ela_original.jpg", "fruits.jpg", "graf1.png", "leuvenA.jpg", "orange.jpg",
+        "rubberwhale1.png", "squirrel_cls.jpg")),
+    _CV.format("reg/home.png"),
+    _CV.format("alphamat/input_images/plant.jpg"),
+    _CV.format("hfs/data/000.jpg"),
+    _CV.format("dnn_superres/butterfly.png"),
+    *(_CV.format(f"text/scenetext0{i}.jpg") for i in range(1, 7)),
+)
+HELD_OUT_OPENCV: tuple[str, ...] = (
+    _CV.format("data/building.jpg"),
+    _CV.format("data/fruits.jpg"),
+    _CV.format("data/squirrel_cls.jpg"),
+    _CV.format("data/baboon.jpg"),
+    _CV.format("text/scenetext03.jpg"),
+    _CV.format("data/aero3.jpg"),
+)
+
 STELLARIUM_DIR = "stellarium-data/usr/share/stellarium/nebulae/default"
 
 
@@ -66,17 +91,23 @@ def _existing(rel: tuple[str, ...], root: Path) -> list[Path]:
 
 
 def training_photos(root: Path | None = None) -> list[Path]:
-    """Photos the default prior is trained on (wallpapers + skimage, minus held-out)."""
+    """Photos the default prior is trained on (wallpapers, OpenCV, skimage; no held-out)."""
     root = root or corpus_dir()
     walls = [r for r in WALLPAPER_PHOTOS if r not in HELD_OUT_WALLPAPERS]
+    cv = [r for r in OPENCV_PHOTOS if r not in HELD_OUT_OPENCV]
     skim = [n for n in samples.PHOTOS if n not in samples.HELD_OUT]
-    return _existing(tuple(walls), root) + samples.sample_paths(skim)
+    return _existing(tuple(walls + cv), root) + samples.sample_paths(skim)
 
 
 def held_out_photos(root: Path | None = None) -> list[Path]:
-    """Photos never trained on: for benchmarks and calibration."""
+    """Photos never trained on: for benchmarks and calibration.
+
+    The first ten (wallpapers, then skimage) are the set every earlier benchmark used;
+    the OpenCV photos come last, so ``[:n]`` slices keep their meaning.
+    """
     root = root or corpus_dir()
-    return _existing(HELD_OUT_WALLPAPERS, root) + samples.sample_paths(samples.HELD_OUT)
+    return (_existing(HELD_OUT_WALLPAPERS, root) + samples.sample_paths(samples.HELD_OUT)
+            + _existing(HELD_OUT_OPENCV, root))
 
 
 def astronomy_images(root: Path | None = None) -> list[Path]:

@@ -42,6 +42,7 @@ class TrainConfig:
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
+    attention: bool = False
     num_train_timesteps: int = 1000
     device: str = "cpu"
     bf16_autocast: bool = True
@@ -51,22 +52,31 @@ class TrainConfig:
     eval_every: int = 1000
     eval_sigmas: tuple[float, ...] = (5, 15, 25, 50)
     max_minutes: float | None = None
+    init_from: str | None = None
     extra: dict = field(default_factory=dict)
 
 
 def build_unet(cfg: TrainConfig):
-    """A fully convolutional UNet2DModel (no attention) so any multiple-of-8 size works."""
+    """A plain diffusers UNet2DModel; any size that is a multiple of 2^(levels-1) works.
+
+    The middle block has self-attention (diffusers' default); ``attention`` adds it to
+    the lowest-resolution down and up blocks too.
+    """
     from diffusers import UNet2DModel
 
     n = len(cfg.block_out_channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
         sample_size=cfg.crop,
         in_channels=3,
         out_channels=3,
         layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels),
-        down_block_types=("DownBlock2D",) * n,
-        up_block_types=("UpBlock2D",) * n,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
     )
 
 
@@ -231,6 +241,12 @@ def train_prior(
         rng.set_state(load_file(ckpt / "rng.safetensors")["rng"])
         step = state["step"]
         log(f"resumed from step {step}")
+    elif cfg.init_from:
+        # warm start: weights of an exported prior with the same architecture
+        start = DiffusionPrior.load(cfg.init_from).unet.state_dict()
+        unet.load_state_dict(start)
+        ema.load_state_dict(start)
+        log(f"initialised from {cfg.init_from}")
     sampler = CropSampler(images, cfg.crop, rng)
     n_params = sum(p.numel() for p in unet.parameters())
     log(f"UNet2DModel {n_params / 1e6:.2f}M parameters on {device}")

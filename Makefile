@@ -39,7 +39,9 @@ lint: $(STAMP)
 corpus:
 	scripts/fetch-corpus.sh
 
+# the classical peers (bm3d: non-commercial licence) go in the bench extra, only here
 bench: $(STAMP) corpus
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run_all
 
 clean:

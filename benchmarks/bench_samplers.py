@@ -28,6 +28,11 @@ training step of the copy is recorded.
     python -m benchmarks.bench_samplers --quick            # smoke run, minutes
     python -m benchmarks.bench_samplers --tune             # option grid on tuning images
     python -m benchmarks.bench_samplers --seams --steps 25 # seams on a 1024 px image
+    python -m benchmarks.bench_samplers --curve 10 20 30 50 100 --tasks deblur sr
+
+Classical peers (``benchmarks/peers.py``, the ``bench`` extra): BM3D for deblur and SR,
+Richardson-Lucy for deblur. A side-by-side PNG (clean, y, BM3D, DDPG) of the first
+``--figure`` images is written next to the tables.
 
 ``--tune`` runs a small grid of sampler options per task on images that are not in the
 benchmark set (the last two held-out photos, by default at 128 px) and writes
@@ -57,9 +62,14 @@ TASKS: dict[str, str] = {
 }
 SAMPLER_METHODS = ("ddnm", "dps", "diffpir", "ddpg")
 BASELINES = ("pinv", "pinv_eta")
+# classical peers (benchmarks/peers.py) and the tasks they apply to
+PEERS = {"bm3d": ("deblur", "sr"), "rl": ("deblur",)}
+ALL_METHODS = (*BASELINES, *PEERS, *SAMPLER_METHODS)
 LABELS = {
     "pinv": "A^+ y",
     "pinv_eta": "A^+_eta y",
+    "bm3d": "BM3D",
+    "rl": "Richardson-Lucy",
     "ddnm": "DDNM+",
     "dps": "DPS",
     "diffpir": "DiffPIR",
@@ -218,6 +228,16 @@ def run_method(prior, op, y, sigma_y, method, steps, seed, options=None, tile=25
     from restoreflow.restore import restore_image
 
     t0 = time.perf_counter()
+    if method in PEERS:
+        from benchmarks import peers
+
+        if method == "rl":
+            x = peers.richardson_lucy(y, op.kernel)
+        elif hasattr(op, "kernel"):
+            x = peers.bm3d_deblur(y, op.kernel, sigma_y)
+        else:
+            x = peers.bm3d_sr(y, op.factor, sigma_y)
+        return x, time.perf_counter() - t0
     if method in BASELINES:
         eta = 0.0 if method == "pinv" else (2 * sigma_y) ** 2
         with torch.no_grad():
@@ -260,17 +280,21 @@ def run_benchmark(args, prior, prior_info: dict) -> dict:
 
     photos = corpus.held_out_photos()[: args.images]
     items = load_images(photos, astro_paths(args.astro), args.size)
-    methods = [m for m in (*BASELINES, *SAMPLER_METHODS) if m in args.methods]
+    methods = [m for m in ALL_METHODS if m in args.methods]
     user_opts = json.loads(args.options) if args.options else {}
-    rows = []
+    rows, shown = [], {}
     for task in args.tasks:
         for item in items:
             op, y, sigma_y = degrade(task, item, args.seed)
             for m in methods:
+                if m in PEERS and task not in PEERS[m]:
+                    continue
                 opts = None
                 if m in SAMPLER_METHODS:
                     opts = {**default_options(m, task, sigma_y), **user_opts.get(m, {})}
                 x, sec = run_method(prior, op, y, sigma_y, m, args.steps, args.seed, opts)
+                if item in items[: args.figure] and m in ("bm3d", "ddpg"):
+                    shown.setdefault((task, item["name"]), {"clean": item["x"], "y": y})[m] = x
                 mp = item["x"].shape[1] * item["x"].shape[2] / 1e6
                 row = {
                     "task": task,
@@ -297,7 +321,85 @@ def run_benchmark(args, prior, prior_info: dict) -> dict:
         "images": [{"name": it["name"], "domain": it["domain"]} for it in items],
         "rows": rows,
         "summary": summarize(rows),
+        "figure": side_by_side(shown, args.name or "bench_samplers") if shown else None,
     }
+
+
+def side_by_side(shown: dict, stem: str) -> str:
+    """PNG grid: one row per (task, image): clean, y (nearest-upsampled), BM3D, DDPG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ("clean", "y", "bm3d", "ddpg")
+    fig, axes = plt.subplots(len(shown), 4, figsize=(12, 3.1 * len(shown)), squeeze=False)
+    for ax_row, ((task, name), ims) in zip(axes, shown.items(), strict=True):
+        for ax, c in zip(ax_row, cols, strict=True):
+            ax.axis("off")
+            if c not in ims:
+                continue
+            im = ims[c]
+            if im.shape[-1] != ims["clean"].shape[-1]:  # SR input: nearest upsampling
+                im = im.repeat_interleave(ims["clean"].shape[-1] // im.shape[-1], -1)
+                im = im.repeat_interleave(ims["clean"].shape[-2] // im.shape[-2], -2)
+            ax.imshow(im.clamp(0, 1).permute(1, 2, 0).numpy())
+            title = {"clean": f"{task}: {name[:24]}", "y": "degraded y"}.get(c) or LABELS[c]
+            if c in ("bm3d", "ddpg", "y"):
+                title += f"  {metrics(im, ims['clean'])['psnr']:.2f} dB"
+            ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = RESULTS / f"{stem}_side_by_side.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path.name
+
+
+def run_curve(args, prior, prior_info: dict) -> dict:
+    """DDPG PSNR against the number of steps, photos only, default options."""
+    from restoreflow.models import corpus
+    from restoreflow.restore import default_options
+
+    items = load_images(corpus.held_out_photos()[: args.images], [], args.size)
+    rows = []
+    for task in args.tasks:
+        for item in items:
+            op, y, sigma_y = degrade(task, item, args.seed)
+            opts = default_options("ddpg", task, sigma_y)
+            for n in args.curve:
+                x, sec = run_method(prior, op, y, sigma_y, "ddpg", n, args.seed, opts)
+                rows.append({"task": task, "image": item["name"], "steps": n,
+                             **metrics(x, item["x"]), "seconds": sec})
+                print(f"{task} {item['name'][:24]:24s} steps {n:4d} "
+                      f"PSNR {rows[-1]['psnr']:.2f} {sec:.1f}s", flush=True)
+    curve = {}
+    for task in args.tasks:
+        for n in args.curve:
+            r = [x for x in rows if x["task"] == task and x["steps"] == n]
+            curve[f"{task}/{n}"] = {k: float(np.mean([x[k] for x in r]))
+                                    for k in ("psnr", "ssim", "seconds")}
+    return {"prior": prior_info, "size": args.size, "seed": args.seed, "steps": args.curve,
+            "tasks": {t: TASKS[t] for t in args.tasks},
+            "images": [it["name"] for it in items], "rows": rows, "curve": curve}
+
+
+def curve_markdown(res: dict) -> str:
+    top = max(res["steps"])
+    lines = [f"DDPG, default options, prior hash {res['prior']['hash'][:12]} (step "
+             f"{res['prior']['step']}); {len(res['images'])} held-out photos "
+             f"({', '.join(res['images'])}), {res['size']} px; mean PSNR (dB) / SSIM / "
+             "seconds per image, one thread.", "",
+             "| task | steps | PSNR | SSIM | s/image | PSNR - PSNR@" + str(top) + " |",
+             "|---|---|---|---|---|---|"]
+    for task in res["tasks"]:
+        ref = res["curve"][f"{task}/{top}"]["psnr"]
+        for n in res["steps"]:
+            c = res["curve"][f"{task}/{n}"]
+            lines.append(f"| {task} | {n} | {c['psnr']:.2f} | {c['ssim']:.3f} | "
+                         f"{c['seconds']:.1f} | {c['psnr'] - ref:+.2f} |")
+        ok = [n for n in res["steps"] if res["curve"][f"{task}/{n}"]["psnr"] >= ref - 0.3]
+        lines.append(f"| {task} | fewest within 0.3 dB: {min(ok)} | | | | |")
+    return "\n".join(lines)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -337,9 +439,7 @@ def markdown(res: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     s = res["summary"]
-    methods = [
-        m for m in (*BASELINES, *SAMPLER_METHODS) if any(r["method"] == m for r in res["rows"])
-    ]
+    methods = [m for m in ALL_METHODS if any(r["method"] == m for r in res["rows"])]
     for task in res["tasks"]:
         for m in methods:
             ph, ast, al = (s.get(f"{task}/{d}/{m}") for d in ("photo", "astro", "all"))
@@ -353,6 +453,16 @@ def markdown(res: dict) -> str:
                 f"| {task} | {LABELS[m]} | {cell(ph, 'psnr')} | {cell(ph, 'ssim')} | "
                 f"{cell(ast, 'psnr')} | {cell(ast, 'ssim')} | {al['s_per_mp']:.0f} |"
             )
+    deltas = []
+    for task in res["tasks"]:
+        d, b = s.get(f"{task}/photo/ddpg"), s.get(f"{task}/photo/bm3d")
+        if d and b:
+            deltas.append(f"{task}: DDPG - BM3D on photos {d['psnr'] - b['psnr']:+.2f} dB PSNR, "
+                          f"{d['ssim'] - b['ssim']:+.3f} SSIM")
+    if deltas:
+        lines += ["", *[f"- {x}" for x in deltas]]
+    if res.get("figure"):
+        lines += ["", f"![side by side]({res['figure']})"]
     lines += ["", "Options used (restore.DEFAULT_OPTIONS unless overridden):", ""]
     seen = set()
     for r in res["rows"]:
@@ -537,8 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--methods",
         nargs="+",
-        default=[*BASELINES, *SAMPLER_METHODS],
-        choices=[*BASELINES, *SAMPLER_METHODS],
+        default=list(ALL_METHODS),
+        choices=list(ALL_METHODS),
     )
     ap.add_argument("--options", help='JSON overrides per sampler, e.g. {"dps": {"zeta_prime": 3}}')
     ap.add_argument(
@@ -551,6 +661,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tune-size", type=int, default=128)
     ap.add_argument("--round", type=int, default=1, choices=(1, 2), help="tuning grid round")
     ap.add_argument("--name", help="results file stem (default by mode)")
+    ap.add_argument("--figure", type=int, default=3,
+                    help="side-by-side PNG of the first N images (clean, y, BM3D, DDPG)")
+    ap.add_argument("--curve", type=int, nargs="+",
+                    help="instead: DDPG PSNR at these step counts (photos), e.g. 10 20 30 50 100")
     ap.add_argument("--workdir", default="/tmp/restoreflow-bench", help="prior snapshot copies")
     args = ap.parse_args(argv)
     if args.quick:
@@ -573,7 +687,11 @@ def main(argv: list[str] | None = None) -> None:
     info = {"source": str(src), "step": step, "hash": prior.model_hash}
     print(f"prior {src} step {step} hash {prior.model_hash[:12]}", flush=True)
 
-    if args.seams:
+    if args.curve:
+        res = run_curve(args, prior, info)
+        name = args.name or "ddpg_steps"
+        path = write_results(name, res, curve_markdown(res))
+    elif args.seams:
         res = run_seams(args, prior, info)
         name = args.name or "sampler_seams"
         path = write_results(name, res, seams_markdown(res))

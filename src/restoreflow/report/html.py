@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -598,14 +597,7 @@ def build_report(store: TileStore, out_path: str | os.PathLike, run_id: str | No
     page = render_report(store, run_id, max_images=max_images)
     out = Path(out_path).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from restoreflow.storage.writers import write_atomic
+
+    write_atomic(out, page.encode("utf-8"))  # a normal file's permissions (0o666 & ~umask)
     return out

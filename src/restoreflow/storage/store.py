@@ -30,7 +30,6 @@ import math
 import os
 import posixpath
 import re
-import tempfile
 import warnings
 import weakref
 from collections.abc import Iterable, Sequence
@@ -667,23 +666,17 @@ class TileStore:
         return rel
 
     def put_bytes(self, path: str, data: bytes) -> None:
-        """Write a small file under the store root atomically (temp+rename locally;
-        one PUT on S3)."""
+        """Write a small file under the store root atomically (temp+rename locally, with
+        the permissions of a normal write; one PUT on S3)."""
         rel = self._rel(path)
         full = self._full(rel)
         if self.is_s3:
             self.fs.pipe_file(full, bytes(data))
             return
+        from restoreflow.storage.writers import write_atomic
+
         os.makedirs(os.path.dirname(full), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(full), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, full)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(full, bytes(data))  # a normal file's permissions (0o666 & ~umask)
 
     def get_bytes(self, path: str) -> bytes:
         """Read a small file under the store root (FileNotFoundError if missing)."""

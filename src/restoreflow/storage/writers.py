@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +135,31 @@ def encode(array: np.ndarray, fmt: str, provenance: dict | None = None,
     raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
 
 
+def open_temp_beside(path: str | os.PathLike) -> tuple[int, str]:
+    """A new, exclusively created temp file in the directory of ``path``: (fd, temp path).
+
+    Created with mode 0o666 filtered by the umask (and any default ACL), as ``open(path,
+    "wb")`` would, so the renamed file is as readable as a normal write (``mkstemp``
+    makes 0o600 files, which only their owner can read).
+    """
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(head, f".{name[:40]}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{head}: no free temporary file name beside {name}")
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, then rename (no half-written files)."""
+    """Write ``data`` to a temp file beside ``path``, then rename (no half-written files).
+
+    The file gets the permissions of a normal write (0o666 & ~umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
+    fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -172,3 +172,57 @@ def test_adapter_below_max_t_only(prior, neighbours, tmp_path):
     assert settings.hash != SETTINGS.hash
     with pytest.raises(ValueError, match="max_t"):
         LoraSettings(max_t=0)
+
+
+def test_standard_peft_call_loads_the_saved_adapter(neighbours, tmp_path):
+    """Issue 19: ``PeftModel.from_pretrained(UNet2DModel.from_pretrained(prior_dir),
+    adapter_dir)`` loads every LoRA weight (no missing keys, lora_B not zero) and gives
+    the project's own adapted prior; the config names the base prior."""
+    import warnings
+
+    from diffusers import UNet2DModel
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from helpers import save_tiny_prior
+
+    prior_dir = tmp_path / "prior"
+    save_tiny_prior(prior_dir)
+    base = DiffusionPrior.load(prior_dir)
+    d = save_adapter(adapt_prior(base, neighbours, SETTINGS), tmp_path / "adapter")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_unet = PeftModel.from_pretrained(UNet2DModel.from_pretrained(prior_dir), d)
+    assert not [w for w in caught if "missing" in str(w.message).lower()]
+    lora_b = [p for n, p in peft_unet.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().max() > 0 for p in lora_b)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    ours = load_adapter(base, d)
+    with torch.no_grad():
+        got = peft_unet.eval()(x, t).sample
+        want = ours.unet(x, t).sample
+        plain = base.unet(x, t).sample
+    assert (got - plain).abs().max() > 1e-3  # the adapter acts
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(prior_dir.resolve())
+    prov = json.loads((d / "restoreflow_adapter.json").read_text())
+    assert prov["base_hash"] == base.model_hash and prov["base_model"] == str(prior_dir.resolve())
+    keys = load_file(d / "adapter_model.safetensors")
+    assert all(k.startswith("base_model.model.") for k in keys)
+
+
+def test_adapter_in_the_old_key_layout_still_loads(prior, adapted, tmp_path):
+    """Adapters cached before the peft key prefix (``<module>.lora_A.weight``) load the
+    same weights and keep their adapter hash."""
+    from safetensors.torch import load_file, save_file
+
+    d = save_adapter(adapted, tmp_path / "adapter")
+    weights = d / "adapter_model.safetensors"
+    old = {k.removeprefix("base_model.model."): v for k, v in load_file(weights).items()}
+    save_file(old, weights, metadata={"format": "pt"})
+    loaded = load_adapter(prior, d)
+    assert torch.equal(_eps(loaded), _eps(adapted))
+    assert loaded.extra["lora"]["adapter_hash"] == adapted.extra["lora"]["adapter_hash"]
+    assert loaded.model_hash == adapted.model_hash

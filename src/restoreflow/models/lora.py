@@ -41,7 +41,10 @@ defaults; -0.2 / +0.1 dB without the time-embedding targets): the lower denoisin
 Randomness (LoRA init, crops, t, eps) comes from one ``torch.Generator`` seeded with
 ``settings.seed``: the same settings on the same device give bit-identical adapters.
 Adapters are saved in peft's layout (``adapter_config.json`` +
-``adapter_model.safetensors``) and never loaded from pickles.
+``adapter_model.safetensors``, keys prefixed ``base_model.model.``), so
+``PeftModel.from_pretrained(UNet2DModel.from_pretrained(prior_dir), adapter_dir)`` loads
+them; ``base_model_name_or_path`` names the base prior and ``restoreflow_adapter.json``
+records its hash. They are never loaded from pickles.
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ from pathlib import Path
 
 import torch
 
-from restoreflow.models.prior import PICKLE_SUFFIXES, DiffusionPrior, ModelLoadError
+from restoreflow.models.prior import (
+    DEFAULT_PRIOR_DIR,
+    PICKLE_SUFFIXES,
+    DiffusionPrior,
+    ModelLoadError,
+)
 from restoreflow.models.training import CropSampler
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,8 @@ log = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PROVENANCE = "restoreflow_adapter.json"
+# what PeftModel prefixes every key with (older restoreflow adapters lack it; both load)
+PEFT_PREFIX = "base_model.model."
 
 # Resnet convolutions, the time-embedding MLP and attention projections (when present).
 DEFAULT_TARGETS: tuple[str, ...] = (
@@ -217,6 +227,28 @@ def _adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(unet).items()
     }
+
+
+def _peft_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as ``PeftModel.from_pretrained`` expects them (``base_model.model.`` + name)."""
+    return {k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k: v for k, v in state.items()}
+
+
+def _module_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys relative to the UNet (the layout of the injected model; old adapters)."""
+    return {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+
+
+def prior_location(prior: DiffusionPrior) -> str | None:
+    """Where the base prior can be loaded from: an absolute directory, a hub id, or None
+    for an in-memory prior (peft's ``base_model_name_or_path``)."""
+    src = str(prior.source or "")
+    if src == "default":
+        return str(DEFAULT_PRIOR_DIR)
+    if not src or src == "in-memory" or "+lora:" in src:
+        return None
+    p = Path(src).expanduser()
+    return str(p.resolve()) if p.is_dir() else src
 
 
 def adapter_hash(state: dict[str, torch.Tensor]) -> str:
@@ -425,6 +457,7 @@ def adapt_prior(
     _merge(unet)
     info = {
         "base_hash": prior.model_hash,
+        "base_model": prior_location(prior),
         "settings": settings.to_dict(),
         "settings_hash": settings.hash,
         "targets": targets,
@@ -447,8 +480,11 @@ def adapt_prior(
 def save_adapter(prior: DiffusionPrior, directory: str | Path) -> Path:
     """Write the adapter of an adapted prior in peft's layout (safetensors, no pickle).
 
-    Files: ``adapter_model.safetensors``, ``adapter_config.json`` and
-    ``restoreflow_adapter.json`` (base prior hash, settings, adapter hash). The directory
+    Files: ``adapter_model.safetensors`` (keys ``base_model.model.<module>.lora_A.weight``
+    as peft saves them), ``adapter_config.json`` (``base_model_name_or_path``: the base
+    prior's directory or hub id) and ``restoreflow_adapter.json`` (base prior hash and
+    location, settings, adapter hash). ``PeftModel.from_pretrained(UNet2DModel.
+    from_pretrained(prior_dir), directory)`` then gives the adapted UNet. The directory
     is written under a temporary name and renamed, so a reader never sees a partial
     adapter; if another writer got there first, its (identical) adapter is kept.
     """
@@ -464,8 +500,11 @@ def save_adapter(prior: DiffusionPrior, directory: str | Path) -> Path:
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     tmp.mkdir()
     try:
-        save_file(_adapter_state(prior.unet), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-        prior.unet.peft_config["default"].save_pretrained(str(tmp))
+        state = _peft_keys(_adapter_state(prior.unet))
+        save_file(state, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        config = copy.copy(prior.unet.peft_config["default"])
+        config.base_model_name_or_path = info.get("base_model")
+        config.save_pretrained(str(tmp))
         keep = {k: v for k, v in info.items() if k != "losses"}
         keep["final_loss"] = info["losses"][-1] if info.get("losses") else None
         (tmp / PROVENANCE).write_text(json.dumps(keep, indent=2, sort_keys=True) + "\n")
@@ -484,7 +523,8 @@ def load_adapter(prior: DiffusionPrior, directory: str | Path) -> DiffusionPrior
     """A copy of ``prior`` with the adapter saved in ``directory`` (safetensors only).
 
     Refuses a directory whose weights are only pickled (``adapter_model.bin``), and an
-    adapter recorded as trained on a different base prior.
+    adapter recorded as trained on a different base prior. Reads peft's key layout and
+    the unprefixed one of adapters saved by earlier versions.
     """
     from peft import LoraConfig, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -515,7 +555,7 @@ def load_adapter(prior: DiffusionPrior, directory: str | Path) -> DiffusionPrior
             f"{directory}: adapter trained on prior {base[:12]}, not {prior.model_hash[:12]}"
         )
     config = LoraConfig.from_pretrained(str(directory))
-    state = load_file(weights)
+    state = _module_keys(load_file(weights))
     unet = copy.deepcopy(prior.unet).eval().requires_grad_(False)
     _inject(unet, config)
     result = set_peft_model_state_dict(unet, state)

@@ -231,6 +231,7 @@ def train_prior(
     abar = prior.alphas_cumprod.to(device=device, dtype=torch.float32)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed)
+    dev_rng = None if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed + 1)
     step = 0
     ckpt = out / "checkpoint"
     if (ckpt / "state.json").is_file():
@@ -240,6 +241,8 @@ def train_prior(
         _load_optimizer_state(opt, load_file(ckpt / "optimizer.safetensors"), state["optimizer"])
         rng.set_state(load_file(ckpt / "rng.safetensors")["rng"])
         step = state["step"]
+        if dev_rng is not None:  # device streams restart from a step-dependent seed
+            dev_rng.manual_seed(cfg.seed + 1 + step)
         log(f"resumed from step {step}")
     elif cfg.init_from:
         # warm start: weights of an exported prior with the same architecture
@@ -258,9 +261,13 @@ def train_prior(
         if cfg.max_minutes and (time.monotonic() - t_start) / 60 > cfg.max_minutes:
             log(f"time budget of {cfg.max_minutes} min reached at step {step}")
             break
-        x0 = sampler.batch(cfg.batch_size).to(device)
-        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=rng)
-        noise = torch.randn(x0.shape, generator=rng).to(device)
+        x0 = sampler.batch(cfg.batch_size).to(device, non_blocking=True)
+        # t and the noise on the device itself (a CPU draw of a GPU batch would be the
+        # bottleneck); on the CPU the one generator keeps old runs' sequences
+        g = rng if dev_rng is None else dev_rng
+        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g,
+                          device=g.device)
+        noise = torch.randn(x0.shape, generator=g, device=g.device)
         ab = abar[t.to(device)].reshape(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))

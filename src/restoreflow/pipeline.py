@@ -73,7 +73,8 @@ class RestoreConfig:
         return cls(
             degradation=spec.degradation, seed=spec.seed, sampler=r.sampler, steps=r.steps,
             options=tuple(sorted(r.options.items())), tile=r.tile, overlap=r.overlap,
-            tile_batch=r.tile_batch, posterior_samples=r.posterior_samples, prior=spec.prior,
+            tile_batch=r.tile_batch, posterior_samples=r.posterior_samples,
+            prior=chosen_prior(spec.prior),
             adapt=a.enabled, neighbours=a.neighbours, adapt_steps=a.steps, adapt_rank=a.rank,
             adapt_alpha=a.alpha, adapt_lr=a.lr,
             adapt_targets=tuple(a.targets) if a.targets else None, adapt_max_t=a.max_t,
@@ -125,6 +126,15 @@ _PRIORS: dict = {}
 # resources ensure it across workers; this covers thread-pool task runners), and peft's
 # adapter injection is not thread-safe.
 MODEL_LOCK = threading.RLock()
+
+
+def chosen_prior(ref: str | None) -> str | None:
+    """The prior a job uses, chosen once on the driver: the run spec's or ``--prior``'s
+    reference, else the ``RESTOREFLOW_PRIOR`` setting, else None (the shipped prior).
+    Workers receive the choice inside the config, never re-read their environment."""
+    from restoreflow.settings import get_settings
+
+    return ref or get_settings().prior or None
 
 
 def load_prior(ref: str | None, device: str = "cpu"):

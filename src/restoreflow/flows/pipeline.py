@@ -70,13 +70,13 @@ def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str 
                    pixel_delta: float = 0.1, prior: str | None = None,
                    progress: bool = False) -> dict:
     """Calibrate conformal bounds for these restore settings on clean images."""
-    from restoreflow.pipeline import RestoreConfig
+    from restoreflow.pipeline import RestoreConfig, chosen_prior
     from restoreflow.tasks.common import open_store
 
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
         rep = ingest_task(store, clean)
         cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                            posterior_samples=posterior_samples, prior=prior)
+                            posterior_samples=posterior_samples, prior=chosen_prior(prior))
         cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon,
                               pixel_delta, progress)
     return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}

@@ -45,11 +45,12 @@ def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int
                  adapt_steps: int | None = None, prior: str | None = None,
                  image_ids: list[str] | None = None, progress: bool = False) -> dict:
     """Restore every image of ``y_collection`` (one model task per image)."""
-    from restoreflow.pipeline import RestoreConfig
+    from restoreflow.pipeline import RestoreConfig, chosen_prior
     from restoreflow.tasks.common import open_store
 
     cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                        posterior_samples=posterior_samples, prior=prior, adapt=adapt,
+                        posterior_samples=posterior_samples, prior=chosen_prior(prior),
+                        adapt=adapt,
                         neighbours=neighbours, adapt_steps=adapt_steps)
     ts = open_store(store)
     with ts.lock("restoreflow restore", log=get_run_logger().warning):

@@ -1,0 +1,67 @@
+"""Which prior a job uses: run spec / --prior > RESTOREFLOW_PRIOR > the shipped prior."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from helpers import save_tiny_prior
+
+
+def _settings_env(monkeypatch, prior: str | None):
+    from restoreflow.settings import get_settings
+
+    if prior is None:
+        monkeypatch.delenv("RESTOREFLOW_PRIOR", raising=False)
+    else:
+        monkeypatch.setenv("RESTOREFLOW_PRIOR", prior)
+    get_settings.cache_clear()
+
+
+def test_precedence_spec_then_environment_then_shipped(tmp_path, monkeypatch):
+    from restoreflow.pipeline import RestoreConfig
+    from restoreflow.spec import RunSpec
+
+    env_prior = save_tiny_prior(tmp_path / "env-prior")
+    spec_prior = save_tiny_prior(tmp_path / "spec-prior", seed=1)
+    base = {"name": "t", "sources": [str(tmp_path)], "store": str(tmp_path / "s"),
+            "degradation": "gaussian_blur(sigma=1)"}
+    try:
+        _settings_env(monkeypatch, env_prior)
+        assert RestoreConfig.from_run(RunSpec.model_validate(base)).prior == env_prior
+        with_spec = RunSpec.model_validate({**base, "prior": spec_prior})
+        assert RestoreConfig.from_run(with_spec).prior == spec_prior
+        _settings_env(monkeypatch, None)
+        assert RestoreConfig.from_run(RunSpec.model_validate(base)).prior is None
+    finally:
+        _settings_env(monkeypatch, None)
+
+
+def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_path,
+                                                             monkeypatch):
+    from restoreflow.flows.restore import restore_flow
+    from restoreflow.models.prior import hash_model_dir
+    from restoreflow.pipeline import prior_hash
+    from restoreflow.simulate import simulate_image
+    from restoreflow.spec import DegradationSpec
+    from restoreflow.storage.ingest import ingest
+    from restoreflow.storage.store import TileStore
+
+    deg = "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)"
+    (tmp_path / "src").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / "src" / "a.png")
+    store = TileStore(tmp_path / "store", tile_size=16)
+    (image_id,) = [r.image_id for r in ingest([str(tmp_path / "src")], store,
+                                              progress=False).rows]
+    simulate_image(store, image_id, DegradationSpec.parse(deg))
+    env_prior = save_tiny_prior(tmp_path / "env-prior")
+    try:
+        _settings_env(monkeypatch, env_prior)
+        monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
+        restore_flow(str(tmp_path / "store"), deg, steps=2)
+    finally:
+        _settings_env(monkeypatch, None)
+    attrs = TileStore(tmp_path / "store").attrs("restored", image_id)
+    assert attrs["prior_hash"] == hash_model_dir(env_prior) != prior_hash(None)

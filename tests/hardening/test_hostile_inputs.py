@@ -45,6 +45,19 @@ def _png_header(w: int, h: int, depth=8, colour=2, extra=b"") -> bytes:
             + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b""))
 
 
+def _png_inflate_bomb(depth: int, colour: int, inflated: int = 256 << 20) -> bytes:
+    """A 64 x 64 PNG (valid chunks and CRCs) whose IDAT inflates to ``inflated`` zero
+    bytes, thousands of times what the header declares: one full-flushed deflate segment
+    of 1 MiB of zeros repeated, with the Adler-32 of n zeros, (n mod 65521) << 16 | 1."""
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    seg = co.compress(bytes(1 << 20)) + co.flush(zlib.Z_FULL_FLUSH)
+    stream = (b"\x78\xda" + seg * (inflated >> 20) + zlib.compressobj(9, zlib.DEFLATED, -15)
+              .flush() + struct.pack(">I", (inflated % 65521) << 16 | 1))
+    ihdr = struct.pack(">IIBBBBB", 64, 64, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", stream)
+            + _chunk(b"IEND", b""))
+
+
 def _png16_sbit(values) -> bytes:
     """16-bit grey PNG whose sBIT chunk claims 4 significant bits, values up to 65535."""
     raw = b"".join(b"\0" + struct.pack(f">{len(r)}H", *r) for r in values)
@@ -129,6 +142,12 @@ def _build_corpus(d: Path) -> None:
     bad("nan_inf.fits", _fits(nan), "2 non-finite pixels (1 NaN, 1 Inf)")
     bad("bomb.png", _png_header(50000, 50000), "too many pixels: header declares 50000x50000")
     bad("bomb.tif", _tiff_bomb(), "too many pixels")
+    # small header, huge data: 256 MiB of image data in a 0.3 MB file
+    inflates = "image data inflates to more than the {:,} bytes its 64x64 header declares"
+    bad("inflate_bomb16.png", _png_inflate_bomb(16, 2), inflates.format(64 * (1 + 64 * 6)))
+    bad("inflate_bomb16_rgba.png", _png_inflate_bomb(16, 6), inflates.format(64 * (1 + 64 * 8)))
+    bad("inflate_bomb8.png", _png_inflate_bomb(8, 2), inflates.format(64 * (1 + 64 * 3)))
+    bad("inflate_bomb8_grey.png", _png_inflate_bomb(8, 0), inflates.format(64 * (1 + 64)))
     bad("int64.fits", _fits(np.zeros((16, 16), np.int64)), "int64")
     bad("ascii_offsets.tif", _tiff_ascii_offsets(), "corrupt TIFF")
     bad("image.gif", png, "unsupported file extension '.gif'")

@@ -23,7 +23,6 @@ from storage_files import (
     tiff_bytes,
 )
 
-from restoreflow.storage import pngcodec
 from restoreflow.storage.readers import ImageRejected, read_image
 from restoreflow.storage.writers import encode
 
@@ -47,59 +46,95 @@ def test_png_exact(array):
         np.testing.assert_array_equal(out, array)
 
 
-def test_png16_colour_decoder_matches_every_filter_and_alpha():
-    a = rng_image((23, 37, 3), "uint16", seed=4)
-    rgba = np.concatenate([a, rng_image((23, 37, 1), "uint16", seed=5)], axis=2)
-    for filters in (np.arange(23) % 5, np.full(23, 4), np.full(23, 3)):
-        np.testing.assert_array_equal(pngcodec.decode(pngcodec.encode(a, filters=filters)), a)
-    # RGBA 16-bit, hand-built: the decoder drops alpha, values stay exact
-    raw = np.ascontiguousarray(rgba.astype(">u2")).view(np.uint8).reshape(23, -1)
-    rows = np.concatenate([np.zeros((23, 1), np.uint8), raw], axis=1)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def _filter_rows(x: np.ndarray, filters: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG scanline filtering (spec 9.2) of x (rows, bytes) uint8, one type per row; with
+    a = left, b = up, c = up-left (0 outside): None 0, Sub a, Up b, Average (a + b) // 2,
+    Paeth. Returns the rows with their filter byte in front."""
+    x = x.astype(np.int32)
+    h, n = x.shape
+    up = np.vstack([np.zeros((1, n), np.int32), x[:-1]])
+    left = np.hstack([np.zeros((h, bpp), np.int32), x[:, :-bpp]])
+    ul = np.hstack([np.zeros((h, bpp), np.int32), up[:, :-bpp]])
+    pa, pb, pc = np.abs(up - ul), np.abs(left - ul), np.abs(left + up - 2 * ul)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+    f = np.asarray(filters)[:, None]
+    pred = np.select([f == 1, f == 2, f == 3, f == 4],
+                     [left, up, (left + up) >> 1, paeth], default=0)
+    return np.hstack([f.astype(np.uint8), ((x - pred) & 0xFF).astype(np.uint8)])
+
+
+def _png16(a: np.ndarray, filters=None, interlace: bool = False) -> bytes:
+    """Test-side 16-bit PNG encoder: (H, W) grey or (H, W, 2/3/4) grey+alpha / RGB /
+    RGBA, given filter types per row (cycled over the rows of each Adam7 pass)."""
     import struct
     import zlib
 
     from storage_files import png_chunk
 
-    data = (pngcodec.SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 37, 23, 16, 6, 0,
-                                                                  0, 0))
-            + png_chunk(b"IDAT", zlib.compress(rows.tobytes())) + png_chunk(b"IEND", b""))
-    out, meta = read(data, "rgba16.png")
-    assert meta["dropped_alpha"] is True
-    np.testing.assert_array_equal(out, a)
-
-
-def _adam7_encode(a):
-    """Interlaced 16-bit RGB PNG (test-side encoder, Sub filter on every pass row)."""
-    import struct
-    import zlib
-
-    from storage_files import png_chunk
-
-    h, w = a.shape[:2]
+    a = a[:, :, None] if a.ndim == 2 else a
+    h, w, c = a.shape
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    filters = np.arange(h) % 5 if filters is None else np.asarray(filters)
     stream = b""
-    for x0, y0, dx, dy in pngcodec._ADAM7:
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
         sub = a[y0::dy, x0::dx]
         if sub.size == 0:
             continue
-        enc = pngcodec.encode(sub, filters=np.full(sub.shape[0], 1))
-        chunks = dict(pngcodec._chunks(enc))
-        stream += zlib.decompress(chunks[b"IDAT"])
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 1)
-    return (pngcodec.SIGNATURE + png_chunk(b"IHDR", ihdr)
+        raw = np.ascontiguousarray(sub.astype(">u2")).view(np.uint8).reshape(sub.shape[0], -1)
+        stream += _filter_rows(raw, np.resize(filters, sub.shape[0]), 2 * c).tobytes()
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
             + png_chunk(b"IDAT", zlib.compress(stream)) + png_chunk(b"IEND", b""))
+
+
+def test_png16_colour_decoder_matches_every_filter_and_alpha():
+    a = rng_image((23, 37, 3), "uint16", seed=4)
+    alpha = rng_image((23, 37, 1), "uint16", seed=5)
+    for filters in (np.arange(23) % 5, np.full(23, 4), np.full(23, 3), np.full(23, 1)):
+        out, meta = read(_png16(a, filters), "rgb16.png")
+        assert out.dtype == np.uint16 and "dropped_alpha" not in meta
+        np.testing.assert_array_equal(out, a)
+        # RGBA and grey+alpha 16-bit: alpha is dropped, values stay exact
+        out, meta = read(_png16(np.concatenate([a, alpha], axis=2), filters), "rgba16.png")
+        assert meta["dropped_alpha"] is True
+        np.testing.assert_array_equal(out, a)
+        out, meta = read(_png16(np.concatenate([a[:, :, :1], alpha], axis=2), filters),
+                         "la16.png")
+        assert meta["dropped_alpha"] is True
+        np.testing.assert_array_equal(out, a[:, :, 0])
 
 
 def test_png16_interlaced():
     a = rng_image((13, 11, 3), "uint16", seed=6)
-    np.testing.assert_array_equal(pngcodec.decode(_adam7_encode(a)), a)
+    for filters in (np.full(13, 1), np.arange(13) % 5):
+        out, _ = read(_png16(a, filters, interlace=True), "adam7.png", min_side=1)
+        np.testing.assert_array_equal(out, a)
 
 
 @settings(max_examples=25, deadline=None)
-@given(h=st.integers(1, 9), w=st.integers(1, 9), rgb=st.booleans(), seed=st.integers(0, 99))
-def test_png16_codec_property(h, w, rgb, seed):
-    a = rng_image((h, w, 3) if rgb else (h, w), "uint16", seed=seed)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), channels=st.sampled_from([1, 3, 4]),
+       interlace=st.booleans(), seed=st.integers(0, 99))
+def test_png16_codec_property(h, w, channels, interlace, seed):
+    a = rng_image((h, w, channels), "uint16", seed=seed)
     filters = np.random.default_rng(seed).integers(0, 5, h)
-    np.testing.assert_array_equal(pngcodec.decode(pngcodec.encode(a, filters=filters)), a)
+    out, _ = read(_png16(a, filters, interlace), "p.png", min_side=1)
+    np.testing.assert_array_equal(out, a[:, :, 0] if channels == 1 else a[:, :, :3])
+
+
+def test_png16_rgb_writer_keeps_text_chunks():
+    from restoreflow.storage.writers import encode_png
+
+    a = rng_image((9, 12, 3), "uint16", seed=8)
+    data = encode_png(a, text={"restoreflow": '{"image_id": "x"}', "caf\u00e9": "\u00e9t\u00e9"})
+    im = Image.open(io.BytesIO(data))
+    im.load()  # Pillow checks every chunk CRC
+    assert im.info["restoreflow"] == '{"image_id": "x"}' and im.info["caf\u00e9"] == "\u00e9t\u00e9"
+    out, _ = read(data, "w.png")
+    np.testing.assert_array_equal(out, a)
 
 
 def test_png_modes_are_converted():

@@ -5,7 +5,9 @@
 :class:`ImageRejected` with a one-line, specific reason. The pixel count is checked
 from the header (PNG IHDR / JPEG SOF via the Pillow plugin without decoding, the TIFF
 series shape, FITS NAXISn) BEFORE any pixel data is decoded, so a small file that
-declares a huge image (a decompression bomb) costs nothing.
+declares a huge image (a decompression bomb) costs nothing. PNG image data that inflates
+to more than its header declares is rejected after inflating at most the declared size
+(plus one step), before a decoder sees it.
 
 Row order is the file's: FITS row 0 is the first row stored (the bottom of the image
 as astronomers display it); the metadata says ``row_order: "bottom-up"`` for FITS.
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
+import zlib
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from restoreflow.storage import pngcodec
 from restoreflow.storage.store import SOURCE_DTYPES
 
 # extension -> format
@@ -48,6 +51,13 @@ _TIFF_TAGS = {
     "Compression": "compression",
 }
 _MAX_TEXT = 4096  # longest metadata string kept
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Adam7 passes: (x0, y0, dx, dy)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20  # bytes inflated per step when checking PNG image data
 
 
 class ImageRejected(Exception):
@@ -66,7 +76,7 @@ def image_format(name: str) -> str | None:
 
 def sniff(data: bytes) -> str | None:
     """Format from the magic bytes, or None."""
-    if data[:8] == pngcodec.SIGNATURE:
+    if data[:8] == PNG_SIGNATURE:
         return "png"
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
@@ -187,20 +197,101 @@ def _pil_info(im) -> dict:
     return meta
 
 
+def _png_ihdr(data: bytes) -> dict:
+    """Width, height, bit depth, colour type and interlace from the IHDR (CRC checked)."""
+    if len(data) < 33:
+        raise ImageRejected(f"corrupt PNG: truncated: {len(data)} bytes, the PNG header "
+                            "needs 33")
+    length, ctype = struct.unpack(">I4s", data[8:16])
+    if ctype != b"IHDR" or length != 13:
+        raise ImageRejected("corrupt PNG: first chunk is not a 13-byte IHDR")
+    body = data[16:29]
+    (crc,) = struct.unpack(">I", data[29:33])
+    if zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF != crc:
+        raise ImageRejected("corrupt PNG: IHDR CRC mismatch")
+    w, h, depth, colour, comp, filt, interlace = struct.unpack(">IIBBBBB", body)
+    if w == 0 or h == 0:
+        raise ImageRejected(f"corrupt PNG: IHDR declares a {w}x{h} image")
+    if (depth not in _PNG_DEPTHS.get(colour, ()) or comp != 0 or filt != 0
+            or interlace not in (0, 1)):
+        raise ImageRejected(f"corrupt PNG: invalid IHDR (colour type {colour}, bit depth "
+                            f"{depth}, interlace {interlace})")
+    return {"width": w, "height": h, "bit_depth": depth, "colour_type": colour,
+            "interlace": interlace}
+
+
+def _png_data_size(ihdr: dict) -> int:
+    """Bytes of filtered scanlines the IHDR declares: per (Adam7 pass) row, one filter
+    byte plus ceil(width * samples * bit depth / 8)."""
+    w, h = ihdr["width"], ihdr["height"]
+    bits = _PNG_CHANNELS[ihdr["colour_type"]] * ihdr["bit_depth"]
+    passes = _ADAM7 if ihdr["interlace"] else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        pw = (w - x0 + dx - 1) // dx if w > x0 else 0
+        ph = (h - y0 + dy - 1) // dy if h > y0 else 0
+        if pw and ph:
+            total += ph * (1 + (pw * bits + 7) // 8)
+    return total
+
+
+def _check_png_data(data: bytes, ihdr: dict) -> None:
+    """Reject a PNG whose image data inflates to more than its IHDR declares (a
+    decompression bomb: decoders would inflate all of it, or keep it in memory) before
+    any decoder sees it. Inflates in steps of at most ``_INFLATE_STEP`` bytes and stops
+    at the first byte past the declared size, so memory and time are bounded by the
+    declared size whatever the stream holds. Chunk CRCs and short data are left to the
+    decoder."""
+    expected = _png_data_size(ihdr)
+    inflater = zlib.decompressobj()
+    total = 0
+    view = memoryview(data)
+    pos, n = 8, len(data)
+    seen_idat = False
+    while pos + 8 <= n and not inflater.eof:
+        length, ctype = struct.unpack(">I4s", view[pos:pos + 8])
+        if ctype != b"IDAT":
+            if seen_idat or ctype == b"IEND":
+                break  # the image data is one run of consecutive IDAT chunks
+            pos += 12 + length
+            continue
+        seen_idat = True
+        buf = view[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        while True:
+            try:
+                out = inflater.decompress(buf, _INFLATE_STEP)
+            except zlib.error as exc:
+                raise ImageRejected(f"corrupt PNG: compressed image data: {exc}") from exc
+            total += len(out)
+            if total > expected:
+                raise ImageRejected(
+                    f"corrupt PNG: image data inflates to more than the {expected:,} bytes "
+                    f"its {ihdr['width']}x{ihdr['height']} header declares "
+                    "(decompression bomb?)"
+                )
+            buf = inflater.unconsumed_tail
+            # a full step may leave output pending with all input consumed: go on
+            if not buf and len(out) < _INFLATE_STEP:
+                break
+
+
 def _read_pil(data: bytes, fmt: str, max_pixels: int, min_side: int) -> tuple[np.ndarray, dict]:
     name = FORMAT_NAMES[fmt]
     if fmt == "png":
-        try:
-            ihdr = pngcodec.parse_ihdr(data)
-        except pngcodec.PNGError as exc:
-            raise ImageRejected(f"corrupt PNG: {exc}") from exc
+        ihdr = _png_ihdr(data)
         _check_pixels(fmt, ihdr["height"], ihdr["width"], max_pixels, min_side)
+        _check_png_data(data, ihdr)
         if ihdr["bit_depth"] == 16 and ihdr["colour_type"] in (2, 4, 6):
-            # Pillow would reduce these to 8 bits: decode them ourselves.
+            # Pillow would reduce these to 8 bits: libpng (imagecodecs) keeps 16.
+            import imagecodecs
+
             try:
-                arr = pngcodec.decode(data)
-            except (pngcodec.PNGError, ValueError) as exc:
-                raise ImageRejected(f"corrupt or truncated PNG: {exc}") from exc
+                arr = imagecodecs.png_decode(data)
+            except Exception as exc:  # noqa: BLE001 - every decoder failure is a rejection
+                raise ImageRejected(
+                    f"corrupt or truncated PNG: {type(exc).__name__}: {exc}"
+                ) from exc
             meta = {"source_metadata": {"mode": f"16-bit colour type {ihdr['colour_type']}"}}
             return _finish(arr, fmt, meta, max_pixels, min_side)
     try:

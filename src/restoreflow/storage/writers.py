@@ -1,7 +1,7 @@
 """Encode arrays as PNG, TIFF or FITS bytes (and write files atomically).
 
 - PNG: uint8 or uint16, (H, W) grey or (H, W, 3) RGB. 8-bit and 16-bit grey go through
-  Pillow; 16-bit RGB through :mod:`restoreflow.storage.pngcodec` (Pillow cannot).
+  Pillow; 16-bit RGB through libpng (imagecodecs), as Pillow cannot.
 - TIFF: any supported dtype via tifffile (zlib-compressed, lossless).
 - FITS: via astropy; uint16 is stored as BITPIX 16 with BZERO 32768 (the FITS
   convention), which reads back as uint16. RGB is written as a 3 x H x W cube.
@@ -15,11 +15,11 @@ import io
 import json
 import os
 import secrets
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
-
-from restoreflow.storage import pngcodec
 
 FORMATS = ("png", "tiff", "fits")
 EXTENSIONS = {"png": ".png", "tiff": ".tif", "fits": ".fits"}
@@ -45,7 +45,7 @@ def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     if a.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds uint8 or uint16, not {a.dtype}")
     if a.dtype == np.uint16 and a.ndim == 3:
-        return pngcodec.encode(a, text=text)
+        return _encode_png16_rgb(a, text)
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
@@ -55,6 +55,25 @@ def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG", pnginfo=info, compress_level=6)
     return buf.getvalue()
+
+
+def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + ctype + body
+            + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF))
+
+
+def _encode_png16_rgb(a: np.ndarray, text: dict[str, str] | None) -> bytes:
+    """16-bit RGB PNG by libpng (Up filter, zlib level 6), with ``text`` as tEXt chunks
+    (Latin-1, keys cut to 79 bytes) inserted after the IHDR."""
+    import imagecodecs
+
+    png = imagecodecs.png_encode(np.ascontiguousarray(a), level=6,
+                                 filter=imagecodecs.PNG.FILTER.UP)
+    chunks = [_png_chunk(b"tEXt", k.encode("latin-1", errors="replace")[:79] + b"\0"
+                         + v.encode("latin-1", errors="replace"))
+              for k, v in (text or {}).items()]
+    head = 8 + 25  # signature, IHDR chunk
+    return png[:head] + b"".join(chunks) + png[head:]
 
 
 def encode_tiff(array: np.ndarray, description: str | None = None,

@@ -10,14 +10,19 @@ from PIL import Image
 from storage_files import rng_image
 
 from restoreflow.storage.export import export, export_filename, safe_stem
-from restoreflow.storage.ingest import ingest_array
+from restoreflow.storage.ingest import ingest, ingest_array
 
 
 @pytest.mark.parametrize(
     ("name", "stem"),
-    [("../../evil", "evil"), ("/etc/passwd", "passwd"), ("..\\..\\win.png", "win"),
-     ("a b/c d.tif", "c_d"), ("....", "image"), ("", "image"), (None, "image"),
-     (".hidden.png", "hidden"), ("x" * 300 + ".png", "x" * 80), ("naïve café.jpg", "na_ve_caf")],
+    [("../../evil", "evil"), ("/etc/passwd", "etc_passwd"), ("..\\..\\win.png", "win"),
+     ("a b/c d.tif", "a_b_c_d"), ("....", "image"), ("", "image"), (None, "image"),
+     (".hidden.png", "hidden"), ("x" * 300 + ".png", "x" * 80), ("naïve café.jpg", "na_ve_caf"),
+     # separators and other unsafe characters become _, no part of the name is dropped
+     ("new\\nline.png", "new_nline"), ("C:\\evil.png", "C_evil"), ("dir.v2/file", "dir.v2_file"),
+     ('a:b*c?d"e<f>g|h.png', "a_b_c_d_e_f_g_h"), ("tab\tbell\x07.tif", "tab_bell"),
+     # names that are already safe keep their stem
+     ("photo_01.png", "photo_01"), ("IMG-2024.06.01.tif", "IMG-2024.06.01"), ("x", "x")],
 )
 def test_safe_stem(name, stem):
     assert safe_stem(name) == stem
@@ -38,6 +43,22 @@ def test_export_stays_inside_out_dir(store, tmp_path):
     assert prov["image_id"] == iid and prov["collection"] == "input"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     assert export_filename("abc", "../../x.png", "fits") == "abc_x.fits"
+
+
+def test_export_keeps_the_name_around_a_backslash(tmp_path, make_store):
+    """A file named ``new<newline>line.png`` is stored as ``new\\nline.png`` (escaped) and
+    exported as ``<id>_new_nline.png``: the part before the backslash is kept."""
+    store = make_store("local")
+    src = tmp_path / "src"
+    src.mkdir()
+    a = rng_image((12, 14, 3), "uint8")
+    Image.fromarray(a).save(src / "new\nline.png")
+    report = ingest([str(src)], store, progress=False)
+    (row,) = report.rows
+    assert row.name == "new\\nline.png" and row.status == "ingested"
+    (path,) = export(store, "input", "png", tmp_path / "out")
+    assert path.name == f"{row.image_id}_new_nline.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), a)
 
 
 def test_export_selected_ids_and_errors(make_store, tmp_path):

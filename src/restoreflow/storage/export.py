@@ -10,14 +10,15 @@ the normalised values (clipped to [0, 1]).
 Rows are flipped when the target's row order differs from the source's (FITS files
 store the bottom row first), so an image looks the same in every format.
 
-File names are ``<image_id>_<stem>.<ext>`` with the stem sanitised to [A-Za-z0-9._-],
-and every path is checked to resolve inside ``out_dir`` whatever the store holds.
+File names are ``<image_id>_<stem>.<ext>`` with the stem sanitised to [A-Za-z0-9._-]
+(every other character, path separators included, becomes ``_``: no part of a name is
+dropped), and every path is checked to resolve inside ``out_dir`` whatever the store holds.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -31,10 +32,19 @@ ROW_ORDER = {"png": "top-down", "tiff": "top-down", "fits": "bottom-up"}
 
 
 def safe_stem(name: str | None, limit: int = MAX_STEM) -> str:
-    """File-name-safe stem of a stored name: no path parts, [A-Za-z0-9._-] only."""
-    base = PurePosixPath(str(name or "").replace("\\", "/")).name
-    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
-    stem = _UNSAFE.sub("_", stem).strip("._-")
+    """File-name-safe stem of a stored name, [A-Za-z0-9._-] only.
+
+    The extension (from the last dot after the last ``/`` or ``\\``) is removed; every run
+    of other characters (``/ \\ : * ? " < > |``, spaces, control and non-ASCII
+    characters) becomes one ``_``, so ``new\\nline.png`` gives ``new_nline`` and
+    ``a/b.png`` gives ``a_b``; leading and trailing ``._-`` are stripped.
+    """
+    text = str(name or "")
+    sep = max(text.rfind("/"), text.rfind("\\"))
+    base = text[sep + 1:]
+    if "." in base.lstrip("."):
+        text = text[:sep + 1] + base.rsplit(".", 1)[0]
+    stem = _UNSAFE.sub("_", text).strip("._-")
     return stem[:limit] or "image"
 
 

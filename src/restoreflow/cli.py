@@ -31,6 +31,7 @@ def main(
     ),
 ) -> None:
     """restoreflow: ingest, degrade, adapt, restore, score and export images."""
+    _prefect_env()  # every verb, before anything imports Prefect
 
 
 # --- commands are added below, one block per verb ---------------------------------
@@ -264,8 +265,53 @@ def train_prior_cmd(
 # --- pipeline: restore / calibrate / run / rerun / report / index / serve / demo -------
 
 
+# where a user's own Prefect setup is named; with none of these, each process gets a
+# private ephemeral database (two verbs at once would lock a shared ~/.prefect/prefect.db)
+_PREFECT_USER_SETTINGS = ("PREFECT_API_URL", "PREFECT_HOME",
+                          "PREFECT_API_DATABASE_CONNECTION_URL",
+                          "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def _profile_settings() -> dict:
+    """The settings of the active Prefect profile in the user's profiles.toml ({} if
+    none); read as TOML, without importing Prefect."""
+    import os
+    import tomllib
+    from pathlib import Path
+
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    name = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    settings = (data.get("profiles") or {}).get(name) or {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _private_prefect_db() -> None:
+    """A temporary SQLite database for this process's ephemeral Prefect server, removed
+    at exit, unless the user chose a server, a home or a database (env or profile)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    profile = _profile_settings()
+    if any(os.environ.get(k) or profile.get(k) for k in _PREFECT_USER_SETTINGS):
+        return
+    tmp = tempfile.mkdtemp(prefix=f"restoreflow-prefect-{os.getpid()}-")
+    # registered before Prefect's own atexit hooks, so it runs after its server stopped
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+        f"sqlite+aiosqlite:///{os.path.join(tmp, 'prefect.db')}")
+
+
 def _prefect_env() -> None:
-    """Quiet, offline-friendly Prefect defaults for CLI runs (the user's env wins)."""
+    """Quiet, offline Prefect settings for every verb (the user's env wins): no
+    analytics (offline they log telemetry errors), WARNING logs, and a private
+    ephemeral database per process (see ``_private_prefect_db``)."""
     import os
 
     level = os.environ.get("RESTOREFLOW_LOG_LEVEL", "WARNING").upper()
@@ -273,6 +319,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
     # the embedded Dask cluster logs every worker start/stop at INFO; workers inherit this
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level.lower())
+    _private_prefect_db()
     import logging
 
     logging.getLogger("distributed").setLevel(level)
@@ -327,7 +374,6 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_spec(spec) -> dict:
-    _prefect_env()
     from restoreflow.flows.pipeline import pipeline_flow
 
     try:
@@ -396,7 +442,6 @@ def restore_cmd(
     ts = _open_store(store)
     if collection not in ts.collections():
         _fail(f"{ts.uri} has no collection {collection!r}")
-    _prefect_env()
     from restoreflow.flows.restore import restore_flow
 
     res = _on_dask(restore_flow)(
@@ -425,7 +470,6 @@ def calibrate_cmd(
     except SpecError as exc:
         _fail(str(exc))
     ts = _open_store(store)
-    _prefect_env()
     from restoreflow.flows.pipeline import calibrate_flow
 
     res = _on_dask(calibrate_flow)(store=ts.uri, clean=clean, degradation=spec.text,
@@ -545,7 +589,6 @@ def serve_cmd(
         CronSchedule(cron=cron)
     except ValueError as exc:
         _fail(f"--cron {cron!r}: {exc}")
-    _prefect_env()
     from restoreflow.flows.pipeline import pipeline_flow
 
     typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")

@@ -13,6 +13,7 @@ the driver dies and the task it had submitted keeps running and writing while th
 rerun starts (a cluster outliving a killed `restoreflow run`). The reference run and
 the completing reruns use the external cluster, whose worker stays warm (this keeps
 the test short); the embedded kills then also check that both give the same bits.
+After every resume the run records are checked too (runs table, manifests, quality).
 """
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ def _trigger(kind: str, rng: np.random.Generator, ref: dict):
     return what, until
 
 
+def _check_records(store, trial: int) -> None:
+    """After the resume, the run records tell the truth: no run still "running", a
+    "complete" run has its manifest, and every quality row names a known run."""
+    runs = {r["run_id"]: r for r in store.read_table("runs")}
+    statuses = {r.get("status") for r in runs.values()}
+    assert statuses <= {"complete", "interrupted"}, f"trial {trial}: {statuses}"
+    for rid, r in runs.items():
+        assert (r["status"] == "complete") == store.exists(f"runs/{rid}/manifest.json"), \
+            f"trial {trial}: run {rid} is {r['status']!r}"
+    orphans = {q["run_id"] for q in store.read_table("quality")} - set(runs)
+    assert not orphans, f"trial {trial}: quality rows of unknown runs {orphans}"
+    assert list(runs.values())[-1]["status"] == "complete"
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bit_identical(workspace, dask_cluster):
     from restoreflow.storage.store import TileStore
@@ -193,6 +208,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(workspace, dask_c
                 same = got is not None and got.dtype == want.dtype and got.tobytes() == \
                     want.tobytes()
                 trial_lost += not same
+        _check_records(store, trial)
         files = {p.name: p.read_bytes() for p in out_dir.iterdir()}
         trial_lost += sum(files.get(n) != b for n, b in ref["files"].items())
         extra = sorted(set(files) - set(ref["files"]))

@@ -131,6 +131,12 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     started = time.time()
     run_id = f"{run.name}-{time.strftime('%Y%m%dT%H%M%S')}-{run.hash[:8]}"
     timings: dict[str, float] = {}
+    _reconcile_runs(store, log)
+    # the row says "running" until the manifest exists; a kill leaves it so, and the
+    # next run on this store marks it "interrupted"
+    store.upsert_row("runs", {"run_id": run_id, "name": run.name, "spec_hash": run.hash,
+                              "store": uri, "status": "running", "started": started},
+                     key=("run_id",))
 
     t = time.perf_counter()
     rep = ingest_task(uri, run.sources)
@@ -151,7 +157,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
         with model_placement(settings):
             info = index_task.submit(uri, corpus_ids, cfg.index, cfg.embedder,
-                                     settings.resolved_device()).result()
+                                     settings.device).result()
         if info["size"] < cfg.neighbours:
             raise ValueError(f"adapt.neighbours={cfg.neighbours} but the reference index holds "
                              f"{info['size']} images; add to adapt.corpus or lower it")
@@ -223,27 +229,43 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         "mean_psnr_true": float(np.mean([v["psnr_true"] for v in truth.values()]))
         if truth else None,
         "timings": {**timings, **{f"{k}_compute": v for k, v in stage.items()}},
-        "started": started, "finished": time.time(),
+        "started": started, "finished": time.time(), "status": "running",
     }
     if run.report:
         from restoreflow.report.html import build_report
 
         t = time.perf_counter()
-        store.append_rows("runs", [summary], key=("run_id",))
+        store.upsert_row("runs", summary, key=("run_id",))  # the report reads it
         summary["report"] = str(build_report(store, run.report, run_id))
         summary["timings"]["report"] = time.perf_counter() - t
     manifest = {
         **summary, "spec": run.model_dump(mode="json"), "settings": settings.public(),
         "restore_config": cfg.to_dict(), "prior_hash": P.prior_hash(cfg.prior),
         "versions": _versions(), "host": socket.gethostname(), "platform": platform.platform(),
-        "device": settings.resolved_device(),
+        "device": settings.device,
+        "worker_devices": sorted({r["device"] for r in done.values() if r.get("device")}),
         "seeds": {"run": run.seed}, "rejected": rejected,
         "adapters": sorted({r["adapter"] for r in done.values() if r.get("adapter")}),
     }
+    manifest["status"] = summary["status"] = "complete"
     store.put_bytes(f"runs/{run_id}/manifest.json", json.dumps(manifest, indent=1).encode())
-    store.append_rows("runs", [summary], key=("run_id",))
+    store.upsert_row("runs", summary, key=("run_id",))
     _artifacts(run.name, summary, rows)
     return summary
+
+
+def _reconcile_runs(store, log) -> None:
+    """Runs left "running" by a killed driver (this run holds the store's writer lock, so
+    no other run is live): "complete" when its manifest was written (killed just after
+    it), else "interrupted" (its quality rows, if any, stay, under that status)."""
+    for row in store.read_table("runs"):
+        if row.get("status") != "running":
+            continue
+        done = store.exists(f"runs/{row['run_id']}/manifest.json")
+        row["status"] = "complete" if done else "interrupted"
+        store.upsert_row("runs", row, key=("run_id",))
+        log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
+                    row["status"])
 
 
 def _artifacts(name: str, summary: dict, rows: list[dict]) -> None:

@@ -731,6 +731,19 @@ class TileStore:
         data = json.dumps(rows, indent=1, sort_keys=True, allow_nan=False).encode()
         self.put_bytes(self._table_path(name), data)
 
+    def upsert_row(self, name: str, row: dict, key: Sequence[str]) -> None:
+        """Replace the row whose ``key`` columns equal ``row``'s (in place), or append it
+        (driver only: read-modify-write)."""
+        row = jsonable(dict(row))
+        want = [row.get(c) for c in key]
+        rows = self.read_table(name)
+        at = [i for i, r in enumerate(rows) if [r.get(c) for c in key] == want]
+        if at:
+            rows[at[0]] = row
+        else:
+            rows.append(row)
+        self.write_table(name, rows)
+
     def append_rows(self, name: str, rows: Iterable[dict], key: Sequence[str] = ()) -> int:
         """Append rows, skipping any whose ``key`` columns equal an existing row's.
 

@@ -1,0 +1,47 @@
+"""Run records stay true when a run dies part-way (issue 20 item 4)."""
+
+from __future__ import annotations
+
+import pytest
+from test_pipeline_flow import _write_pngs
+
+from helpers import save_tiny_prior
+from restoreflow.storage.store import TileStore
+
+
+class _Dies:
+    """Stands in for the export task: the driver dies when it reaches export."""
+
+    def submit(self, *a, **k):
+        raise KeyboardInterrupt("killed during export")
+
+
+def test_a_run_that_dies_stays_running_then_is_marked_interrupted(prefect_api, tmp_path,
+                                                                   monkeypatch):
+    import restoreflow.flows.pipeline as F
+
+    spec = {"name": "rec", "sources": [_write_pngs(tmp_path / "src", 2, 0)],
+            "store": str(tmp_path / "store"),
+            "degradation": "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)",
+            "prior": save_tiny_prior(tmp_path / "prior"),
+            "restore": {"steps": 2, "tile": 32, "overlap": 8},
+            "export": {"format": "png", "out": str(tmp_path / "out")}, "report": None}
+    monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
+    with monkeypatch.context() as m:
+        m.setattr(F, "export_task", _Dies())
+        with pytest.raises(BaseException, match="killed during export"):
+            F.pipeline_flow(spec)
+    store = TileStore(tmp_path / "store")
+    (dead,) = store.read_table("runs")
+    assert dead["status"] == "running" and "counts" not in dead
+    assert not store.exists(f"runs/{dead['run_id']}/manifest.json")
+    # the quality rows it wrote belong to a run that the runs table knows
+    q = store.read_table("quality")
+    assert q and {r["run_id"] for r in q} == {dead["run_id"]}
+
+    summary = F.pipeline_flow(spec)
+    runs = {r["run_id"]: r for r in TileStore(tmp_path / "store").read_table("runs")}
+    assert runs[dead["run_id"]]["status"] == "interrupted"
+    assert runs[summary["run_id"]]["status"] == "complete"
+    assert runs[summary["run_id"]]["counts"]["exported"] == 2
+    assert store.exists(f"runs/{summary['run_id']}/manifest.json")

@@ -332,7 +332,7 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     shape = x_shape(store, image_id, y_collection, spec)
     deg = build_operator(spec, shape, image_id, cfg.seed)
     prior = load_prior(cfg.prior, device)
-    info: dict = {"prior_hash": prior.model_hash}
+    info: dict = {"prior_hash": prior.model_hash, "device": device}
     y3 = y.expand(3, -1, -1) if y.shape[0] == 1 and spec.operator.name != "colorise" else y
     if cfg.adapt:
         nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.neighbours, cfg.index,

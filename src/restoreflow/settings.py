@@ -62,13 +62,7 @@ class Settings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
+        return resolve_device(self.device)
 
     def storage_options(self) -> dict:
         """fsspec/s3fs options for s3:// URIs (contains secrets: never log this)."""
@@ -92,6 +86,19 @@ class Settings(BaseSettings):
     def public(self) -> dict:
         """Settings safe to write into manifests and reports (no credentials)."""
         return self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> the best device of THIS process's machine (cuda, mps, else cpu); other
+    names unchanged. Workers call it themselves: a CPU-only driver must not decide for
+    GPU workers."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 @lru_cache(maxsize=1)

@@ -22,7 +22,7 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
     store = open_store(store_uri)
     shash = cfg.settings_hash(prior_hash(cfg.prior))
     todo = [i for i in image_ids if prepare_restore(store, i, cfg, shash, y_collection, out)]
-    device = settings.resolved_device()
+    device = settings.device  # "auto" is resolved by each worker
     with model_placement(settings):
         futures = [restore_task.submit(store_uri, i, cfg.to_dict(), y_collection, out, device)
                    for i in todo]

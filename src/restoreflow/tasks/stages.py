@@ -2,7 +2,9 @@
 
 Tasks pass store URIs, image ids and small dicts, never tensors. Model tasks (restore,
 which includes retrieval and adaptation so the adapter never leaves its worker) are
-submitted by the flows inside ``model_placement``; the rest go to any worker.
+submitted by the flows inside ``model_placement``; the rest go to any worker. Model
+tasks receive the device setting as given (``auto`` included) and resolve it on the
+worker that runs them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from restoreflow.settings import resolve_device
 from restoreflow.tasks.common import open_store
 
 RETRY = dict(retries=2, retry_delay_seconds=[2, 10])
@@ -27,7 +30,7 @@ def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
                device: str) -> dict:
     from restoreflow.pipeline import build_index
 
-    return build_index(open_store(store_uri), image_ids, name, embedder, device)
+    return build_index(open_store(store_uri), image_ids, name, embedder, resolve_device(device))
 
 
 @task(name="restore-image", cache_policy=NO_CACHE, **RETRY)
@@ -36,7 +39,7 @@ def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, ou
     from restoreflow.pipeline import RestoreConfig, restore_stored
 
     return restore_stored(open_store(store_uri), image_id, RestoreConfig.from_dict(cfg),
-                          y_collection, out, device)
+                          y_collection, out, resolve_device(device))
 
 
 @task(name="truth-metrics", cache_policy=NO_CACHE, **RETRY)

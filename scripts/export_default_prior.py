@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ from restoreflow.models import corpus  # noqa: E402
 DEST = Path(__file__).resolve().parent.parent / "src" / "restoreflow" / "weights" / "default-prior"
 
 LICENSE_NOTE = """\
+OpenCV's sample photos are distributed by Debian's opencv-doc under its `Files: *` stanza
+(Apache-2.0 AND BSD-3-Clause); some are classic test images whose original provenance is
+not documented there (Debian already removed the one with known licence problems).
 Astronomy images are not in the training set (they are the out-of-domain test set of the
 adaptation benchmark). The weights are trained on the images below. Several are under
 copyleft licenses (GPL-2+, LGPL-3, CC-BY-SA); whether trained weights are a derivative
@@ -48,6 +52,13 @@ def stanzas(path: Path) -> list[dict]:
     return out
 
 
+def short_license(field: str) -> str:
+    """The licence expression of a copyright stanza (``Apache-2.0 AND BSD-3-Clause``),
+    without the licence text that may follow it."""
+    m = re.match(r"\S+(?: (?:AND|OR|and|or) \S+)*", field.strip())
+    return m.group(0) if m else "?"
+
+
 def license_of(rel: str, root: Path) -> tuple[str, str]:
     pkg = rel.split("/")[0]
     if pkg == "plasma-workspace-wallpapers":
@@ -60,9 +71,11 @@ def license_of(rel: str, root: Path) -> tuple[str, str]:
     for st in stanzas(copyright_file):
         for pat in st.get("Files", "").split():
             if pat == "*" and best[0] == "?":
-                best = (st.get("License", "?").split()[0], st.get("Copyright", ""))
-            elif pat != "*" and fnmatch.fnmatch(name, Path(pat).name):
-                return st.get("License", "?").split()[0], st.get("Copyright", "")
+                best = (short_license(st.get("License", "?")), st.get("Copyright", ""))
+            elif Path(pat).name != "*" and fnmatch.fnmatch(name, Path(pat).name):
+                # source-tree paths differ from installed ones: match by file name, and
+                # never let a directory wildcard (modules/flann/*) claim every file
+                return short_license(st.get("License", "?")), st.get("Copyright", "")
     return best
 
 
@@ -85,15 +98,29 @@ def license_table() -> str:
     """Markdown table: every corpus photo, its split, license and copyright holder."""
     root = corpus.corpus_dir()
     rows = ["| photo | split | license | copyright |", "|---|---|---|---|"]
-    for rel in corpus.WALLPAPER_PHOTOS:
+    held = corpus.HELD_OUT_WALLPAPERS + corpus.HELD_OUT_OPENCV
+    for rel in corpus.WALLPAPER_PHOTOS + corpus.OPENCV_PHOTOS:
         lic, who = license_of(rel, root)
-        split = "held out" if rel in corpus.HELD_OUT_WALLPAPERS else "train"
+        split = "held out" if rel in held else "train"
         name = rel.split("/")[4] if rel.startswith("plasma") else Path(rel).name
         rows.append(f"| {rel.split('/')[0]}: {name} | {split} | {lic} | {who[:60]} |")
     for n in samples.PHOTOS:
         split = "held out" if n in samples.HELD_OUT else "train"
         rows.append(f"| scikit-image data: {n} | {split} | {SKIMAGE_LICENSES[n]} | |")
     return "\n".join(rows)
+
+
+def previous_training(card: Path) -> list[str]:
+    """The training lines of the card being replaced (a run that started from it)."""
+    if not card.is_file():
+        return []
+    text = card.read_text()
+    part = text.split("## Training", 1)[-1].split("Loss (", 1)[0]
+    old = [ln[2:] for ln in part.splitlines() if ln.startswith("- ")]
+    if not old:
+        return []
+    return ["- Stage 1, the previous default prior (this run started from its weights):",
+            *[f"  {ln}" for ln in old], "- Stage 2, this run (optimiser state restarted):"]
 
 
 def loss_curve(log: Path, out: Path) -> list[dict]:
@@ -122,10 +149,13 @@ def main() -> None:
                     default=Path("benchmarks/results/prior_denoising.json"))
     args = ap.parse_args()
     DEST.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((args.run_dir / "config.json").read_text())
+    history = previous_training(DEST / "MODEL_CARD.md") if cfg.get("init_from") else []
+    prev_steps = sum(int(m) for m in re.findall(r"^  (\d+) steps of batch", "\n".join(history),
+                                                 flags=re.M))
     for f in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
         shutil.copy2(args.run_dir / "prior" / f, DEST / f)
     rows = loss_curve(args.run_dir / "log.jsonl", DEST / "loss_curve.png")
-    cfg = json.loads((args.run_dir / "config.json").read_text())
     losses = [r for r in rows if "loss" in r]
     last = losses[-1]
     milestones = [r for r in losses if r["step"] % 2000 == 0] + [last]
@@ -140,12 +170,15 @@ def main() -> None:
         "works offline with no downloaded weights.", "",
         "## Architecture", "",
         f"- diffusers `UNet2DModel`, block_out_channels {tuple(cfg['block_out_channels'])}, "
-        f"layers_per_block {cfg['layers_per_block']}, DownBlock2D/UpBlock2D only (no "
-        "attention: fully convolutional, any size that is a multiple of 8)",
+        f"layers_per_block {cfg['layers_per_block']}, DownBlock2D/UpBlock2D, "
+        "self-attention only in the middle block (any size that is a multiple of 8)",
         f"- {n_params:,} parameters, fp32 safetensors",
         f"- epsilon prediction, {cfg['num_train_timesteps']}-step linear beta schedule "
         "(DDPM), images in [-1, 1], RGB", f"- content hash `{prior.model_hash}`", "",
         "## Training", "",
+        f"- {prev_steps + last['step']} steps in all"
+        + (" (two stages; benchmarks read this line)" if history else ""),
+        *history,
         f"- {last['step']} steps of batch {cfg['batch_size']} random {cfg['crop']}x{cfg['crop']}"
         f" crops at scales {tuple(cfg['scales'])}, flips and 90-degree rotations",
         f"- AdamW lr {cfg['lr']} ({cfg['warmup']}-step warm-up), grad clip {cfg['grad_clip']}, "

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         3600.0, ge=0,
         description="seconds a run waits while another run holds the store's writer lock",
     )
+    lock_lease: float = Field(
+        120.0, gt=0,
+        description="S3 stores: seconds a writer lock stays valid unless its holder renews "
+                    "it (every quarter lease); a crashed driver on another host blocks "
+                    "others for this long, not for lock_timeout",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     prior: str | None = Field(None, description="diffusers model dir or hub id; None = default")
 

@@ -227,6 +227,41 @@ def test_s3_lock_is_create_if_absent(make_store):
             pass
 
 
+@pytest.mark.s3
+def test_s3_lock_lease_is_renewed_and_an_abandoned_one_expires(make_store):
+    """Another host's lock: kept alive by its holder's heartbeat, taken over once it
+    has not been renewed for a lease (not after the hour-long lock timeout)."""
+    import multiprocessing as mp
+
+    from restoreflow.storage.lock import StoreLocked
+    from restoreflow.storage.store import TileStore
+
+    b = make_store("s3", "lease")
+    short = b.settings.model_copy(update={"lock_lease": 1.0})
+    b = TileStore(b.uri, short, tile_size=16)
+    path = f"{b._root}/.locks/writer.lock"
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(b.uri, short, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        # 3 leases long: the holder's heartbeat keeps the lock valid throughout
+        with pytest.raises(StoreLocked, match="holder run"), b.lock("second", timeout=3.0):
+            pass
+        assert json.loads(b.fs.cat_file(path))["renewed"]
+    finally:
+        release.set()
+        holder.join(30)
+    # a crashed driver on another host: no heartbeat, the lease runs out
+    b.fs.pipe_file(path, json.dumps({"pid": 1, "host": "elsewhere", "what": "crashed run",
+                                     "lease_s": 1.0, "token": "x"}).encode())
+    t0 = time.monotonic()
+    with b.lock("after the lease", timeout=10.0):
+        assert json.loads(b.fs.cat_file(path))["what"] == "after the lease"
+    assert time.monotonic() - t0 < 6.0
+
+
 def _create_first_image(args) -> str:
     path, k, barrier = args
     from restoreflow.settings import Settings

@@ -13,10 +13,13 @@ the lock (up to ``RESTOREFLOW_LOCK_TIMEOUT`` seconds), then finds the work done.
   crashed run never leaves a stale lock behind. The file holds the holder's pid, host,
   start time and what it does (for the waiting run's message).
 - S3 stores: an object ``<prefix>/.locks/<name>.lock`` created with a conditional PUT
-  (``If-None-Match: *``, create-if-absent) and deleted on release. A lock left by a
-  killed process of this host (its pid is gone, or now belongs to a process started
-  later) is taken over; one from another host is honoured until the timeout, and the
-  error names its holder and the object to delete.
+  (``If-None-Match: *``, create-if-absent) and deleted on release. The holder renews it
+  (rewrites it) every quarter of ``settings.lock_lease`` seconds from a heartbeat thread.
+  A lock left by a killed process of this host (its pid is gone, or now belongs to a
+  process started later) is taken over at once; one from another host once the object
+  has not been renewed for a lease (its LastModified, the server's clock). Locks written
+  without a lease (older versions) are honoured until the timeout, and the error names
+  the holder and the object to delete.
 
 The lock is re-entrant within a process (a flow holding it may call the ingest that
 takes it too). ``.locks`` cannot clash with a collection (names start with a letter or
@@ -142,12 +145,16 @@ def _exists_error(exc: OSError) -> bool:
 
 
 class _S3Lock:
-    def __init__(self, fs, root: str, name: str) -> None:
+    def __init__(self, fs, root: str, name: str, lease: float = 120.0) -> None:
         self.fs = fs
         self.path = f"{root}/{LOCK_DIR}/{name}.lock"
         self.token: str | None = None
+        self.lease = lease
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def try_acquire(self, info: dict) -> bool:
+        info = {**info, "lease_s": self.lease}
         try:
             self.fs.pipe_file(self.path, json.dumps(info).encode(), mode="create")
         except OSError as exc:
@@ -157,13 +164,55 @@ class _S3Lock:
                 return self.try_acquire(info)
             return False
         self.token = info["token"]
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, args=(info,), daemon=True,
+                                      name="restoreflow-lock-heartbeat")
+        self._beat.start()
         return True
 
+    def _heartbeat(self, info: dict) -> None:
+        """Rewrite the lock every quarter lease while it is still ours."""
+        while not self._stop.wait(self.lease / 4):
+            try:
+                cur = _parse(self.fs.cat_file(self.path))
+                if cur is None or cur.get("token") != info["token"]:
+                    return  # taken over or released: never recreate it
+                renewed = {**info, "renewed": datetime.now(UTC).isoformat(timespec="seconds")}
+                self.fs.pipe_file(self.path, json.dumps(renewed).encode())
+            except Exception as exc:  # noqa: BLE001 - an outage: retry at the next beat
+                logging.getLogger(__name__).debug("lock heartbeat %s: %s", self.where, exc)
+
+    def _age(self) -> float | None:
+        """Seconds since the lock object was last written (server clock), None unknown."""
+        try:
+            modified = self.fs.info(self.path, refresh=True).get("LastModified")
+        except Exception:  # noqa: BLE001 - missing or unreachable: unknown
+            return None
+        if not isinstance(modified, datetime):
+            return None
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - modified).total_seconds()
+
     def _take_over_stale(self) -> bool:
-        """Delete the lock when its holder was a process of this host that is gone."""
+        """Delete the lock when its holder was a process of this host that is gone, or
+        when a leased lock has not been renewed for its lease."""
         info = self.holder()
-        if info is None or info.get("host") != socket.gethostname():
+        if info is None:
             return False
+        if info.get("host") != socket.gethostname():
+            lease = info.get("lease_s")
+            age = self._age() if lease else None
+            if age is None or age <= float(lease):
+                return False
+            if self.holder() != info:  # renewed or replaced meanwhile
+                return False
+            logging.getLogger(__name__).warning(
+                "taking over the store lock %s: %s has not renewed it for %.0f s",
+                self.where, describe_holder(info), age)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path)
+            return True
         recorded = info.get("process")
         if _pid_alive(info.get("pid")) and (
                 recorded is None or _process_identity(info.get("pid")) in (recorded, None)):
@@ -184,6 +233,10 @@ class _S3Lock:
         run on this host takes it over (its pid is gone)."""
         if self.token is None:
             return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=30)
+            self._beat = None
         token, self.token = self.token, None
         try:
             info = _parse(self.fs.cat_file(self.path))
@@ -222,7 +275,8 @@ def store_lock(store, what: str, timeout: float | None = None, name: str = "writ
                 _held[key] -= 1
         return
     timeout = store.settings.lock_timeout if timeout is None else timeout
-    lock = _S3Lock(store.fs, store._root, name) if store.is_s3 else _LocalLock(store._root, name)
+    lock = (_S3Lock(store.fs, store._root, name, store.settings.lock_lease) if store.is_s3
+            else _LocalLock(store._root, name))
     info = _holder_info(what)
     deadline = time.monotonic() + timeout
     told = False

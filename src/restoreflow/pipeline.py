@@ -161,10 +161,17 @@ def x_shape(store: TileStore, image_id: str, y_collection: str, spec: Degradatio
     y (``y_collection == "input"``) the shape that A maps onto y's grid."""
     if y_collection != INPUT:
         return store.shape(INPUT, image_id)
-    c, h, w = store.shape(INPUT, image_id)
-    f = int(spec.operator.params_dict.get("factor", 1)) if spec.operator.name == "sr" else 1
-    c_x = 3 if spec.operator.name == "colorise" else c
-    return (c_x, h * f, w * f)
+    op = spec.operator
+    return op.entry.x_shape(op.params_dict, store.shape(INPUT, image_id))
+
+
+def rgb_measurement(y: torch.Tensor, spec: DegradationSpec) -> torch.Tensor:
+    """A grey y as three equal channels when x is grey too (the RGB prior restores it as
+    a grey RGB image); y of an operator that maps RGB to grey (colorise) unchanged."""
+    op = spec.operator
+    if y.shape[0] == 1 and op.entry.x_shape(op.params_dict, tuple(y.shape))[0] == 1:
+        return y.expand(3, -1, -1)
+    return y
 
 
 def build_operator(spec: DegradationSpec, shape, image_id: str, seed: int, channels: int = 3):
@@ -333,7 +340,7 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     deg = build_operator(spec, shape, image_id, cfg.seed)
     prior = load_prior(cfg.prior, device)
     info: dict = {"prior_hash": prior.model_hash, "device": device}
-    y3 = y.expand(3, -1, -1) if y.shape[0] == 1 and spec.operator.name != "colorise" else y
+    y3 = rgb_measurement(y, spec)
     if cfg.adapt:
         nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.neighbours, cfg.index,
                                    cfg.embedder, device)
@@ -366,7 +373,7 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
         store.write_image(outs[2], image_id, hi.astype(np.float32))
     op3 = deg.operator
     y = torch.from_numpy(store.read(y_collection, image_id, normalised=True))
-    y3 = y.expand(3, -1, -1) if y.shape[0] == 1 and spec.operator.name != "colorise" else y
+    y3 = rgb_measurement(y, spec)
     xin = x_hat.expand(3, -1, -1) if x_hat.shape[0] == 1 else x_hat
     feats = compute_features(op3, xin, y3, max(deg.sigma_y, 1e-3),
                              samples=samples if cfg.posterior_samples >= 2 else None)

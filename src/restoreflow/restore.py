@@ -36,15 +36,6 @@ from restoreflow.samplers.schedule import Progress
 
 TaskKind = Literal["deblur", "sr", "inpaint", "denoise", "other"]
 
-# Operator class name -> task kind whose default options apply.
-TASK_OF_OPERATOR: dict[str, TaskKind] = {
-    "Blur": "deblur",
-    "BicubicDownsample": "sr",
-    "BoxDownsample": "sr",
-    "Inpainting": "inpaint",
-    "Identity": "denoise",
-}
-
 # Default options per sampler and task kind (sampler keyword arguments). "other" tasks use
 # the sampler function's own defaults. Chosen by a small grid (benchmarks/bench_samplers.py
 # --tune, rounds 1 and 2; results in benchmarks/results/sampler_tuning*.md) with the
@@ -100,12 +91,8 @@ DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
 
 
 def task_kind(operator) -> TaskKind:
-    """The task kind of an operator, by the names of its classes (GaussianBlur is a Blur);
-    unknown operators are "other"."""
-    for cls in type(operator).__mro__:
-        if cls.__name__ in TASK_OF_OPERATOR:
-            return TASK_OF_OPERATOR[cls.__name__]
-    return "other"
+    """The task kind an operator declares (its ``task`` attribute); "other" without one."""
+    return getattr(operator, "task", "other")
 
 
 def default_options(sampler: str, task: str, sigma_y: float | None = None) -> dict:

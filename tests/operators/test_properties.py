@@ -181,3 +181,22 @@ def test_dagger_adjoint_is_the_weighted_sum(case, build_case):
         want = a * op.A_dagger(y, eta=eta) + b * op.A_adjoint(y)
         assert _rel(op.dagger_adjoint(y, eta, a, b), want) <= tol
         assert _rel(op.dagger_adjoint(y.clone(), eta, a, b, overwrite=True), want) <= tol
+
+
+def test_entry_x_shape_inverts_the_operator_shape(case, build_case):
+    """The registry entry knows which x a measurement y belongs to (no name checks)."""
+    from restoreflow.operators.registry import OPERATORS
+
+    name, params = case
+    x_shape = (1, 3, 32, 32)
+    op = build_case(case, x_shape)
+    y_shape = op.y_shape(x_shape)[1:]
+    assert OPERATORS[name].x_shape(params, y_shape) == x_shape[1:]
+
+
+def test_operators_declare_their_task(case, build_case):
+    name, _ = case
+    op = build_case(case, (1, 3, 32, 32))
+    expected = {"gaussian_blur": "deblur", "uniform_blur": "deblur", "motion_blur": "deblur",
+                "kernel_blur": "deblur", "sr": "sr", "denoise": "denoise", "colorise": "other"}
+    assert op.task == expected.get(name, "inpaint" if name.startswith("inpaint") else "?")

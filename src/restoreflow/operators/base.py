@@ -44,12 +44,15 @@ class LinearOperator(torch.nn.Module):
             (``A(x)[:, c] = A(x[:, c:c+1])``): samplers then run the guidance one
             channel at a time (a third of the scratch memory on RGB images).
         closed_form_dagger: True when ``A_dagger`` is exact (no iterative solve).
+        task: the restoration task this operator poses ("deblur", "sr", "inpaint",
+            "denoise" or "other"): samplers' default options are chosen per task.
         cg_tol, cg_max_iter: relative tolerance and iteration cap of the CGLS fallback
             used by ``A_dagger`` when there is no closed form.
     """
 
     halo: int | None = 0
     channelwise: bool = False
+    task: str = "other"
     closed_form_dagger: bool = False
     cg_tol: float = 1e-6
     cg_max_iter: int = 300

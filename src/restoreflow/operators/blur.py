@@ -45,6 +45,7 @@ class Blur(LinearOperator):
     """
 
     channelwise = True
+    task = "deblur"
 
     def __init__(
         self,

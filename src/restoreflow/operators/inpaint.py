@@ -22,6 +22,7 @@ class Inpainting(LinearOperator):
     closed_form_dagger = True
     channelwise = True
     halo = 0
+    task = "inpaint"
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()

@@ -171,10 +171,20 @@ class Entry:
     example_params: tuple[dict, ...] = ()
     random: bool = False  # draws from the generator when built
     doc: str = ""
+    # (params, y shape (C, h, w)) -> shape (C, H, W) of the x that A maps onto y;
+    # None: the same shape (A keeps the size and the channels)
+    x_shape_from_y: Callable[[dict, tuple[int, int, int]], tuple[int, int, int]] | None = None
     param_map: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "param_map", {p.name: p for p in self.params})
+
+    def x_shape(self, params: Mapping[str, Any], y_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape (C, H, W) of the unknown image for a measurement of shape (C, h, w)."""
+        y_shape = tuple(int(s) for s in y_shape)
+        if self.x_shape_from_y is None:
+            return y_shape
+        return tuple(self.x_shape_from_y(self.canonical_params(params), y_shape))
 
     def describe_params(self) -> str:
         if not self.params:
@@ -274,7 +284,8 @@ OPERATORS: dict[str, Entry] = {
     e.name: e
     for e in [
         Entry("denoise", "operator", (), _b_denoise, ({},), doc="identity: A = I"),
-        Entry("colorise", "operator", (), _b_colorise, ({},), doc="RGB -> grey (mean)"),
+        Entry("colorise", "operator", (), _b_colorise, ({},), doc="RGB -> grey (mean)",
+              x_shape_from_y=lambda p, s: (3, s[1], s[2])),
         Entry(
             "gaussian_blur",
             "operator",
@@ -336,6 +347,7 @@ OPERATORS: dict[str, Entry] = {
                 {"factor": 4, "kernel": "bicubic"},
                 {"factor": 8, "kernel": "bicubic"},
             ),
+            x_shape_from_y=lambda p, s: (s[0], s[1] * p["factor"], s[2] * p["factor"]),
         ),
         Entry(
             "inpaint",

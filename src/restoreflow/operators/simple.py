@@ -13,6 +13,7 @@ class Identity(LinearOperator):
     closed_form_dagger = True
     channelwise = True
     halo = 0
+    task = "denoise"
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)

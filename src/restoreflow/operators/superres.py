@@ -53,6 +53,7 @@ class BoxDownsample(LinearOperator):
 
     closed_form_dagger = True
     channelwise = True
+    task = "sr"
     halo = 0  # tiles must start at multiples of the factor
 
     def __init__(self, factor: int) -> None:
@@ -131,6 +132,7 @@ class BicubicDownsample(LinearOperator):
 
     closed_form_dagger = True
     channelwise = True
+    task = "sr"
 
     def __init__(self, factor: int) -> None:
         super().__init__()

@@ -144,6 +144,17 @@ def _fmt(v: Any, digits: int = 2, unit: str = "") -> str:
     return f"{f:.{digits}f}{(' ' + unit) if unit else ''}"
 
 
+def _fmt_apart(a: float, b: float, least: int = 1, most: int = 6) -> tuple[str, str]:
+    """``a`` and ``b`` with the fewest decimals (at least ``least``) that tell them apart:
+    a bound of 23.95 dB against a threshold of 24 reads "23.95" / "24.00", not "24.0" /
+    "24.0". Equal values (or closer than ``most`` decimals) keep ``least`` decimals."""
+    for d in range(least, most + 1):
+        fa, fb = f"{a:.{d}f}", f"{b:.{d}f}"
+        if fa != fb:
+            return fa, fb
+    return f"{a:.{least}f}", f"{b:.{least}f}"
+
+
 def _fmt_seconds(v: Any) -> str:
     s = _num(v)
     if s is None:
@@ -265,6 +276,26 @@ def _missing(text: str) -> str:
     return f'<figure><div class="missing">{_e(text)}</div></figure>'
 
 
+# the per-pixel interval width is in normalised units: (raw - norm_offset) / norm_scale
+UNCERTAINTY_UNIT_SHORT = "width, normalised"
+UNCERTAINTY_UNIT = "normalised units: 1 = the image's full value range"
+
+
+def _source_units(store: TileStore, image_id: str, u) -> str:
+    """``; 5.1–102 in uint8 source values``: the width range times the image's
+    ``norm_scale`` (a width does not depend on ``norm_offset``); empty without one."""
+    try:
+        attrs = store.attrs(INTERVAL_HI, image_id)
+    except KeyError:
+        return ""
+    scale, dtype = _num(attrs.get("norm_scale")), attrs.get("dtype")
+    if scale is None or scale == 1.0 or _num(u.vmin) is None or _num(u.vmax) is None:
+        return ""
+    kind = f"{_e(dtype)} source values" if dtype else "source values"
+    return (f"; {u.vmin * scale:.3g}–{u.vmax * scale:.3g} in {kind}, "
+            f"mean {u.mean * scale:.3g}")
+
+
 def _figures(store: TileStore, image_id: str, row: Mapping, pixel: Mapping | None) -> str:
     from restoreflow.report import thumbs
 
@@ -303,9 +334,11 @@ def _figures(store: TileStore, image_id: str, row: Mapping, pixel: Mapping | Non
                 f"{_img(u.thumb, 'uncertainty')}"
                 f'<div class="cbar" style="background: linear-gradient(to right, {stops})">'
                 f'</div><div class="cbar-labels"><span>{_fmt(u.vmin, 3)}</span>'
+                f'<span class="muted">{UNCERTAINTY_UNIT_SHORT}</span>'
                 f"<span>{_fmt(u.vmax, 3)}</span></div>"
                 f"<figcaption><b>uncertainty</b> · interval width "
-                f"{_fmt(u.vmin, 3)}–{_fmt(u.vmax, 3)}, mean {_fmt(u.mean, 3)}</figcaption>"
+                f"{_fmt(u.vmin, 3)}–{_fmt(u.vmax, 3)}, mean {_fmt(u.mean, 3)} "
+                f"({UNCERTAINTY_UNIT}){_source_units(store, image_id, u)}</figcaption>"
             ))
     return f'<div class="figs">{"".join(parts)}</div>'
 
@@ -328,8 +361,12 @@ def _metrics(row: Mapping, alpha: float | None, pixel_text: str = "") -> str:
     p_lo, s_lo = _num(row.get("psnr_lower")), _num(row.get("ssim_lower"))
     p_true, s_true = _num(row.get("psnr_true")), _num(row.get("ssim_true"))
     items = []
+    mp = _num(row.get("min_psnr"))
+    # the same digits for the bound and the required PSNR, enough to tell them apart
+    p_text, mp_text = _fmt_apart(p_lo, mp) if p_lo is not None and mp is not None else (
+        None if p_lo is None else f"{p_lo:.1f}", None)
     if p_lo is not None:
-        items.append(f'<div class="bound">PSNR ≥ <b>{p_lo:.1f} dB</b> with probability '
+        items.append(f'<div class="bound">PSNR ≥ <b>{p_text} dB</b> with probability '
                      f"{_prob(a)}</div>")
     if s_lo is not None:
         items.append(f'<div class="bound">SSIM ≥ <b>{s_lo:.3f}</b> with probability '
@@ -352,8 +389,7 @@ def _metrics(row: Mapping, alpha: float | None, pixel_text: str = "") -> str:
     if pixel_text:
         out += f'<div class="small muted">{_e(pixel_text)}</div>'
     if row.get("flagged"):
-        mp = _num(row.get("min_psnr"))
-        why = (f"the PSNR bound {p_lo:.1f} dB is below the required {mp:.1f} dB"
+        why = (f"the PSNR bound {p_text} dB is below the required {mp_text} dB"
                if p_lo is not None and mp is not None else "flagged by the quality check")
         out += f'<div class="note bad"><b>FLAGGED</b>: {_e(why)}</div>'
     if row.get("warning"):

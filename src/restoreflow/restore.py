@@ -36,34 +36,20 @@ from restoreflow.samplers.schedule import Progress
 
 TaskKind = Literal["deblur", "sr", "inpaint", "denoise", "other"]
 
-# Default options per sampler and task kind (sampler keyword arguments). "other" tasks use
-# the sampler function's own defaults. Chosen by a small grid (benchmarks/bench_samplers.py
-# --tune, rounds 1 and 2; results in benchmarks/results/sampler_tuning*.md) with the
-# default prior's snapshot at training step 1750, 100 steps, on two held-out photos that
-# are not in the benchmark set, for the benchmark tasks: deblur = Gaussian sigma 3 px with
-# sigma_y 0.05, sr = bicubic x4 with sigma_y 0.01, inpaint = 70% missing pixels with
-# sigma_y 0.01 ([0, 1] units). Pattern: with this (still training) prior, updates that
-# lean on fresh noise (zeta -> 1, eta = 1) beat those that reuse the predicted eps, except
-# DDPG inpainting; DPS needs ~10x the paper's zeta' at 100 instead of 1000 steps.
-# "denoise" was not tuned: it takes the deblur values (the closest noise level).
+# Default options per sampler and task kind (sampler keyword arguments); "other" tasks use
+# the sampler function's own defaults, "denoise" takes the deblur values. Chosen by
+# ``benchmarks/bench_samplers.py --tune`` on held-out photos outside the benchmark set;
+# the grid, the figures and the reasons: benchmarks/results/sampler_tuning*.md and
+# sampler_defaults.md.
 DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
     "ddpg": {
-        # Published deblur(0.05) setting with zeta 0.5 -> 1.0: +0.3 dB, +0.04 SSIM
-        # (gamma 10 / zeta 0.4, the ImageNet setting, ties on PSNR, lower SSIM).
         "deblur": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
-        # Published bicubic x4 (0.01) setting with zeta 1.0 -> 0.7: +0.15 dB; the decaying
-        # step of the 0.05 setting loses 0.6 dB.
         "sr": dict(gamma=300.0, zeta=0.7, eta_tilde=1.0, step_size="constant"),
-        # Masks: A A^T = I so BP ~ LS; PSNR rises as zeta falls (1.0: 26.9, 0.4: 27.8,
-        # 0.2: 28.1, 0: 28.3 dB). 0.2 keeps fresh noise so posterior samples still differ.
         "inpaint": dict(gamma=300.0, zeta=0.2, eta_tilde=1.0, step_size="constant"),
         "denoise": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
         "other": {},
     },
     "ddnm": {
-        # eta = 1 (the paper's DDPM form) beats the authors' 0.85 by 1.5-2 dB on SR and
-        # inpainting; deblurring needs the regularised A^+ (eta_tilde 4: +2.3 dB over 1;
-        # the exact A^+, eta_tilde 0, amplifies the noise: ~5 dB).
         "deblur": dict(eta=1.0, eta_tilde=4.0),
         "sr": dict(eta=1.0, eta_tilde=1.0),
         "inpaint": dict(eta=1.0, eta_tilde=1.0),
@@ -71,7 +57,6 @@ DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
         "other": {},
     },
     "dps": {
-        # zeta' 10 is best for all three tasks among 1, 3, 10, 30 (paper: 1 at 1000 steps).
         "deblur": dict(eta=1.0, zeta_prime=10.0),
         "sr": dict(eta=1.0, zeta_prime=10.0),
         "inpaint": dict(eta=1.0, zeta_prime=10.0),
@@ -79,8 +64,6 @@ DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
         "other": {},
     },
     "diffpir": {
-        # Authors' lambda (deblur 7 -> 1.75 here, SR 1 -> 0.25, see diffpir.py) with
-        # zeta = 1 everywhere: +1.4 dB (deblur) and +1.7 dB (SR) over their zeta 0.3 / 0.1.
         "deblur": dict(lam=1.75, zeta=1.0),
         "sr": dict(lam=0.25, zeta=1.0),
         "inpaint": dict(lam=0.25, zeta=1.0),

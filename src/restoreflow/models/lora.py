@@ -17,26 +17,10 @@ target. After training the adapter is merged into the (copied) weights, so sampl
 the adapted prior costs the same as with the base prior; the adapter stays available for
 :func:`save_adapter`.
 
-Defaults (``LoraSettings()``) and why. ADIR uses K = 20 neighbours, rank 16, alpha 8,
-Adam lr 1e-4, 400 iterations of batch 6 at the model's 256 px on a GPU. Here the default
-prior is a small (4.1M parameter, 32-128 channel) fully convolutional UNet on CPU, and
-adaptation should cost about as much as sampling. Measured on one CPU thread: one UNet
-evaluation at 256 px takes ~0.32 s, so 100 sampling steps take ~32 s; one LoRA training
-step (forward + backward, fp32) on 4 crops of 64 px takes ~0.3 s. Hence 100 steps of
-batch 4 at 64 px (~30-40 s, measured 24-45 s on a shared machine). Rank 16 is half the
-width of the first UNet stage, so the default rank is 8 (alpha 8, scale 1); rank 16 gave
-the same gains. With 4x fewer steps than ADIR, its lr of 1e-4 barely moves the adapter:
-on an early checkpoint of the default prior (1.4k steps), adapting on one half of an image and
-testing the one-step x0 estimate on the other half (sigma 25/255; hubble_deep_field /
-brick) gave +0.3 / +0.5 dB at lr 1e-4, +1.1 / +1.6 at 5e-4, +1.6 / +2.1 at 1e-3,
-+1.9 / +2.6 at 2e-3 and +2.0 / +2.6 at 5e-3: the default lr 2e-3 is where the gain
-levels off (that checkpoint had trained 14 minutes: a better prior will gain less). On a
-GPU or a larger prior, ADIR's settings (``LoraSettings.adir()``) are the reference.
-On restorations (``benchmarks/bench_adapt.py``, 128 px astronomy images, DDPG) none of
-these settings helps the shipped prior by more than ~0.2 dB, and neither does adapting on
-the clean test image itself (``--oracle``: -0.6 dB deblurring, +0.0 SR with these
-defaults; -0.2 / +0.1 dB without the time-embedding targets): the lower denoising loss
-(-5..-25% at t <= 200 on the adapted image) does not reach the restoration.
+Defaults (``LoraSettings()``): rank 8, alpha 8, lr 2e-3, 100 steps of batch 4 at 64 px,
+sized so that adapting costs about as much as sampling on a CPU; ``LoraSettings.adir()``
+holds the paper's GPU settings. How they were chosen, and what adaptation measured on
+the shipped prior: ``benchmarks/results/adapt_defaults.md`` and ``adapt*.md``.
 
 Randomness (LoRA init, crops, t, eps) comes from one ``torch.Generator`` seeded with
 ``settings.seed``: the same settings on the same device give bit-identical adapters.

@@ -80,10 +80,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prior", default=None, help="diffusers dir (default: shipped prior)")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[5, 15, 25, 50])
+    ap.add_argument("--name", default="prior_denoising", help="results file stem")
     args = ap.parse_args()
     web = run(args.prior, args.sigmas, short_side=512)
     full = run(args.prior, args.sigmas, short_side=None)
-    path = write_results("prior_denoising", {"web_512": web, "full_resolution": full},
+    path = write_results(args.name, {"web_512": web, "full_resolution": full},
                          markdown(web) + "\n\n" + markdown(full))
     print(path.read_text())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow
 
 
-@flow(name="nightly-archive")
+@flow(name="nightly-archive", flow_run_name="nightly {spec_path}")
 def nightly(spec_path: str) -> dict:
     from restoreflow.flows.pipeline import pipeline_flow
     from restoreflow.settings import get_settings

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from restoreflow.flows.restore import restore_images
 from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
+from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import (
     export_task,
@@ -63,7 +64,7 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
     return cal.to_dict()
 
 
-@flow(name="calibrate")
+@flow(name="calibrate", flow_run_name=names.calibrate_flow_name)
 def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str = "ddpg",
                    steps: int = 100, seed: int = 0, posterior_samples: int = 4,
                    alpha: float = 0.1, method: str = "residual", pixel_epsilon: float = 0.1,
@@ -95,7 +96,7 @@ def _versions() -> dict:
     return out
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", flow_run_name=names.pipeline_run_name)
 def pipeline_flow(spec: dict, progress: bool = False) -> dict:
     """Run one run spec end to end; returns the run summary (also in the store).
 
@@ -108,7 +109,22 @@ def pipeline_flow(spec: dict, progress: bool = False) -> dict:
     run = RunSpec.from_dict(spec)
     store = open_store(run.store or get_settings().store)
     with store.lock(f"restoreflow run {run.name!r}", log=get_run_logger().warning):
-        return _pipeline(spec, progress)
+        summary = _pipeline(spec, progress)
+    _name_flow_run(summary["run_id"])
+    return summary
+
+
+def _name_flow_run(name: str) -> None:
+    """Give this flow run the run id recorded in the store, when the one chosen at its
+    start (``names.pipeline_run_name``) differs: the clock moved on before the run id was
+    taken (e.g. while waiting for the store's lock)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id or flow_run.name == name:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_name(flow_run.id, name)
 
 
 def _pipeline(spec: dict, progress: bool) -> dict:

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
 from restoreflow.settings import get_settings
+from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import restore_task
 
@@ -38,7 +39,7 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
     return results
 
 
-@flow(name="restore")
+@flow(name="restore", flow_run_name=names.restore_flow_name)
 def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int = 100,
                  seed: int = 0, y_collection: str = "degraded", out: str = "restored",
                  posterior_samples: int = 1, adapt: bool = False, neighbours: int = 8,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
+from restoreflow.tasks import names
 from restoreflow.tasks.simulate import simulate_task
 
 
@@ -32,7 +33,7 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
     return rows
 
 
-@flow(name="simulate")
+@flow(name="simulate", flow_run_name=names.simulate_flow_name)
 def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str = "degraded",
                   image_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
     """CPU tasks over (batches of) images; returns per-image status rows."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from restoreflow.tasks import names
 from restoreflow.tasks.training import train_prior_task
 
 
-@flow(name="train-prior")
+@flow(name="train-prior", flow_run_name=names.train_prior_flow_name)
 def train_prior_flow(
     out_dir: str,
     steps: int = 16000,

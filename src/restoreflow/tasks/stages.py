@@ -13,19 +13,22 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from restoreflow.settings import resolve_device
+from restoreflow.tasks import names
 from restoreflow.tasks.common import open_store
 
 RETRY = dict(retries=2, retry_delay_seconds=[2, 10])
 
 
-@task(name="ingest", cache_policy=NO_CACHE, **RETRY)
+@task(name="ingest", task_run_name=names.ingest_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def ingest_task(store_uri: str, sources: list[str]) -> dict:
     from restoreflow.storage.ingest import ingest
 
     return ingest(sources, open_store(store_uri), progress=False).as_dict()
 
 
-@task(name="build-index", cache_policy=NO_CACHE, **RETRY)
+@task(name="build-index", task_run_name=names.index_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
                device: str) -> dict:
     from restoreflow.pipeline import build_index
@@ -33,7 +36,8 @@ def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
     return build_index(open_store(store_uri), image_ids, name, embedder, resolve_device(device))
 
 
-@task(name="restore-image", cache_policy=NO_CACHE, **RETRY)
+@task(name="restore-image", task_run_name=names.restore_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, out: str,
                  device: str) -> dict:
     from restoreflow.pipeline import RestoreConfig, restore_stored
@@ -42,7 +46,8 @@ def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, ou
                           y_collection, out, resolve_device(device))
 
 
-@task(name="truth-metrics", cache_policy=NO_CACHE, **RETRY)
+@task(name="truth-metrics", task_run_name=names.metrics_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, dict]:
     """PSNR/SSIM against the input, for a batch of images."""
     from restoreflow.pipeline import truth_metrics
@@ -51,7 +56,8 @@ def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, di
     return {i: truth_metrics(store, i, out) for i in image_ids}
 
 
-@task(name="write-intervals", cache_policy=NO_CACHE, **RETRY)
+@task(name="write-intervals", task_run_name=names.intervals_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def intervals_task(store_uri: str, image_id: str, lam: float) -> str:
     from restoreflow.pipeline import write_intervals
 
@@ -59,7 +65,8 @@ def intervals_task(store_uri: str, image_id: str, lam: float) -> str:
     return image_id
 
 
-@task(name="export", cache_policy=NO_CACHE, **RETRY)
+@task(name="export", task_run_name=names.export_task_name, cache_policy=NO_CACHE,
+      **RETRY)
 def export_task(store_uri: str, collection: str, fmt: str, out_dir: str,
                 image_ids: list[str]) -> list[str]:
     from restoreflow.storage.export import export

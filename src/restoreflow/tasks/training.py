@@ -8,7 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 
-@task(name="train-prior", cache_policy=NO_CACHE)
+@task(name="train-prior", task_run_name="train-prior -> {config[out_dir]}",
+      cache_policy=NO_CACHE)
 def train_prior_task(config: dict, train_files: list[str], eval_files: list[str]) -> str:
     from restoreflow.models.training import TrainConfig, center_crops, train_prior
 

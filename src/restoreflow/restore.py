@@ -31,46 +31,12 @@ from typing import Literal
 
 import torch
 
-from restoreflow.samplers import DEFAULT_SAMPLER, get_sampler
+from restoreflow.samplers import DEFAULT_SAMPLER, TASK_DEFAULTS, get_sampler
 from restoreflow.samplers.schedule import Progress
 
 TaskKind = Literal["deblur", "sr", "inpaint", "denoise", "other"]
 
-# Default options per sampler and task kind (sampler keyword arguments); "other" tasks use
-# the sampler function's own defaults, "denoise" takes the deblur values. Chosen by
-# ``benchmarks/bench_samplers.py --tune`` on held-out photos outside the benchmark set;
-# the grid, the figures and the reasons: benchmarks/results/sampler_tuning*.md and
-# sampler_defaults.md.
-DEFAULT_OPTIONS: dict[str, dict[str, dict]] = {
-    "ddpg": {
-        "deblur": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
-        "sr": dict(gamma=300.0, zeta=0.7, eta_tilde=1.0, step_size="constant"),
-        "inpaint": dict(gamma=300.0, zeta=0.2, eta_tilde=1.0, step_size="constant"),
-        "denoise": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
-        "other": {},
-    },
-    "ddnm": {
-        "deblur": dict(eta=1.0, eta_tilde=4.0),
-        "sr": dict(eta=1.0, eta_tilde=1.0),
-        "inpaint": dict(eta=1.0, eta_tilde=1.0),
-        "denoise": dict(eta=1.0, eta_tilde=4.0),
-        "other": {},
-    },
-    "dps": {
-        "deblur": dict(eta=1.0, zeta_prime=10.0),
-        "sr": dict(eta=1.0, zeta_prime=10.0),
-        "inpaint": dict(eta=1.0, zeta_prime=10.0),
-        "denoise": dict(eta=1.0, zeta_prime=10.0),
-        "other": {},
-    },
-    "diffpir": {
-        "deblur": dict(lam=1.75, zeta=1.0),
-        "sr": dict(lam=0.25, zeta=1.0),
-        "inpaint": dict(lam=0.25, zeta=1.0),
-        "denoise": dict(lam=1.75, zeta=1.0),
-        "other": {},
-    },
-}
+DEFAULT_OPTIONS: dict[str, dict[str, dict]] = TASK_DEFAULTS  # per sampler, per task kind
 
 
 def task_kind(operator) -> TaskKind:

@@ -19,7 +19,10 @@ samples per measurement stacked on the batch dimension (sample ``b * J + j`` bel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from functools import cache
 
 import torch
 
@@ -28,13 +31,14 @@ from .schedule import respaced_steps, respaced_timesteps
 
 Sampler = Callable[..., torch.Tensor]
 
-SAMPLERS: dict[str, Sampler] = {
-    "ddpg": ddpg.sample,
-    "ddnm": ddnm.sample,
-    "dps": dps.sample,
-    "diffpir": diffpir.sample,
-}
+# The one list of samplers: name -> module (its ``sample`` function and ``DEFAULTS``).
+_MODULES = {"ddpg": ddpg, "ddnm": ddnm, "dps": dps, "diffpir": diffpir}
+SAMPLERS: dict[str, Sampler] = {name: m.sample for name, m in _MODULES.items()}
+#: Default options per sampler and restoration task (each sampler file's ``DEFAULTS``).
+TASK_DEFAULTS: dict[str, dict[str, dict]] = {name: m.DEFAULTS for name, m in _MODULES.items()}
 DEFAULT_SAMPLER = "ddpg"
+# Parameters of the common call shape; every other keyword-only parameter is an option.
+_CALL = ("prior", "operator", "y", "sigma_y", "steps", "generator", "num_samples", "progress")
 
 
 def get_sampler(name: str) -> Sampler:
@@ -47,10 +51,46 @@ def get_sampler(name: str) -> Sampler:
         ) from None
 
 
+@cache
+def options_model(name: str):
+    """A frozen pydantic model of the sampler's options, made from its signature: names,
+    types, constraints (``Annotated``) and defaults. The signature is the config."""
+    from pydantic import ConfigDict, create_model
+
+    fn = get_sampler(name)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields = {p.name: (hints[p.name], p.default)
+              for p in inspect.signature(fn).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _CALL}
+    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", frozen=True),
+                        **fields)
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """Raise ValueError naming the option and what is allowed when ``options`` are not
+    options of sampler ``name`` (unknown name, wrong type, out of range)."""
+    from pydantic import ValidationError
+
+    model = options_model(name)
+    try:
+        model(**dict(options))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = err["loc"][0] if err["loc"] else "?"
+        if err["type"] == "extra_forbidden":
+            raise ValueError(f"unknown option {key!r} of sampler {name}; its options: "
+                             f"{', '.join(model.model_fields)}") from None
+        raise ValueError(f"option {key}={dict(options).get(key)!r} of sampler {name}: "
+                         f"{err['msg']}") from None
+
+
 __all__ = [
     "DEFAULT_SAMPLER",
     "SAMPLERS",
+    "TASK_DEFAULTS",
+    "check_options",
     "get_sampler",
+    "options_model",
     "respaced_steps",
     "respaced_timesteps",
 ]

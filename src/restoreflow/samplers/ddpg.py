@@ -33,9 +33,10 @@ grows the preconditioner moves to LS, whose noise is not amplified by (AA^T)^{-1
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from restoreflow.operators.base import channel_groups
 
@@ -54,6 +55,17 @@ PUBLISHED = {
 }
 
 
+# Default options per restoration task (an operator's ``task``); "other" uses the
+# signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
+# reasons in benchmarks/results/sampler_defaults.md.
+DEFAULTS: dict[str, dict] = {
+    "deblur": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
+    "sr": dict(gamma=300.0, zeta=0.7, eta_tilde=1.0, step_size="constant"),
+    "inpaint": dict(gamma=300.0, zeta=0.2, eta_tilde=1.0, step_size="constant"),
+    "denoise": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
+    "other": {},
+}
+
 def sample(
     prior,
     operator,
@@ -64,12 +76,12 @@ def sample(
     *,
     num_samples: int = 1,
     gamma: float = 8.0,
-    zeta: float = 0.5,
-    eta_tilde: float = 0.7,
+    zeta: Annotated[float, Interval(ge=0, le=1)] = 0.5,
+    eta_tilde: Annotated[float, Ge(0)] = 0.7,
     step_size: StepSize = "auto",
-    mu_scale: float = 1.0,
-    ls_scale: float | Literal["auto"] = "auto",
-    eta_min: float = 1e-4,
+    mu_scale: Annotated[float, Gt(0)] = 1.0,
+    ls_scale: Annotated[float, Gt(0)] | Literal["auto"] = "auto",
+    eta_min: Annotated[float, Gt(0)] = 1e-4,
     clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:

@@ -27,11 +27,23 @@ the last step (t = 0), where rho_t is large unless the problem is noiseless.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from annotated_types import Gt, Interval
 
 from .schedule import Progress, randn, report, setup, tweedie_x0
 
+# Default options per restoration task (an operator's ``task``); "other" uses the
+# signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
+# reasons in benchmarks/results/sampler_defaults.md.
+DEFAULTS: dict[str, dict] = {
+    "deblur": dict(lam=1.75, zeta=1.0),
+    "sr": dict(lam=0.25, zeta=1.0),
+    "inpaint": dict(lam=0.25, zeta=1.0),
+    "denoise": dict(lam=1.75, zeta=1.0),
+    "other": {},
+}
 
 def sample(
     prior,
@@ -42,10 +54,10 @@ def sample(
     generator: torch.Generator | None = None,
     *,
     num_samples: int = 1,
-    eta: float = 0.0,
-    lam: float = 1.0,
-    zeta: float = 0.3,
-    sigma_min: float = 2e-3,
+    eta: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+    lam: Annotated[float, Gt(0)] = 1.0,
+    zeta: Annotated[float, Interval(ge=0, le=1)] = 0.3,
+    sigma_min: Annotated[float, Gt(0)] = 2e-3,
     clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:

@@ -24,11 +24,23 @@ per-pixel size ~ 1/sqrt(m)); the paper's zeta' = 1 was tuned on 256x256 RGB imag
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Interval
 
 from .schedule import Progress, randn, report, setup, tweedie_x0
 
+# Default options per restoration task (an operator's ``task``); "other" uses the
+# signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
+# reasons in benchmarks/results/sampler_defaults.md.
+DEFAULTS: dict[str, dict] = {
+    "deblur": dict(eta=1.0, zeta_prime=10.0),
+    "sr": dict(eta=1.0, zeta_prime=10.0),
+    "inpaint": dict(eta=1.0, zeta_prime=10.0),
+    "denoise": dict(eta=1.0, zeta_prime=10.0),
+    "other": {},
+}
 
 def sample(
     prior,
@@ -39,8 +51,8 @@ def sample(
     generator: torch.Generator | None = None,
     *,
     num_samples: int = 1,
-    eta: float = 1.0,
-    zeta_prime: float = 1.0,
+    eta: Annotated[float, Interval(ge=0, le=1)] = 1.0,
+    zeta_prime: Annotated[float, Ge(0)] = 1.0,
     clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:

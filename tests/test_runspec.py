@@ -16,7 +16,10 @@ def test_defaults_hash_and_yaml_round_trip(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text(spec.to_yaml())
     again = RunSpec.from_yaml(str(p))
-    assert again == spec and again.hash == spec.hash
+    # relative paths are taken against the spec file's directory
+    assert again == spec.resolved(str(tmp_path)) and again.sources == [str(tmp_path / "imgs")]
+    assert RunSpec.from_yaml(str(p)).hash == again.hash
+    assert again.resolved(str(tmp_path / "elsewhere")) is again  # nothing relative left
     assert RunSpec.from_dict({**BASE, "seed": 1}).hash != spec.hash
 
 
@@ -73,3 +76,30 @@ def test_adapt_lora_settings_reach_the_adapter_and_the_settings_hash():
     off = RunSpec.from_dict({**BASE, "adapt": {**adapt, "enabled": False}})
     assert RestoreConfig.from_run(off).settings_hash("p") == RestoreConfig.from_run(
         RunSpec.from_dict(BASE)).settings_hash("p")
+
+
+def test_relative_paths_are_resolved_against_the_spec_file(tmp_path):
+    """Issue 19 item 3: a spec file's relative paths name files next to it, whatever the
+    working directory, and the spec (thus the manifest) records them absolute; URIs,
+    absolute and ~ paths and hub ids are kept."""
+    (tmp_path / "specs" / "prior").mkdir(parents=True)
+    (tmp_path / "specs" / "run.yaml").write_text(
+        "sources: [imgs/, 's3://bucket/x/', /abs/a.png, ~/pics, 'more/*.png']\n"
+        "store: ../store\n"
+        "degradation: 'kernel_blur(path=psf.npy)+gaussian_noise(sigma=0.1)'\n"
+        "prior: prior\n"
+        "adapt: {corpus: [ref/]}\n"
+        "calibration: {clean: [cal/]}\n"
+        "export: {out: out}\n")
+    spec = RunSpec.from_yaml(str(tmp_path / "specs" / "run.yaml"))
+    d = tmp_path / "specs"
+    assert spec.sources == [str(d / "imgs"), "s3://bucket/x/", "/abs/a.png", "~/pics",
+                            str(d / "more/*.png")]
+    assert spec.store == str(tmp_path / "store") and spec.prior == str(d / "prior")
+    assert spec.adapt.corpus == [str(d / "ref")]
+    assert spec.calibration.clean == [str(d / "cal")]
+    assert spec.export.out == str(d / "out") and spec.report == str(d / "report.html")
+    assert spec.degradation_spec.files() == [("kernel_blur", str(d / "psf.npy"))]
+    # a hub id stays a hub id when no such directory exists next to the spec
+    hub = RunSpec.from_dict({**BASE, "prior": "owner/model"}).resolved(str(d))
+    assert hub.prior == "owner/model"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,30 @@ __all__ = [
     "SpecError",
     "Term",
     "make_generator",
+    "resolve_path",
     "seed_for",
 ]
 
 _SPECIAL = set(",()+=\"'\\")
+# parameters of operator/noise terms that name a file (relative paths are resolved
+# against a run spec's directory)
+FILE_PARAMS = ("path",)
+
+
+def resolve_path(path: str, base: str) -> str:
+    """``path`` made absolute against the directory ``base``: a relative local path
+    (globs included) is joined to ``base``; URIs (``s3://``), absolute paths, ``~``
+    paths and the empty string are returned unchanged; ``file://rel`` becomes
+    ``file:///base/rel``."""
+    if not isinstance(path, str) or not path:
+        return path
+    if "://" in path:
+        if path.startswith("file://"):
+            return "file://" + resolve_path(path[len("file://"):], base)
+        return path
+    if path.startswith("~") or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base, path))
 
 
 class SpecError(ValueError):
@@ -322,6 +343,27 @@ class DegradationSpec:
             return None
         return build_noise(self.noise.name, self.noise.params_dict)
 
+    def files(self) -> list[tuple[str, str]]:
+        """``(term name, path)`` of every file the spec reads (PSFs, masks: the ``path``
+        parameters), in term order."""
+        return [(t.name, str(t.params_dict[k])) for t in (self.operator, self.noise)
+                if t is not None for k in FILE_PARAMS if k in t.params_dict]
+
+    def with_files_resolved(self, base: str) -> DegradationSpec:
+        """The same spec with relative file paths made absolute against ``base``.
+
+        Note that this changes the canonical text, so the hash (and the seeds drawn
+        from it): a spec names file paths, not file contents."""
+        terms = []
+        for t in (self.operator, self.noise):
+            if t is None or not any(k in t.params_dict for k in FILE_PARAMS):
+                terms.append(t)
+                continue
+            params = {k: (resolve_path(v, base) if k in FILE_PARAMS else v)
+                      for k, v in t.params_dict.items()}
+            terms.append(Term.create(t.name, params))
+        return type(self)(terms[0], terms[1])
+
     # ---- building ----
     def build(
         self,
@@ -514,12 +556,50 @@ class RunSpec(_Strict):
             raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a run spec is a mapping of fields, got {type(data).__name__}")
-        return cls.from_dict(data, where=path)
+        return cls.from_dict(data, where=path).resolved(
+            os.path.dirname(os.path.abspath(path)), where=path)
+
+    def resolved(self, base: str, where: str = "run spec") -> RunSpec:
+        """This spec with every relative local path made absolute against the directory
+        ``base`` (a spec file's own directory, see :meth:`from_yaml`), so that the
+        manifest it is recorded in works from any directory: sources, store,
+        adapt.corpus, calibration.clean, export.out, report, the prior (when it is not
+        a hub id) and the degradation's files (PSF, mask). URIs and absolute paths are
+        kept as they are."""
+        d = self.model_dump(mode="json")
+        d["sources"] = [resolve_path(s, base) for s in d["sources"]]
+        d["adapt"]["corpus"] = [resolve_path(s, base) for s in d["adapt"]["corpus"]]
+        if d["calibration"]:
+            d["calibration"]["clean"] = [resolve_path(s, base) for s in d["calibration"]["clean"]]
+        if d["store"]:
+            d["store"] = resolve_path(d["store"], base)
+        if d["export"]:
+            d["export"]["out"] = resolve_path(d["export"]["out"], base)
+        if d["report"]:
+            d["report"] = resolve_path(d["report"], base)
+        if d["prior"] and _local_prior(d["prior"], base):
+            d["prior"] = resolve_path(d["prior"], base)
+        d["degradation"] = self.degradation_spec.with_files_resolved(base).text
+        if d == self.model_dump(mode="json"):
+            return self
+        return type(self).from_dict(d, where=where)
 
     def to_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _local_prior(ref: str, base: str) -> bool:
+    """Whether a prior reference names a local directory rather than a hub id
+    (``owner/name``): the rules of :func:`restoreflow.models.prior.resolve_model_path`,
+    with a relative path taken against ``base``."""
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1 or "://" in ref:
+        return "://" not in ref
+    try:
+        return os.path.exists(os.path.join(base, ref))
+    except (ValueError, OSError):  # e.g. a NUL byte in the name
+        return False
 
 
 def _allowed(loc: tuple) -> str:

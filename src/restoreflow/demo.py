@@ -1,8 +1,11 @@
-"""The demo: bundled sample photos, a simulated degradation, adaptation, calibration.
+"""The demo: bundled sample photos, a simulated degradation, restoration, calibration.
 
 ``prepare_demo(workdir)`` writes small demo images (resized bundled photos, so the demo
-runs in minutes on 2 CPU cores), calibration crops and a reference corpus, and returns
-the run spec that ``restoreflow demo`` runs with the embedded defaults.
+runs in minutes on 2 CPU cores) and calibration crops, and returns the run spec that
+``restoreflow demo`` runs with the embedded defaults. Adaptation (ADIR) is off, as it is
+by default: on the shipped prior it does not improve photos (benchmarks/results/adapt.md).
+``prepare_demo(workdir, adapt=True)`` also writes a reference corpus of other bundled
+images and turns it on (3 neighbours, 20 LoRA steps), to see what it does.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ def _square(im, size: int, box=None):
     return im.crop(box).resize((size, size), Image.Resampling.LANCZOS)
 
 
-def prepare_demo(workdir: str | Path, seed: int = 0) -> dict:
-    """Write demo inputs under ``workdir`` and return the demo run spec (a dict)."""
+def prepare_demo(workdir: str | Path, seed: int = 0, adapt: bool = False) -> dict:
+    """Write demo inputs under ``workdir`` and return the demo run spec (a dict);
+    ``adapt`` adds a reference corpus and turns adaptation on."""
     work = Path(workdir)
-    dirs = {k: work / k for k in ("inputs", "calibration", "corpus")}
+    dirs = {k: work / k for k in ("inputs", "calibration", "corpus") if adapt or k != "corpus"}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -53,11 +57,11 @@ def prepare_demo(workdir: str | Path, seed: int = 0) -> dict:
             x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
             _square(im, DEMO_SIZE, (x, y, x + s, y + s)).save(
                 dirs["calibration"] / f"{Path(name).stem}-{k}.png")
-    for name in CORPUS:
+    for name in CORPUS if adapt else ():
         im = _rgb(samples.sample_path(name))
         im.thumbnail((256, 256))
         im.save(dirs["corpus"] / f"{Path(name).stem}.png")
-    return {
+    spec = {
         "name": "demo",
         "sources": [str(dirs["inputs"])],
         "store": str(work / "store"),
@@ -65,11 +69,13 @@ def prepare_demo(workdir: str | Path, seed: int = 0) -> dict:
         "simulate": True,
         "seed": seed,
         "restore": {"sampler": "ddpg", "steps": 30, "posterior_samples": 2},
-        "adapt": {"enabled": True, "corpus": [str(dirs["corpus"])], "neighbours": 3,
-                  "steps": 20},
         "calibration": {"clean": [str(dirs["calibration"])], "alpha": 0.1, "min_psnr": 24.0,
                         "pixel_epsilon": 0.2, "pixel_delta": 0.1},
         "export": {"format": "png", "out": str(work / "exports"),
                    "collections": ["restored"]},
         "report": str(work / "report.html"),
     }
+    if adapt:
+        spec["adapt"] = {"enabled": True, "corpus": [str(dirs["corpus"])], "neighbours": 3,
+                         "steps": 20}
+    return spec

@@ -5,6 +5,8 @@ Heavy libraries are imported inside the commands so that ``restoreflow --help`` 
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from restoreflow import __version__
@@ -47,7 +49,7 @@ def simulate_cmd(
     collection: str = typer.Option("degraded", "--collection", help="Output collection"),
 ) -> None:
     """Write a degraded copy of every input image (deterministic; reruns write nothing)."""
-    from restoreflow.flows.simulate import simulate_flow
+    from restoreflow.preflight import check_degradation_files
     from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
@@ -55,9 +57,17 @@ def simulate_cmd(
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--degradation") from None
+    _preflight(check_degradation_files, "--degradation", spec.text)
     uri = store or get_settings().store
-    rows = simulate_flow(store=uri, degradation=spec.text, seed=seed, collection=collection,
-                         progress=True)
+    _log_to_file("simulate")
+    before = _image_names(uri)
+    from restoreflow.flows.simulate import simulate_flow
+
+    try:
+        rows = simulate_flow(store=uri, degradation=spec.text, seed=seed,
+                             collection=collection, progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed("simulate", exc, uri, before, "run the same command again")
     written = sum(r["status"] == "written" for r in rows)
     typer.echo(f"{collection}: {written} written, {len(rows) - written} already present "
                f"({spec.text}, seed {seed}, hash {spec.hash})")
@@ -97,11 +107,17 @@ def ingest(
     """Ingest images into the store's `input` collection (incremental, content-addressed)."""
     from rich.console import Console
 
+    from restoreflow.preflight import check_sources, check_store
+    from restoreflow.settings import get_settings
     from restoreflow.storage.ingest import IngestRejected
     from restoreflow.storage.ingest import ingest as run_ingest
     from restoreflow.storage.lock import StoreLocked
     from restoreflow.storage.store import is_backend_error
 
+    settings = get_settings()
+    _preflight(check_sources, "SRC", sources, settings)
+    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+               store or settings.store, settings)
     ts = _open_store(store, tile_size)
     try:
         with ts.lock("restoreflow ingest", log=lambda m: typer.echo(m, err=True)):
@@ -325,6 +341,90 @@ def _prefect_env() -> None:
     logging.getLogger("distributed").setLevel(level)
 
 
+_LOG_FILE: str | None = None
+
+
+def _log_to_file(verb: str) -> None:
+    """Prefect's logs of this verb: warnings on the terminal, tracebacks in a log file
+    (see restoreflow.clilog); call before anything imports Prefect."""
+    global _LOG_FILE
+    from restoreflow.clilog import configure
+
+    _LOG_FILE = configure(verb, _profile_settings())
+
+
+def _preflight(check, *args) -> None:
+    """Run a restoreflow.preflight check; a failure is one line naming the field."""
+    from restoreflow.preflight import PreflightError
+
+    try:
+        check(*args)
+    except PreflightError as exc:
+        _fail(str(exc))
+
+
+_WORK_COLLECTIONS = ("input", "degraded", "restored")
+
+
+def _image_names(uri: str) -> dict[str, set[str]] | None:
+    """The image names (directory listings, no metadata read) in the store's work
+    collections and calibration collections, or None when they cannot be listed."""
+    from restoreflow.storage.store import TileStore
+
+    try:
+        ts = TileStore(uri)
+        if not ts.exists_store:
+            return {}
+        out = {}
+        for coll in ts.collections():
+            if coll in _WORK_COLLECTIONS or coll.startswith("calibration-"):
+                path = ts._full(coll)
+                out[coll] = {os.path.basename(str(p).rstrip("/"))
+                             for p in ts.fs.ls(path, detail=False)} - {"zarr.json"}
+        return out
+    except Exception:  # noqa: BLE001 - only the wording of the failure hint depends on it
+        return None
+
+
+def _completed_since(uri: str, before: dict[str, set[str]] | None) -> dict[str, int] | None:
+    """{collection: images completed since ``before``} (new images whose status is
+    complete), or None when unknown."""
+    from restoreflow.storage.store import TileStore
+
+    after = _image_names(uri)
+    if before is None or after is None:
+        return None
+    try:
+        ts = TileStore(uri)
+        done = {c: sum(ts.status(c, i) == "complete" for i in names - before.get(c, set()))
+                for c, names in after.items()}
+    except Exception:  # noqa: BLE001 - only the wording of the failure hint depends on it
+        return None
+    return {c: n for c, n in done.items() if n}
+
+
+def _flow_failed(what: str, exc: BaseException, uri: str,
+                 before: dict[str, set[str]] | None, again: str) -> None:
+    """One line for a flow that failed mid-run: the error; what it completed (kept,
+    and skipped by ``again``) or that it completed nothing; and the log file that holds
+    the traceback."""
+    from restoreflow.clilog import log_failure
+
+    if _LOG_FILE is not None:
+        log_failure(what, exc)
+    done = _completed_since(uri, before)
+    if done is None:
+        hint = f"Completed images are kept: {again} to resume."
+    elif done:
+        counts = ", ".join(f"{n} {c}" for c, n in sorted(done.items()))
+        hint = f"Completed images are kept ({counts}): {again} to resume."
+    else:
+        hint = "No image was completed: fix the cause and run again."
+    where = (f" Log: {_LOG_FILE}" if _LOG_FILE is not None and os.path.isfile(_LOG_FILE)
+             else "")
+    _fail(f"{what} failed: {_error_line(exc)}. {hint}{where}", code=1)
+
+
 def _on_dask(flow_obj):
     """The flow with the configured Dask task runner (embedded LocalCluster or address)."""
     from restoreflow.settings import get_settings
@@ -374,13 +474,19 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_spec(spec) -> dict:
+    """Check the spec (one line and nothing created on a failure), then run it."""
+    from restoreflow.preflight import check_run
+    from restoreflow.settings import get_settings
+
+    _preflight(check_run, spec, get_settings(), "spec")
+    uri = spec.store or get_settings().store
+    before = _image_names(uri)
     from restoreflow.flows.pipeline import pipeline_flow
 
     try:
         summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
-    except Exception as exc:  # noqa: BLE001 - Prefect has logged the traceback
-        _fail(f"run {spec.name!r} failed: {_error_line(exc)}. Completed images are kept: "
-              "run the same spec again to resume.", code=1)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed(f"run {spec.name!r}", exc, uri, before, "run the same spec again")
     print_summary(summary)
     return summary
 
@@ -394,6 +500,7 @@ def run_cmd(spec_path: str = typer.Argument(..., metavar="SPEC.yaml")) -> None:
         spec = RunSpec.from_yaml(spec_path)
     except SpecError as exc:
         _fail(str(exc))
+    _log_to_file("run")
     _run_spec(spec)
 
 
@@ -410,8 +517,12 @@ def rerun_cmd(
     try:
         data = json.loads(open(manifest, encoding="utf-8").read())
         spec = RunSpec.from_dict({**data["spec"], **({"store": store} if store else {})})
-    except (OSError, ValueError, KeyError, SpecError) as exc:
-        _fail(f"{manifest}: not a run manifest ({exc})")
+        # manifests record absolute paths; those of older ones (and --store) are taken
+        # against the current directory, and recorded absolute in the new manifest
+        spec = spec.resolved(os.getcwd(), where=manifest)
+    except (OSError, ValueError, KeyError, TypeError, SpecError) as exc:
+        _fail(f"{manifest}: not a run manifest ({_error_line(exc)})")
+    _log_to_file("rerun")
     _run_spec(spec)
 
 
@@ -431,6 +542,8 @@ def restore_cmd(
     prior: str = typer.Option(None, "--prior", help="diffusers model dir or hub id"),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
+    from restoreflow.preflight import check_degradation_files, check_prior, check_store
+    from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
     if sampler not in ("ddpg", "ddnm", "dps", "diffpir"):
@@ -439,15 +552,26 @@ def restore_cmd(
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         _fail(str(exc))
+    settings = get_settings()
+    _preflight(check_degradation_files, "--degradation", spec.text)
+    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+               else "the shipped prior", prior or settings.prior)
+    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+               store or settings.store, settings)
     ts = _open_store(store)
     if collection not in ts.collections():
         _fail(f"{ts.uri} has no collection {collection!r}")
+    _log_to_file("restore")
+    before = _image_names(ts.uri)
     from restoreflow.flows.restore import restore_flow
 
-    res = _on_dask(restore_flow)(
-        store=ts.uri, degradation=spec.text, sampler=sampler, steps=steps, seed=seed,
-        y_collection=collection, out=out, posterior_samples=samples_, adapt=adapt,
-        neighbours=neighbours, adapt_steps=adapt_steps, prior=prior, progress=True)
+    try:
+        res = _on_dask(restore_flow)(
+            store=ts.uri, degradation=spec.text, sampler=sampler, steps=steps, seed=seed,
+            y_collection=collection, out=out, posterior_samples=samples_, adapt=adapt,
+            neighbours=neighbours, adapt_steps=adapt_steps, prior=prior, progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed("restore", exc, ts.uri, before, "run the same command again")
     typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
 
 
@@ -463,18 +587,38 @@ def calibrate_cmd(
     prior: str = typer.Option(None, "--prior"),
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
+    from restoreflow.preflight import (
+        check_degradation_files,
+        check_prior,
+        check_sources,
+        check_store,
+    )
+    from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         _fail(str(exc))
+    settings = get_settings()
+    _preflight(check_degradation_files, "--degradation", spec.text)
+    _preflight(check_sources, "--clean", clean, settings, False)
+    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+               else "the shipped prior", prior or settings.prior)
+    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+               store or settings.store, settings)
     ts = _open_store(store)
+    _log_to_file("calibrate")
+    before = _image_names(ts.uri)
     from restoreflow.flows.pipeline import calibrate_flow
 
-    res = _on_dask(calibrate_flow)(store=ts.uri, clean=clean, degradation=spec.text,
-                                   sampler=sampler, steps=steps, posterior_samples=samples_,
-                                   alpha=alpha, prior=prior, progress=True)
+    try:
+        res = _on_dask(calibrate_flow)(store=ts.uri, clean=clean, degradation=spec.text,
+                                       sampler=sampler, steps=steps,
+                                       posterior_samples=samples_, alpha=alpha, prior=prior,
+                                       progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
     typer.echo(f"calibration {res['settings_hash']}: n={res['n']}, alpha={res['alpha']}, "
                f"coverage on calibration images {res['coverage']}")
 
@@ -562,6 +706,7 @@ def demo_cmd(
     from restoreflow.spec import RunSpec
 
     spec = RunSpec.from_dict(prepare_demo(workdir))
+    _log_to_file("demo")
     typer.echo(f"demo: {len(spec.sources)} source folder(s), store {spec.store}, "
                f"{spec.degradation}")
     _run_spec(spec)

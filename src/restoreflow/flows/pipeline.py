@@ -34,6 +34,15 @@ def _ids(report: dict) -> list[str]:
     return list(seen)
 
 
+def _require_images(ids: list[str], rejected: list[dict], what: str) -> None:
+    """Stop before any other work when the sources gave no image."""
+    if ids:
+        return
+    why = (f"all {len(rejected)} file(s) were rejected (e.g. {rejected[0]['source']}: "
+           f"{rejected[0]['reason']})" if rejected else "they hold no image files")
+    raise ValueError(f"{what}: no images to work on: {why}")
+
+
 def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
     """True PSNR/SSIM of each restored image (CPU tasks over batches of images)."""
     from restoreflow.flows.batches import cpu_batches
@@ -76,6 +85,8 @@ def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str 
 
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
         rep = ingest_task(store, clean)
+        _require_images(_ids(rep), [r for r in rep["rows"] if r["status"] == "rejected"],
+                        "clean")
         cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
                             posterior_samples=posterior_samples, prior=chosen_prior(prior))
         cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon,
@@ -160,6 +171,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     rejected = [r for r in rep["rows"] if r["status"] == "rejected"]
     for r in rejected:
         log.warning("REJECTED %s: %s", r["source"], r["reason"])
+    _require_images(ids, rejected, "spec.sources")
     timings["ingest"] = time.perf_counter() - t
 
     y_coll = P.DEGRADED if run.simulate else P.INPUT
@@ -184,7 +196,10 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     if run.calibration and calibration is None:
         t = time.perf_counter()
         c = run.calibration
-        clean_ids = _ids(ingest_task(uri, c.clean))
+        clean_rep = ingest_task(uri, c.clean)
+        clean_ids = _ids(clean_rep)
+        _require_images(clean_ids, [r for r in clean_rep["rows"] if r["status"] == "rejected"],
+                        "spec.calibration.clean")
         overlap = sorted(set(clean_ids) & set(ids))
         if overlap:
             raise ValueError(f"{len(overlap)} calibration images are also run sources "

@@ -1,0 +1,125 @@
+"""Where the logs of a CLI verb go (issue 20 items 3 and 6).
+
+The terminal shows Prefect's warnings (rejected files, a store lock being waited for) but
+no tracebacks: a failed flow is reported by the CLI in one line that names a log file,
+and the log file holds every record at the configured level, tracebacks included. The
+configuration is Prefect's own logging.yml with a filter on its console handler and a
+file handler on the root logger, handed to Prefect through PREFECT_LOGGING_SETTINGS_PATH
+so that the worker processes of the embedded Dask cluster (which inherit the
+environment) log the same way. Nothing is changed where the user chose a Prefect
+logging configuration of their own.
+
+Light module: imported by the ``()`` factory of Prefect's dictConfig in every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# records of these loggers at ERROR and above say that a flow or task run failed: the
+# CLI says it once, on one line
+_FAILURE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine",
+                    "prefect.task_engine")
+_FILTER = "restoreflow_console"
+_HANDLER = "restoreflow_file"
+
+
+class ConsoleFilter(logging.Filter):
+    """Keep off the terminal what goes to the log file only: records that carry a
+    traceback, and the ERROR records of failed flow and task runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text:
+            return False
+        return not (record.levelno >= logging.ERROR
+                    and record.name.startswith(_FAILURE_LOGGERS))
+
+
+def log_dir() -> str:
+    """``RESTOREFLOW_LOG_DIR``, else ``<tmp>/restoreflow-logs``."""
+    import tempfile
+
+    return os.environ.get("RESTOREFLOW_LOG_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                  "restoreflow-logs")
+
+
+def _prefect_logging_yml() -> str | None:
+    """Prefect's default logging.yml, located without importing Prefect."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(loc, "logging", "logging.yml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def logging_config(log_file: str) -> dict | None:
+    """Prefect's default logging config with the console filter and the file handler."""
+    import yaml
+
+    src = _prefect_logging_yml()
+    if src is None:
+        return None
+    with open(src, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    cfg.setdefault("filters", {})[_FILTER] = {"()": f"{__name__}.ConsoleFilter"}
+    handlers = cfg.get("handlers", {})
+    for name in ("console", "debug"):
+        if name in handlers:
+            handlers[name].setdefault("filters", []).append(_FILTER)
+    handlers[_HANDLER] = {
+        "level": 0, "class": "logging.FileHandler", "formatter": "standard",
+        # Prefect substitutes $SETTINGS into the file's text: a $ in the path is escaped
+        "filename": log_file.replace("$", "$$"), "delay": True, "encoding": "utf-8",
+    }
+    root = cfg.setdefault("root", {"level": "WARNING"})
+    root["handlers"] = [*root.get("handlers", []), _HANDLER]
+    for name in ("prefect._internal", "prefect.extra"):  # these do not propagate to root
+        logger = cfg.get("loggers", {}).get(name)
+        if logger is not None:
+            logger["handlers"] = [*logger.get("handlers", []), _HANDLER]
+    return cfg
+
+
+def configure(verb: str, user_settings: dict | None = None) -> str | None:
+    """Route this process's (and its child processes') Prefect logging as described in
+    the module docstring; returns the log file's path (created at its first record), or
+    None where the user configured Prefect's logging, Prefect is already imported here
+    (it has set up its logging) or its logging.yml cannot be found."""
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+    import time
+
+    import yaml
+
+    key = "PREFECT_LOGGING_SETTINGS_PATH"
+    if os.environ.get(key) or (user_settings or {}).get(key) or "prefect" in sys.modules:
+        return None
+    directory = log_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None
+    log_file = os.path.join(directory, f"{verb}-{time.strftime('%Y%m%dT%H%M%S')}-"
+                                       f"{os.getpid()}.log")
+    cfg = logging_config(log_file)
+    if cfg is None:
+        return None
+    tmp = tempfile.mkdtemp(prefix=f"restoreflow-logging-{os.getpid()}-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    path = os.path.join(tmp, "logging.yml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.environ[key] = path
+    return log_file
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """The traceback of a failure the CLI reports in one line, into the log file (the
+    console filter keeps it off the terminal)."""
+    logging.getLogger("restoreflow.cli").error("%s failed", what, exc_info=exc)

@@ -32,34 +32,45 @@ def env(tmp_path):
 
 @pytest.mark.slow
 def test_run_then_rerun_is_bit_identical(tmp_path, env):
-    src = tmp_path / "src"
-    src.mkdir()
+    """The spec uses paths relative to its folder A (run from A); the manifest records
+    them absolute, so `rerun MANIFEST --store NEW` from another folder B finds the
+    sources and prior and gives the same images (issue 19 item 3)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    src = a / "src"
+    src.mkdir(parents=True)
+    b.mkdir()
     rng = np.random.default_rng(0)
     for i in range(2):
         img = (np.kron(rng.random((8, 8, 3)), np.ones((4, 4, 1))) * 255).astype(np.uint8)
         Image.fromarray(img).save(src / f"p{i}.png")
-    spec = {"name": "cli", "sources": [str(src)], "store": str(tmp_path / "store"),
+    save_tiny_prior(a / "prior")
+    spec = {"name": "cli", "sources": ["src"], "store": "store",
             "degradation": "inpaint(ratio=0.5)+gaussian_noise(sigma=0.02)",
-            "prior": save_tiny_prior(tmp_path / "prior"),
+            "prior": "prior",
             "restore": {"steps": 3, "tile": 32, "overlap": 8}, "report": None}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    r = _cli("run", "spec.yaml", cwd=tmp_path, env=env)
+    (a / "spec.yaml").write_text(yaml.safe_dump(spec))
+    r = _cli("run", "spec.yaml", cwd=a, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "restored" in r.stdout and "Traceback" not in r.stderr
-    store = TileStore(str(tmp_path / "store"))
+    store = TileStore(str(a / "store"))
     (run,) = store.read_table("runs")
     manifest = tmp_path / "manifest.json"
     manifest.write_bytes(store.get_bytes(f"runs/{run['run_id']}/manifest.json"))
     m = json.loads(manifest.read_text())
     assert m["spec"]["degradation"].startswith("inpaint(") and m["device"] == "cpu"
-    r = _cli("rerun", str(manifest), "--store", str(tmp_path / "again"), cwd=tmp_path, env=env)
+    assert m["spec"]["sources"] == [str(src)] and m["spec"]["prior"] == str(a / "prior")
+    assert m["spec"]["store"] == str(a / "store")
+    r = _cli("rerun", str(manifest), "--store", "again", cwd=b, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    again = TileStore(str(tmp_path / "again"))
+    again = TileStore(str(b / "again"))
     ids = store.image_ids("restored")
     assert len(ids) == 2 and sorted(ids) == sorted(again.image_ids("restored"))
     for i in ids:
         assert np.array_equal(store.read("restored", i), again.read("restored", i))
         assert np.array_equal(store.read("degraded", i), again.read("degraded", i))
+    (run2,) = again.read_table("runs")
+    m2 = json.loads(again.get_bytes(f"runs/{run2['run_id']}/manifest.json"))
+    assert m2["spec"]["store"] == str(b / "again")  # --store recorded absolute too
 
 
 def test_bad_spec_fails_before_work(tmp_path, env):

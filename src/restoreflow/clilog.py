@@ -37,11 +37,13 @@ class ConsoleFilter(logging.Filter):
 
 
 def log_dir() -> str:
-    """``RESTOREFLOW_LOG_DIR``, else ``<tmp>/restoreflow-logs``."""
+    """``RESTOREFLOW_LOG_DIR``, else ``<tmp>/restoreflow-logs-<uid>`` (one per user: the
+    temporary folder is shared)."""
     import tempfile
 
-    return os.environ.get("RESTOREFLOW_LOG_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                  "restoreflow-logs")
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return os.environ.get("RESTOREFLOW_LOG_DIR") or os.path.join(
+        tempfile.gettempdir(), f"restoreflow-logs-{uid}")
 
 
 def _prefect_logging_yml() -> str | None:
@@ -105,6 +107,8 @@ def configure(verb: str, user_settings: dict | None = None) -> str | None:
         os.makedirs(directory, exist_ok=True)
     except OSError:
         return None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return None  # logging would fail at its first record: keep Prefect's default
     log_file = os.path.join(directory, f"{verb}-{time.strftime('%Y%m%dT%H%M%S')}-"
                                        f"{os.getpid()}.log")
     cfg = logging_config(log_file)

@@ -1,0 +1,43 @@
+"""The CLI's logging: tracebacks and failed-run ERROR records stay off the terminal (they
+go to the log file); warnings stay on it; a user's own Prefect logging config is kept."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from restoreflow import clilog
+
+
+def _record(name: str, level: int, exc: bool = False) -> logging.LogRecord:
+    info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            info = sys.exc_info()
+    return logging.LogRecord(name, level, __file__, 1, "msg", None, info)
+
+
+def test_console_filter():
+    f = clilog.ConsoleFilter()
+    assert f.filter(_record("prefect.flow_runs", logging.WARNING))  # e.g. REJECTED lines
+    assert f.filter(_record("distributed.nanny", logging.WARNING))
+    assert not f.filter(_record("prefect.flow_runs", logging.ERROR))
+    assert not f.filter(_record("prefect.task_runs", logging.ERROR))
+    assert not f.filter(_record("anything", logging.WARNING, exc=True))
+
+
+def test_config_adds_the_file_handler_and_the_filter(tmp_path):
+    cfg = clilog.logging_config(str(tmp_path / "a$b.log"))
+    assert cfg["handlers"]["restoreflow_file"]["filename"] == str(tmp_path / "a$$b.log")
+    assert "restoreflow_file" in cfg["root"]["handlers"]
+    assert "console" in cfg["root"]["handlers"]
+    assert cfg["handlers"]["console"]["filters"] == ["restoreflow_console"]
+
+
+def test_user_logging_config_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("PREFECT_LOGGING_SETTINGS_PATH", str(tmp_path / "mine.yml"))
+    assert clilog.configure("run") is None
+    monkeypatch.delenv("PREFECT_LOGGING_SETTINGS_PATH")
+    assert clilog.configure("run", {"PREFECT_LOGGING_SETTINGS_PATH": "x"}) is None

@@ -100,6 +100,10 @@ def test_relative_paths_are_resolved_against_the_spec_file(tmp_path):
     assert spec.calibration.clean == [str(d / "cal")]
     assert spec.export.out == str(d / "out") and spec.report == str(d / "report.html")
     assert spec.degradation_spec.files() == [("kernel_blur", str(d / "psf.npy"))]
+    # `rerun` of an older manifest keeps its degradation (its text is hashed into seeds)
+    rel = RunSpec.from_dict({**BASE, "degradation": "kernel_blur(path=psf.npy)"})
+    kept = rel.resolved(str(d), degradation_files=False)
+    assert kept.degradation == rel.degradation and kept.sources == [str(d / "imgs")]
     # a hub id stays a hub id when no such directory exists next to the spec
     hub = RunSpec.from_dict({**BASE, "prior": "owner/model"}).resolved(str(d))
     assert hub.prior == "owner/model"

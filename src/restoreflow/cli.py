@@ -473,12 +473,13 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
 
 
-def _run_spec(spec) -> dict:
+def _run_spec(spec, verb: str) -> dict:
     """Check the spec (one line and nothing created on a failure), then run it."""
     from restoreflow.preflight import check_run
     from restoreflow.settings import get_settings
 
     _preflight(check_run, spec, get_settings(), "spec")
+    _log_to_file(verb)
     uri = spec.store or get_settings().store
     before = _image_names(uri)
     from restoreflow.flows.pipeline import pipeline_flow
@@ -500,8 +501,7 @@ def run_cmd(spec_path: str = typer.Argument(..., metavar="SPEC.yaml")) -> None:
         spec = RunSpec.from_yaml(spec_path)
     except SpecError as exc:
         _fail(str(exc))
-    _log_to_file("run")
-    _run_spec(spec)
+    _run_spec(spec, "run")
 
 
 @app.command("rerun")
@@ -519,11 +519,10 @@ def rerun_cmd(
         spec = RunSpec.from_dict({**data["spec"], **({"store": store} if store else {})})
         # manifests record absolute paths; those of older ones (and --store) are taken
         # against the current directory, and recorded absolute in the new manifest
-        spec = spec.resolved(os.getcwd(), where=manifest)
+        spec = spec.resolved(os.getcwd(), where=manifest, degradation_files=False)
     except (OSError, ValueError, KeyError, TypeError, SpecError) as exc:
         _fail(f"{manifest}: not a run manifest ({_error_line(exc)})")
-    _log_to_file("rerun")
-    _run_spec(spec)
+    _run_spec(spec, "rerun")
 
 
 @app.command("restore")
@@ -706,10 +705,9 @@ def demo_cmd(
     from restoreflow.spec import RunSpec
 
     spec = RunSpec.from_dict(prepare_demo(workdir))
-    _log_to_file("demo")
     typer.echo(f"demo: {len(spec.sources)} source folder(s), store {spec.store}, "
                f"{spec.degradation}")
-    _run_spec(spec)
+    _run_spec(spec, "demo")
 
 
 @app.command("serve")

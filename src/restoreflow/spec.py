@@ -559,13 +559,15 @@ class RunSpec(_Strict):
         return cls.from_dict(data, where=path).resolved(
             os.path.dirname(os.path.abspath(path)), where=path)
 
-    def resolved(self, base: str, where: str = "run spec") -> RunSpec:
+    def resolved(self, base: str, where: str = "run spec",
+                 degradation_files: bool = True) -> RunSpec:
         """This spec with every relative local path made absolute against the directory
         ``base`` (a spec file's own directory, see :meth:`from_yaml`), so that the
         manifest it is recorded in works from any directory: sources, store,
         adapt.corpus, calibration.clean, export.out, report, the prior (when it is not
-        a hub id) and the degradation's files (PSF, mask). URIs and absolute paths are
-        kept as they are."""
+        a hub id) and, with ``degradation_files``, the degradation's files (PSF, mask;
+        this changes the degradation's hash, hence its seeds). URIs and absolute paths
+        are kept as they are."""
         d = self.model_dump(mode="json")
         d["sources"] = [resolve_path(s, base) for s in d["sources"]]
         d["adapt"]["corpus"] = [resolve_path(s, base) for s in d["adapt"]["corpus"]]
@@ -579,7 +581,8 @@ class RunSpec(_Strict):
             d["report"] = resolve_path(d["report"], base)
         if d["prior"] and _local_prior(d["prior"], base):
             d["prior"] = resolve_path(d["prior"], base)
-        d["degradation"] = self.degradation_spec.with_files_resolved(base).text
+        if degradation_files:
+            d["degradation"] = self.degradation_spec.with_files_resolved(base).text
         if d == self.model_dump(mode="json"):
             return self
         return type(self).from_dict(d, where=where)

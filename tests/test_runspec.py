@@ -107,3 +107,20 @@ def test_relative_paths_are_resolved_against_the_spec_file(tmp_path):
     # a hub id stays a hub id when no such directory exists next to the spec
     hub = RunSpec.from_dict({**BASE, "prior": "owner/model"}).resolved(str(d))
     assert hub.prior == "owner/model"
+
+
+def test_sampler_option_typo_is_refused_when_the_spec_is_parsed(tmp_path):
+    import pytest
+
+    from restoreflow.spec import RunSpec
+
+    spec = {"name": "t", "sources": [str(tmp_path)], "store": str(tmp_path / "s"),
+            "degradation": "gaussian_blur(sigma=1)",
+            "restore": {"sampler": "ddpg", "options": {"gama": 3}}}
+    with pytest.raises(Exception, match=r"unknown option 'gama' of sampler ddpg; its options"):
+        RunSpec.model_validate(spec)
+    spec["restore"]["options"] = {"zeta": 2.0}
+    with pytest.raises(Exception, match=r"option zeta=2.0 of sampler ddpg"):
+        RunSpec.model_validate(spec)
+    spec["restore"]["options"] = {"gamma": 3}
+    assert RunSpec.model_validate(spec).restore.options == {"gamma": 3}

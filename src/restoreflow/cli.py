@@ -39,6 +39,17 @@ def main(
 # --- commands are added below, one block per verb ---------------------------------
 
 
+# the sampler registry's names, without importing torch for --help
+_SAMPLER_NAMES = "ddpg, ddnm, dps, diffpir"
+
+
+def _check_sampler(name: str) -> None:
+    from restoreflow.samplers import SAMPLERS
+
+    if name not in SAMPLERS:
+        _fail(f"--sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+
+
 @app.command("simulate")
 def simulate_cmd(
     degradation: str = typer.Option(
@@ -529,7 +540,7 @@ def rerun_cmd(
 def restore_cmd(
     degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
     store: str = typer.Option(None, "--store", help="Store URI"),
-    sampler: str = typer.Option("ddpg", "--sampler", help="ddpg, ddnm, dps or diffpir"),
+    sampler: str = typer.Option("ddpg", "--sampler", help=f"one of {_SAMPLER_NAMES}"),
     steps: int = typer.Option(100, "--steps", min=1, max=1000),
     seed: int = typer.Option(0, "--seed"),
     collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
@@ -545,8 +556,7 @@ def restore_cmd(
     from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
-    if sampler not in ("ddpg", "ddnm", "dps", "diffpir"):
-        _fail(f"--sampler must be one of ddpg, ddnm, dps, diffpir, not {sampler!r}")
+    _check_sampler(sampler)
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
@@ -579,7 +589,7 @@ def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
     degradation: str = typer.Option(..., "--degradation", "-d"),
     store: str = typer.Option(None, "--store", help="Store URI"),
-    sampler: str = typer.Option("ddpg", "--sampler"),
+    sampler: str = typer.Option("ddpg", "--sampler", help=f"one of {_SAMPLER_NAMES}"),
     steps: int = typer.Option(100, "--steps", min=1, max=1000),
     samples_: int = typer.Option(4, "--samples", min=1, max=64),
     alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
@@ -600,6 +610,7 @@ def calibrate_cmd(
     except SpecError as exc:
         _fail(str(exc))
     settings = get_settings()
+    _check_sampler(sampler)
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)
     _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior

@@ -430,7 +430,14 @@ def make_generator(
 
 from typing import Literal  # noqa: E402
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
+from pydantic import (  # noqa: E402
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -460,6 +467,13 @@ class RestoreOptions(_Strict):
         1, ge=1, le=64, description="J samples (J >= 2 gives uncertainty maps)"
     )
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_of_the_sampler(self):
+        from restoreflow.samplers import check_options
+
+        check_options(self.sampler, self.options)  # typo, type, range: refused here
+        return self
 
 
 class AdaptOptions(_Strict):

@@ -156,7 +156,12 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     store = open_store(uri)
     cfg = P.RestoreConfig.from_run(run)
     started = time.time()
-    run_id = f"{run.name}-{time.strftime('%Y%m%dT%H%M%S')}-{run.hash[:8]}"
+    run_id = names.run_id(run.name, run.hash, started)
+    known = {r.get("run_id") for r in store.read_table("runs")}
+    for k in range(2, 1000):  # two runs of one spec within a second: keep ids unique
+        if run_id not in known:
+            break
+        run_id = f"{names.run_id(run.name, run.hash, started)}-{k}"
     timings: dict[str, float] = {}
     _reconcile_runs(store, log)
     # the row says "running" until the manifest exists; a kill leaves it so, and the

@@ -46,7 +46,13 @@ def test_pipeline_runs_named_after_run_id_and_images(prefect_api, tmp_path, monk
     from restoreflow.tasks import names as run_names
 
     if stale_start_name:  # the clock moved on before the run id was taken: renamed at the end
-        monkeypatch.setattr(run_names, "run_id", lambda *a, **k: "names-test-provisional")
+        real, calls = run_names.run_id, []
+
+        def first_call_stale(*a, **k):  # the flow run's name is taken first, then the id
+            calls.append(a)
+            return "names-test-provisional" if len(calls) == 1 else real(*a, **k)
+
+        monkeypatch.setattr(run_names, "run_id", first_call_stale)
 
     monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
     get_settings.cache_clear()

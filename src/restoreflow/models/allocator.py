@@ -6,6 +6,9 @@ step pays page faults to zero new pages; Dask's nanny makes this worse by export
 ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes the adaptive threshold. Measured on
 the default prior (128 px, 30 DDPG steps, one thread, AMD EPYC): 3.0 s as started, 3.8 s
 in a process with Dask's setting, 2.2-2.3 s after :func:`tune_allocator` (either way).
+Dask's documented remedy, dropping the variable through
+``distributed.nanny.pre-spawn-environ``, only gets back to the 3.0 s of a plain process,
+so workers keep this instead.
 
 ``mallopt`` applies to the running process, so this works in Dask workers of any
 cluster, whatever their environment. A no-op where glibc is absent (macOS, musl).

@@ -1,4 +1,4 @@
-"""Storage faults: the S3 server stops in the middle of an ingest and comes back on the
+"""Storage faults: the S3 server stops in the middle of an ingest or a run and comes back on the
 same ports and data; denied credentials; a local store that runs out of space.
 
 Every failure must be one line on stderr (no traceback), and a rerun after the fault
@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hardening_helpers import RESTOREFLOW, cli_env, image_status, read_every_tile, write_pngs
+from hardening_helpers import (
+    RESTOREFLOW,
+    cli_env,
+    image_status,
+    read_every_tile,
+    run_cli,
+    run_spec,
+    write_pngs,
+    write_spec,
+)
+
+from helpers import save_tiny_prior
 
 pytestmark = pytest.mark.s3
 
@@ -207,3 +218,67 @@ def test_store_out_of_space_gives_one_line(tmp_path):
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         assert not os.path.ismount(mnt)
+
+
+@pytest.mark.slow
+def test_server_stops_mid_run_one_line_then_resumes(server, prefect_server, tmp_path):
+    """Issue 20 item 6: the S3 server stops while a pipeline run restores (ingest and
+    simulate done) and stays down until the run gives up. The run prints one error line
+    (no traceback; Dask may add a warning as it stops its worker) naming the log file;
+    after the server is back, the same spec resumes and its restored images equal those
+    of an undisturbed run on a local store."""
+    from restoreflow.storage.store import TileStore
+
+    write_pngs(tmp_path / "src", 10, seed=5, size=64)
+    prior = save_tiny_prior(tmp_path / "prior")
+    env = _env(server, RESTOREFLOW_LOG_DIR=str(tmp_path / "logs"))
+    env["PREFECT_API_URL"] = prefect_server
+    ref_spec = write_spec(tmp_path / "ref.yaml", run_spec([tmp_path / "src"], tmp_path / "ref",
+                                                          prior, steps=40))
+    r = run_cli(["run", str(ref_spec)], env, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    uri = "s3://outage/run-store"
+    prefix = uri[len("s3://"):]
+    spec = write_spec(tmp_path / "s3.yaml", run_spec([tmp_path / "src"], uri, prior, steps=40))
+    proc = subprocess.Popen([RESTOREFLOW, "run", str(spec)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    store = TileStore(uri, _settings(server))
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        store.fs.invalidate_cache()
+        try:
+            n = len(store.fs.ls(f"{prefix}/restored", detail=False))
+        except FileNotFoundError:
+            n = 0
+        if n >= 2:  # the restore stage is under way
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before the outage"
+    server.stop()
+    t_down = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=400)
+    finally:
+        server.start()
+    print(f"\nS3 down for {time.monotonic() - t_down:.0f} s during a run: exit "
+          f"{proc.returncode}")
+    assert proc.returncode == 1, (out[-2000:], err[-3000:])
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) <= 3, err[-3000:]
+    (line,) = [ln for ln in lines if ln.startswith("error: ")]
+    print(f"  {len(lines)} line(s) on stderr: {line[:300]}")
+    assert line.startswith("error: run 'hardening' failed: ") and " Log: " in line, line
+    assert "Traceback (most recent call last)" in Path(line.rsplit(" Log: ", 1)[1]).read_text()
+    assert SECRET not in out + err
+
+    r = run_cli(["run", str(spec)], env, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = TileStore(tmp_path / "ref")
+    store = TileStore(uri, _settings(server))
+    ids = ref.image_ids("restored")
+    assert len(ids) == 10 and store.image_ids("restored") == ids
+    for i in ids:
+        assert np.array_equal(read_every_tile(store, "restored", i), ref.read("restored", i))

@@ -6,6 +6,8 @@ Heavy libraries are imported inside the commands so that ``restoreflow --help`` 
 from __future__ import annotations
 
 import os
+import shlex
+from typing import Literal, get_args
 
 import typer
 
@@ -39,15 +41,13 @@ def main(
 # --- commands are added below, one block per verb ---------------------------------
 
 
-# the sampler registry's names, without importing torch for --help
-_SAMPLER_NAMES = "ddpg, ddnm, dps, diffpir"
-
-
-def _check_sampler(name: str) -> None:
-    from restoreflow.samplers import SAMPLERS
-
-    if name not in SAMPLERS:
-        _fail(f"--sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+# the sampler registry's names as a typer choice, without importing torch for --help
+# (tests/flows/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
+SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir"]
+_SAMPLER_NAMES = get_args(SamplerName)
+ExportFormat = Literal["png", "tiff", "fits"]
+# the one wording of every --store option (restoreflow.settings.Settings.store)
+_STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
 
 
 @app.command("simulate")
@@ -55,13 +55,12 @@ def simulate_cmd(
     degradation: str = typer.Option(
         ..., "--degradation", "-d", help="e.g. 'gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)'"
     ),
-    store: str = typer.Option(None, "--store", help="Store URI (default: settings.store)"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of kernels, masks and noise"),
     collection: str = typer.Option("degraded", "--collection", help="Output collection"),
 ) -> None:
     """Write a degraded copy of every input image (deterministic; reruns write nothing)."""
     from restoreflow.preflight import check_degradation_files
-    from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
     try:
@@ -69,7 +68,9 @@ def simulate_cmd(
     except SpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--degradation") from None
     _preflight(check_degradation_files, "--degradation", spec.text)
-    uri = store or get_settings().store
+    ts = _open_store(store)
+    _need_images(ts, "input", complete=True)
+    uri = ts.uri
     _log_to_file("simulate")
     before = _image_names(uri)
     from restoreflow.flows.simulate import simulate_flow
@@ -101,14 +102,43 @@ def _open_store(store: str | None, tile_size: int | None = None):
         raise typer.Exit(2) from exc
 
 
+def _listed_images(ts, collection: str) -> set[str]:
+    """The image names of a collection from a directory listing (no metadata read)."""
+    try:
+        listed = ts.fs.ls(ts._full(collection), detail=False)
+    except FileNotFoundError:
+        return set()
+    return {os.path.basename(str(p).rstrip("/")) for p in listed} - {"zarr.json"}
+
+
+def _need_images(ts, collection: str | None = None, complete: bool = False) -> None:
+    """One line and exit 2 when the store does not exist or holds no images (in
+    ``collection``, else in any collection; ``complete``: complete ones), naming the
+    next step. Only the verbs that ingest (ingest, run, calibrate, index build) create
+    a store, so a mistyped store fails here and nothing is created."""
+    from restoreflow.storage.sources import strip_credentials
+
+    if ts.exists_store:
+        for c in [collection] if collection else ts.collections():
+            if ts.image_ids(c) if complete else _listed_images(ts, c):
+                return
+    where = strip_credentials(ts.uri)
+    _fail(f"{where}: no store here (or no images in it): run "
+          f"'restoreflow ingest SRC... --store {shlex.quote(where)}' first")
+
+
+def _no_collection(ts, collection: str) -> None:
+    """One line and exit 2: the store has no such collection (naming those it has)."""
+    _fail(f"{ts.uri} has no collection {collection!r} "
+          f"(it has: {', '.join(ts.collections()) or 'none'})")
+
+
 @app.command()
 def ingest(
     sources: list[str] = typer.Argument(
         ..., metavar="SRC...", help="Files, directories, globs or s3://bucket/prefix."
     ),
-    store: str | None = typer.Option(
-        None, "--store", help="Store URI (default: RESTOREFLOW_STORE)."
-    ),
+    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any file was rejected."),
     tile_size: int | None = typer.Option(
         None, "--tile-size", min=16, help="Tile edge T for a NEW store."
@@ -150,9 +180,10 @@ def ingest(
 
 @app.command()
 def export(
-    store: str | None = typer.Option(None, "--store", help="Store URI."),
+    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
     collection: str = typer.Option("input", "--collection", help="Collection to export."),
-    fmt: str = typer.Option(..., "--format", help="png, tiff or fits."),
+    fmt: ExportFormat = typer.Option(..., "--format", case_sensitive=False,
+                                     help="File format."),
     out: str = typer.Option(..., "--out", help="Output directory."),
     image_id: list[str] | None = typer.Option(
         None, "--id", help="Export only these image ids (repeatable)."
@@ -161,14 +192,10 @@ def export(
     """Export a collection as PNG / TIFF / FITS files named <image_id>_<name>.<ext>."""
     from restoreflow.storage.export import export as run_export
 
-    fmt = fmt.lower()
-    if fmt not in ("png", "tiff", "fits"):
-        typer.echo(f"error: --format must be png, tiff or fits, not {fmt!r}", err=True)
-        raise typer.Exit(2)
     ts = _open_store(store)
+    _need_images(ts)
     if collection not in ts.collections():
-        typer.echo(f"error: {ts.uri} has no collection {collection!r}", err=True)
-        raise typer.Exit(2)
+        _no_collection(ts, collection)
     try:
         paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
     except (KeyError, ValueError, OSError) as exc:
@@ -179,33 +206,111 @@ def export(
     typer.echo(f"{len(paths)} file(s) written to {out}", err=True)
 
 
+def _bytes_text(n: int | None) -> str:
+    """A size in bytes as people read it: 512 B, 3.4 KiB, 12.0 MiB, 1.2 GiB."""
+    if n is None:
+        return "?"
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
+
+
+def _stored_bytes(ts, collection: str) -> int | None:
+    """The collection's size on disk / on S3 (all its objects), None when unknown."""
+    try:
+        return int(ts.fs.du(ts._full(collection), total=True))
+    except Exception:  # noqa: BLE001 - a listing that fails shows "?" rather than stopping ls
+        return None
+
+
+def _pixels(attrs: dict) -> int:
+    shape = attrs.get("shape") or []
+    return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+
+
+def _input_roles(ts, collections: list[str]) -> dict[str, str]:
+    """{image id: role} for the input images that are not (only) sources: "calibration"
+    (in a calibration-* collection: calibrate and a spec's calibration.clean), "corpus"
+    (in a reference index: index build and a spec's adapt.corpus), both joined by ", ",
+    with "source" too when the image was also degraded or restored as a source. The
+    store records roles this way only; an image in none of them is a source."""
+    import json
+
+    calibration: set[str] = set()
+    derived: set[str] = set()
+    for c in collections:
+        if c != "input":
+            (calibration if c.startswith("calibration-") else derived).update(
+                _listed_images(ts, c))
+    corpus: set[str] = set()
+    for path in ts.list_files("index"):
+        if path.endswith("/index.json"):
+            try:
+                corpus.update(json.loads(ts.get_bytes(path)).get("ids", []))
+            except (OSError, ValueError):
+                continue
+    roles = {}
+    for iid in calibration | corpus:
+        found = [r for r, ids in (("source", derived), ("calibration", calibration),
+                                  ("corpus", corpus)) if iid in ids]
+        roles[iid] = ", ".join(found)
+    return roles
+
+
 @app.command("ls")
 def ls_store(
-    store: str | None = typer.Option(None, "--store", help="Store URI."),
+    collection: str | None = typer.Argument(
+        None, help="List this collection's images (default: one row per collection)."),
+    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    images: bool = typer.Option(False, "--images", help="List the images of every collection."),
 ) -> None:
-    """List the store's collections and images (name, size, dtype, status)."""
+    """Summarise the store: one row per collection (images, complete, writing, megapixels,
+    stored bytes). With --images or a COLLECTION: its images (id, name, size, dtype,
+    status; for input also the role: source, calibration or corpus image)."""
     from rich.console import Console
     from rich.table import Table
 
     from restoreflow.storage.ingest import size_text
 
     ts = _open_store(store)
-    console = Console(width=160)
-    if not ts.exists_store:
-        console.print(f"{ts.uri}: no store here yet")
-        return
+    _need_images(ts)
     cols = ts.collections()
+    if collection is not None and collection not in cols:
+        _no_collection(ts, collection)
+    console = Console(width=160)
     console.print(f"store {ts.uri}  tile size {ts.tile_size}  collections: {len(cols)}")
-    for c in cols:
-        images = ts.image_attrs(c)
-        done = sum(1 for a in images.values() if a.get("status") == "complete")
-        t = Table(title=f"{c}: {len(images)} image(s), {done} complete")
-        for col in ("image id", "name", "size", "dtype", "status"):
+    if collection is None and not images:
+        t = Table()
+        for col in ("collection", "images", "complete", "writing", "megapixels", "stored"):
+            t.add_column(col, justify="left" if col == "collection" else "right")
+        for c in cols:
+            attrs = ts.image_attrs(c).values()
+            done = sum(a.get("status") == "complete" for a in attrs)
+            t.add_row(c, str(len(attrs)), str(done), str(len(attrs) - done),
+                      f"{sum(_pixels(a) for a in attrs) / 1e6:.2f}",
+                      _bytes_text(_stored_bytes(ts, c)))
+        console.print(t)
+        console.print("images of one collection: restoreflow ls COLLECTION; of all: --images")
+        return
+    for c in [collection] if collection is not None else cols:
+        attrs = ts.image_attrs(c)
+        done = sum(1 for a in attrs.values() if a.get("status") == "complete")
+        roles = _input_roles(ts, cols) if c == "input" else None
+        t = Table(title=f"{c}: {len(attrs)} image(s), {done} complete")
+        for col in ("image id", "name", "size", "dtype", "status") + (
+                ("role",) if roles is not None else ()):
             t.add_column(col, overflow="fold")
-        for iid, a in images.items():
-            t.add_row(iid, str(a.get("name", "")), size_text(a.get("shape")),
-                      str(a.get("dtype", "")),
-                      str(a.get("status", "")))
+        for iid, a in attrs.items():
+            row = [iid, str(a.get("name", "")), size_text(a.get("shape")),
+                   str(a.get("dtype", "")), str(a.get("status", ""))]
+            if roles is not None:
+                row.append(roles.get(iid, "source"))
+            t.add_row(*row)
         console.print(t)
 
 
@@ -389,9 +494,7 @@ def _image_names(uri: str) -> dict[str, set[str]] | None:
         out = {}
         for coll in ts.collections():
             if coll in _WORK_COLLECTIONS or coll.startswith("calibration-"):
-                path = ts._full(coll)
-                out[coll] = {os.path.basename(str(p).rstrip("/"))
-                             for p in ts.fs.ls(path, detail=False)} - {"zarr.json"}
+                out[coll] = _listed_images(ts, coll)
         return out
     except Exception:  # noqa: BLE001 - only the wording of the failure hint depends on it
         return None
@@ -539,8 +642,8 @@ def rerun_cmd(
 @app.command("restore")
 def restore_cmd(
     degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
-    store: str = typer.Option(None, "--store", help="Store URI"),
-    sampler: str = typer.Option("ddpg", "--sampler", help=f"one of {_SAMPLER_NAMES}"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
     steps: int = typer.Option(100, "--steps", min=1, max=1000),
     seed: int = typer.Option(0, "--seed"),
     collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
@@ -556,7 +659,6 @@ def restore_cmd(
     from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
 
-    _check_sampler(sampler)
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
@@ -568,8 +670,9 @@ def restore_cmd(
     _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = _open_store(store)
+    _need_images(ts)
     if collection not in ts.collections():
-        _fail(f"{ts.uri} has no collection {collection!r}")
+        _no_collection(ts, collection)
     _log_to_file("restore")
     before = _image_names(ts.uri)
     from restoreflow.flows.restore import restore_flow
@@ -588,8 +691,8 @@ def restore_cmd(
 def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
     degradation: str = typer.Option(..., "--degradation", "-d"),
-    store: str = typer.Option(None, "--store", help="Store URI"),
-    sampler: str = typer.Option("ddpg", "--sampler", help=f"one of {_SAMPLER_NAMES}"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
     steps: int = typer.Option(100, "--steps", min=1, max=1000),
     samples_: int = typer.Option(4, "--samples", min=1, max=64),
     alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
@@ -610,7 +713,6 @@ def calibrate_cmd(
     except SpecError as exc:
         _fail(str(exc))
     settings = get_settings()
-    _check_sampler(sampler)
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)
     _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
@@ -635,14 +737,16 @@ def calibrate_cmd(
 
 @app.command("report")
 def report_cmd(
-    store: str = typer.Option(None, "--store", help="Store URI"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
     run: str = typer.Option(None, "--run", help="Run id (default: the latest)"),
     out: str = typer.Option("report.html", "--out", help="Output HTML file"),
 ) -> None:
     """Write a static, self-contained HTML report of a run."""
     from restoreflow.report.html import build_report
 
-    path = build_report(_open_store(store), out, run)
+    ts = _open_store(store)
+    _need_images(ts)
+    path = build_report(ts, out, run)
     typer.echo(f"report: {path}")
 
 
@@ -654,7 +758,7 @@ app.add_typer(index_app, name="index")
 @index_app.command("build")
 def index_build(
     corpus: list[str] = typer.Option(..., "--corpus", help="Reference images (sources)"),
-    store: str = typer.Option(None, "--store", help="Store URI"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
     embedder: str = typer.Option("efficientnet-lite0", "--embedder",
                                  help="efficientnet-lite0 or clip:<dir-or-hub-id>"),
     name: str = typer.Option("default", "--name"),
@@ -679,7 +783,7 @@ def index_build(
 def index_search(
     image: str = typer.Argument(..., help="An image file"),
     k: int = typer.Option(5, "-k", min=1),
-    store: str = typer.Option(None, "--store", help="Store URI"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
     name: str = typer.Option("default", "--name"),
 ) -> None:
     """Print the k reference images nearest to IMAGE, with scores."""

@@ -245,7 +245,7 @@ def test_cli_ingest_exit_codes_and_rejection_lines(tmp_path, monkeypatch, local_
     assert "0 ingested, 2 already present, 1 rejected" in res.output
     res = runner.invoke(app, ["ingest", str(src / "img0_0.png"), "--store", uri, "--strict"])
     assert res.exit_code == 0
-    res = runner.invoke(app, ["ls", "--store", uri])
+    res = runner.invoke(app, ["ls", "input", "--store", uri])
     assert res.exit_code == 0 and "input: 2 image(s), 2 complete" in res.output
     assert "img0_0.png" in res.output and "90x70 rgb" in res.output
     out = tmp_path / "exported"

@@ -182,8 +182,8 @@ def adapt(prior, refs_by_key: dict, ids: list[str], key: str, lora, seed: int):
 
 
 def restore(model, q: dict, key: str, steps: int, seed: int):
-    from restoreflow.restore import restore_image
     from restoreflow.spec import seed_for
+    from restoreflow.stages.restore import restore_image
 
     g = torch.Generator().manual_seed(seed_for(q["spec"].hash, seed, f"{key}/restore"))
     t0 = time.perf_counter()

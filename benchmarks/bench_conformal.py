@@ -164,8 +164,8 @@ def load_crop(item: dict, crop: int, short_side: int, seed: int):
 
 
 def settings(args, prior_hash: str) -> dict:
-    from restoreflow.restore import default_options
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.restore import default_options
 
     opts = {}
     for task, text in TASKS.items():
@@ -204,12 +204,12 @@ def save_cache(path: Path, data: dict) -> None:
 def restore_record(prior, item: dict, task: str, x, st: dict) -> dict:
     import torch
 
-    from restoreflow.pipeline import LAMBDA_GRID
     from restoreflow.quality.features import compute_features
     from restoreflow.quality.metrics import psnr, ssim
     from restoreflow.quality.rcps import base_intervals, excess
-    from restoreflow.restore import restore_image
     from restoreflow.spec import DegradationSpec, make_generator, seed_for
+    from restoreflow.stages.calibrate import LAMBDA_GRID
+    from restoreflow.stages.restore import restore_image
 
     spec = DegradationSpec.parse(TASKS[task])
     g = make_generator(spec, st["seed"], item["id"])
@@ -305,10 +305,10 @@ def _stats(cov: list[float], gap: list[float]) -> dict:
 
 
 def analyse_set(recs: list[dict], names: list[str], args, ablation: bool) -> dict:
-    from restoreflow.pipeline import LAMBDA_GRID
     from restoreflow.quality.conformal import TrivialLowerBound
     from restoreflow.quality.features import feature_vector
     from restoreflow.quality.rcps import RiskControlError, calibrate_lambda
+    from restoreflow.stages.calibrate import LAMBDA_GRID
 
     X = np.stack([feature_vector(r["features"], names) for r in recs])
     targets = {"psnr": np.array([r["psnr"] for r in recs]),
@@ -399,7 +399,7 @@ def analyse_by_source(recs: list[dict], names: list[str], args) -> dict:
 
 
 def run_analyse(args, data: dict, items: list[dict]) -> dict:
-    from restoreflow.pipeline import feature_names
+    from restoreflow.stages.calibrate import feature_names
 
     names = feature_names(args.samples)
     res: dict = {"feature_names": names, "groups": {k: list(v) for k, v in GROUPS.items()},
@@ -648,7 +648,7 @@ def main() -> None:
         ap.error("--samples must be >= 2 (posterior spread features, pixel intervals)")
     name = args.name or ("conformal_quick" if args.quick else "conformal")
 
-    from restoreflow.pipeline import prior_hash
+    from restoreflow.stages.models import prior_hash
 
     st = settings(args, prior_hash(args.prior))
     path = cache_path(st)

@@ -1,6 +1,6 @@
 """Time to degrade a 4096x4096 RGB image with each operator (one run, one machine).
 
-Two figures per degradation: ``simulate_s`` is restoreflow.simulate.simulate_image on a
+Two figures per degradation: ``simulate_s`` is restoreflow.stages.simulate.simulate_image on a
 local store (read input tiles with halo, A, noise, write tiles; tiled where the operator
 allows it, whole image for SR), ``A_s`` is the operator alone on the in-memory image.
 
@@ -33,8 +33,8 @@ SPECS = [
 
 
 def main() -> None:
-    from restoreflow.simulate import simulate_image
     from restoreflow.spec import DegradationSpec, make_generator
+    from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest_array
     from restoreflow.storage.store import TileStore
 

@@ -61,8 +61,11 @@ def _spec(src: str, store: str, steps: int, out: str) -> dict:
 CORE = """
 import sys, time
 t0 = time.perf_counter()
-from restoreflow import pipeline as P
-from restoreflow.simulate import simulate_image
+from restoreflow.stages import calibrate
+from restoreflow.stages import config
+from restoreflow.stages import restore as restore_stage
+from restoreflow.storage import layout
+from restoreflow.stages.simulate import simulate_image
 from restoreflow.spec import DegradationSpec, RunSpec
 from restoreflow.storage.export import export
 from restoreflow.storage.ingest import ingest
@@ -71,14 +74,14 @@ import yaml
 
 run = RunSpec.from_dict(yaml.safe_load(open(sys.argv[1])))
 store = TileStore(run.store)
-cfg = P.RestoreConfig.from_run(run)
+cfg = config.RestoreConfig.from_run(run)
 spec = DegradationSpec.parse(run.degradation)
 rep = ingest(run.sources, store, progress=False)
 ids = [r.image_id for r in rep.rows if r.image_id]
 for i in ids:
     simulate_image(store, i, spec, run.seed)
-    P.restore_one(store, i, cfg, P.DEGRADED)
-    P.truth_metrics(store, i)
+    restore_stage.restore_one(store, i, cfg, layout.DEGRADED)
+    calibrate.truth_metrics(store, i)
 export(store, "restored", "png", run.export.out, ids)
 print(time.perf_counter() - t0)
 """
@@ -134,7 +137,7 @@ import resource, sys
 import numpy as np
 from PIL import Image
 from restoreflow import samples
-from restoreflow.simulate import simulate_image
+from restoreflow.stages.simulate import simulate_image
 from restoreflow.spec import DegradationSpec
 from restoreflow.storage.ingest import ingest
 from restoreflow.storage.store import TileStore
@@ -152,13 +155,15 @@ print(image_id, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 MEM_RESTORE = """
 import resource, sys
-from restoreflow import pipeline as P
+from restoreflow.stages.config import RestoreConfig
+from restoreflow.stages.restore import restore_one
+from restoreflow.storage.layout import DEGRADED
 from restoreflow.spec import RunSpec
 from restoreflow.storage.store import TileStore
 work, image_id, spec, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 run = RunSpec.from_dict({"name": "mem", "sources": [work], "store": f"{work}/store",
                          "degradation": spec, "restore": {"steps": steps}, "report": None})
-P.restore_one(TileStore(run.store), image_id, P.RestoreConfig.from_run(run), P.DEGRADED)
+restore_one(TileStore(run.store), image_id, RestoreConfig.from_run(run), DEGRADED)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 

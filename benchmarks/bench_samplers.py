@@ -8,7 +8,7 @@ Tasks (degradation specs, sigma in [0, 1] units):
 
 Methods: ``A^+ y`` (exact pseudo-inverse in model units: missing pixels are mid-grey),
 ``A^+_eta y`` (Tikhonov, eta = (2 sigma_y)^2 in model units, a classical baseline), and
-DDNM+, DPS, DiffPIR, DDPG through :func:`restoreflow.restore.restore_image` with the
+DDNM+, DPS, DiffPIR, DDPG through :func:`restoreflow.stages.restore.restore_image` with the
 default options of ``restore.DEFAULT_OPTIONS`` (or ``--options`` JSON), all with the same
 number of UNet evaluations (``--steps``, 100 by default). DPS also runs one backward pass
 per step (about 3x the compute of a forward pass); its s/MP shows it.
@@ -225,7 +225,7 @@ def degrade(task: str, item: dict, seed: int):
 
 def run_method(prior, op, y, sigma_y, method, steps, seed, options=None, tile=256):
     """(restored (3, H, W) in [0, 1], seconds)."""
-    from restoreflow.restore import restore_image
+    from restoreflow.stages.restore import restore_image
 
     t0 = time.perf_counter()
     if method in PEERS:
@@ -276,7 +276,7 @@ def metrics(est: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def run_benchmark(args, prior, prior_info: dict) -> dict:
     from restoreflow.models import corpus
-    from restoreflow.restore import default_options
+    from restoreflow.stages.restore import default_options
 
     photos = corpus.held_out_photos()[: args.images]
     items = load_images(photos, astro_paths(args.astro), args.size)
@@ -358,7 +358,7 @@ def side_by_side(shown: dict, stem: str) -> str:
 def run_curve(args, prior, prior_info: dict) -> dict:
     """DDPG PSNR against the number of steps, photos only, default options."""
     from restoreflow.models import corpus
-    from restoreflow.restore import default_options
+    from restoreflow.stages.restore import default_options
 
     items = load_images(corpus.held_out_photos()[: args.images], [], args.size)
     rows = []

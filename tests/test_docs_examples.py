@@ -77,15 +77,16 @@ def test_readme_points_inside_the_repository():
 
 
 def test_readme_store_layout_names_the_real_collections():
-    from restoreflow import pipeline as P
-    from restoreflow.storage.ingest import REJECTED_TABLE
+    from restoreflow.storage import layout
+    from restoreflow.storage.layout import REJECTED_TABLE
     from restoreflow.storage.lock import LOCK_DIR
     from restoreflow.storage.store import TABLES_DIR
 
     for doc in (README, (ROOT / "docs" / "store-layout.md").read_text(encoding="utf-8")):
         tree = re.search(r"```\n<store>/\n(.*?)```", doc, re.S).group(1)
         assert "uncertainty" not in tree
-        for name in (P.INPUT, P.DEGRADED, P.RESTORED, P.INTERVAL_LO, P.INTERVAL_HI,
+        for name in (layout.INPUT, layout.DEGRADED, layout.RESTORED, layout.INTERVAL_LO,
+                     layout.INTERVAL_HI,
                      "calibration-<spec hash>.degraded", "calibration-<settings hash>.restored",
                      TABLES_DIR, "runs/<run_id>/manifest.json", "calibrations/", "index/",
                      "adapters/", LOCK_DIR):

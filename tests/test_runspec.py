@@ -61,7 +61,7 @@ def test_bad_yaml_files(tmp_path):
 
 def test_adapt_lora_settings_reach_the_adapter_and_the_settings_hash():
     from restoreflow.models.lora import LoraSettings
-    from restoreflow.pipeline import RestoreConfig
+    from restoreflow.stages.config import RestoreConfig
 
     adapt = {"enabled": True, "rank": 4, "alpha": 2.0, "lr": 1e-3, "targets": ["conv1"],
              "max_t": 250}

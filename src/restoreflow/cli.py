@@ -764,7 +764,7 @@ def index_build(
     name: str = typer.Option("default", "--name"),
 ) -> None:
     """Ingest a reference corpus and embed it (incremental)."""
-    from restoreflow.pipeline import build_index
+    from restoreflow.retrieval.stored import build_index
     from restoreflow.settings import get_settings
     from restoreflow.storage.ingest import ingest as run_ingest
 
@@ -790,7 +790,7 @@ def index_search(
     import torch
 
     from restoreflow.models.embedders import get_embedder
-    from restoreflow.pipeline import load_index
+    from restoreflow.retrieval.stored import load_index
     from restoreflow.storage.readers import ImageRejected, read_image
     from restoreflow.storage.store import normalisation, to_normalised
 

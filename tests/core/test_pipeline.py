@@ -6,10 +6,23 @@ import numpy as np
 import pytest
 
 from helpers import save_tiny_prior
-from restoreflow import pipeline as P
-from restoreflow.simulate import simulate_image
+from restoreflow.retrieval.stored import build_index
 from restoreflow.spec import DegradationSpec
+from restoreflow.stages.calibrate import (
+    fit_calibration,
+    load_calibration,
+    prepare_intervals,
+    save_calibration,
+    score,
+    truth_metrics,
+    write_intervals,
+)
+from restoreflow.stages.config import RestoreConfig
+from restoreflow.stages.models import prior_hash
+from restoreflow.stages.restore import restore_one
+from restoreflow.stages.simulate import simulate_image
 from restoreflow.storage.ingest import ingest_array
+from restoreflow.storage.layout import DEGRADED, INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED
 from restoreflow.storage.store import TileStore
 
 SPEC = "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)"
@@ -40,7 +53,7 @@ def store(tmp_path):
 
 def cfg(prior_dir, **kw):
     base = dict(degradation=SPEC, steps=3, tile=32, overlap=8, prior=prior_dir)
-    return P.RestoreConfig(**{**base, **kw})
+    return RestoreConfig(**{**base, **kw})
 
 
 def test_restore_writes_outputs_and_is_idempotent(store, prior_dir):
@@ -49,18 +62,18 @@ def test_restore_writes_outputs_and_is_idempotent(store, prior_dir):
     spec = DegradationSpec.parse(SPEC)
     for i in ids:
         simulate_image(store, i, spec, seed=0)
-        res = P.restore_one(store, i, c, P.DEGRADED)
+        res = restore_one(store, i, c, DEGRADED)
         assert res is not None and np.isfinite(res["features"]["measurement_consistency"])
-        out = store.read(P.RESTORED, i)
-        assert out.shape == store.shape(P.INPUT, i) and np.isfinite(out).all()
+        out = store.read(RESTORED, i)
+        assert out.shape == store.shape(INPUT, i) and np.isfinite(out).all()
         lo, hi = store.read("restored.samples_lower", i), store.read("restored.samples_upper", i)
         assert (lo <= hi + 1e-6).all()
-        assert store.attrs(P.RESTORED, i)["status"] == "complete"
-    before = store.read(P.RESTORED, ids[0])
-    assert P.restore_one(store, ids[0], c, P.DEGRADED) is None  # same settings: skipped
-    again = P.restore_one(store, ids[0], cfg(prior_dir, posterior_samples=2, steps=4),
-                          P.DEGRADED)
-    assert again is not None and not np.array_equal(before, store.read(P.RESTORED, ids[0]))
+        assert store.attrs(RESTORED, i)["status"] == "complete"
+    before = store.read(RESTORED, ids[0])
+    assert restore_one(store, ids[0], c, DEGRADED) is None  # same settings: skipped
+    again = restore_one(store, ids[0], cfg(prior_dir, posterior_samples=2, steps=4),
+                          DEGRADED)
+    assert again is not None and not np.array_equal(before, store.read(RESTORED, ids[0]))
 
 
 def test_restore_is_reproducible_across_stores(tmp_path, prior_dir):
@@ -69,53 +82,53 @@ def test_restore_is_reproducible_across_stores(tmp_path, prior_dir):
         st = TileStore(str(tmp_path / f"s{k}"), tile_size=16)
         (i,) = _images(st, 1)
         simulate_image(st, i, DegradationSpec.parse(SPEC), seed=0)
-        P.restore_one(st, i, cfg(prior_dir), P.DEGRADED)
-        outs.append(st.read(P.RESTORED, i))
+        restore_one(st, i, cfg(prior_dir), DEGRADED)
+        outs.append(st.read(RESTORED, i))
     assert np.array_equal(outs[0], outs[1])
 
 
 def test_adaptation_retrieves_caches_and_records(store, prior_dir):
     ids = _images(store, 5, seed=1)
-    info = P.build_index(store, ids[1:], embedder="efficientnet-lite0")
-    assert info["added"] == 4 and P.build_index(store, ids[1:])["added"] == 0
+    info = build_index(store, ids[1:], embedder="efficientnet-lite0")
+    assert info["added"] == 4 and build_index(store, ids[1:])["added"] == 0
     simulate_image(store, ids[0], DegradationSpec.parse(SPEC), seed=0)
     c = cfg(prior_dir, adapt=True, neighbours=2, adapt_steps=2)
-    res = P.restore_one(store, ids[0], c, P.DEGRADED)
+    res = restore_one(store, ids[0], c, DEGRADED)
     nbrs = [n["id"] for n in res["neighbours"]]
     assert len(nbrs) == 2 and ids[0] not in nbrs and set(nbrs) <= set(ids[1:])
     assert res["adapter_cached"] is False
     assert store.exists(f"adapters/{res['adapter']}/adapter_model.safetensors")
-    first = store.read(P.RESTORED, ids[0])
-    store.delete_image(P.RESTORED, ids[0])
-    res2 = P.restore_one(store, ids[0], c, P.DEGRADED)
+    first = store.read(RESTORED, ids[0])
+    store.delete_image(RESTORED, ids[0])
+    res2 = restore_one(store, ids[0], c, DEGRADED)
     assert res2["adapter_cached"] is True and res2["adapter"] == res["adapter"]
-    assert np.array_equal(first, store.read(P.RESTORED, ids[0]))
+    assert np.array_equal(first, store.read(RESTORED, ids[0]))
     assert c.settings_hash("h") != cfg(prior_dir).settings_hash("h")
 
 
 def test_calibrate_and_score(store, prior_dir):
     ids = _images(store, 10, seed=2)
     c = cfg(prior_dir, posterior_samples=2)
-    shash = c.settings_hash(P.prior_hash(prior_dir))
+    shash = c.settings_hash(prior_hash(prior_dir))
     rows = []
     for i in ids:
         simulate_image(store, i, DegradationSpec.parse(SPEC), seed=0)
-        res = P.restore_one(store, i, c, P.DEGRADED)
-        rows.append({"image_id": i, "features": res["features"], **P.truth_metrics(store, i)})
-    cal = P.fit_calibration(store, rows, c, shash, alpha=0.3, pixel_epsilon=0.25,
+        res = restore_one(store, i, c, DEGRADED)
+        rows.append({"image_id": i, "features": res["features"], **truth_metrics(store, i)})
+    cal = fit_calibration(store, rows, c, shash, alpha=0.3, pixel_epsilon=0.25,
                             pixel_delta=0.2)
-    P.save_calibration(store, cal)
-    loaded = P.load_calibration(store, shash)
+    save_calibration(store, cal)
+    loaded = load_calibration(store, shash)
     assert loaded["n"] == 10 and 0 <= loaded["pixel"]["lam"] <= 1
     # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
-    strict = P.fit_calibration(store, rows, c, shash, alpha=0.3)
+    strict = fit_calibration(store, rows, c, shash, alpha=0.3)
     assert strict.pixel is None and "more calibration images" in strict.coverage["pixel_note"]
-    s = P.score(rows[0]["features"], loaded, shash, min_psnr=99)
+    s = score(rows[0]["features"], loaded, shash, min_psnr=99)
     assert s["psnr_lower"] is not None and s["flagged"] is True and s["warning"] is None
     assert s["psnr_lower"] < 99
-    other = P.score(rows[0]["features"], loaded, "another-hash")
+    other = score(rows[0]["features"], loaded, "another-hash")
     assert other["psnr_lower"] is None and "other restore settings" in other["warning"]
-    P.prepare_intervals(store, ids[0], s["lambda"])
-    P.write_intervals(store, ids[0], s["lambda"])
-    lo, hi = store.read(P.INTERVAL_LO, ids[0]), store.read(P.INTERVAL_HI, ids[0])
+    prepare_intervals(store, ids[0], s["lambda"])
+    write_intervals(store, ids[0], s["lambda"])
+    lo, hi = store.read(INTERVAL_LO, ids[0]), store.read(INTERVAL_HI, ids[0])
     assert np.all(hi - lo >= 2 * s["lambda"] - 1e-6)

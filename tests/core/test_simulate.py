@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from restoreflow.simulate import simulate_image, simulate_reference
 from restoreflow.spec import DegradationSpec
+from restoreflow.stages.simulate import simulate_image, simulate_reference
 from restoreflow.storage.store import TileStore
 
 

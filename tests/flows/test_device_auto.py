@@ -11,11 +11,11 @@ from PIL import Image
 def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatch):
     import torch
 
-    import restoreflow.pipeline as P
     from restoreflow.flows.restore import restore_flow
     from restoreflow.settings import get_settings, resolve_device
-    from restoreflow.simulate import simulate_image
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages import restore as restore_stage
+    from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
     from restoreflow.storage.store import TileStore
 
@@ -35,7 +35,7 @@ def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatc
         seen.append(device)
         return {"image_id": image_id, "features": {}, "timings": {}, "device": device}
 
-    monkeypatch.setattr(P, "restore_stored", fake_restore)
+    monkeypatch.setattr(restore_stage, "restore_stored", fake_restore)
     monkeypatch.setenv("RESTOREFLOW_DEVICE", "auto")
     get_settings.cache_clear()
     try:

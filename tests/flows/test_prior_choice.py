@@ -19,8 +19,8 @@ def _settings_env(monkeypatch, prior: str | None):
 
 
 def test_precedence_spec_then_environment_then_shipped(tmp_path, monkeypatch):
-    from restoreflow.pipeline import RestoreConfig
     from restoreflow.spec import RunSpec
+    from restoreflow.stages.config import RestoreConfig
 
     env_prior = save_tiny_prior(tmp_path / "env-prior")
     spec_prior = save_tiny_prior(tmp_path / "spec-prior", seed=1)
@@ -41,9 +41,9 @@ def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_pa
                                                              monkeypatch):
     from restoreflow.flows.restore import restore_flow
     from restoreflow.models.prior import hash_model_dir
-    from restoreflow.pipeline import prior_hash
-    from restoreflow.simulate import simulate_image
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.models import prior_hash
+    from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
     from restoreflow.storage.store import TileStore
 

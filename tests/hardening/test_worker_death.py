@@ -37,8 +37,8 @@ def _worker(addr: str, name: str, log) -> subprocess.Popen:
 
 def _prepare_store(tmp_path):
     from restoreflow.settings import get_settings
-    from restoreflow.simulate import simulate_image
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
     from restoreflow.storage.store import TileStore
 
@@ -59,7 +59,8 @@ def test_killed_worker_task_is_rerun_elsewhere(tmp_path, prefect_server, monkeyp
     from prefect_dask import DaskTaskRunner
 
     from restoreflow.flows.restore import restore_flow
-    from restoreflow.pipeline import RestoreConfig, restore_one
+    from restoreflow.stages.config import RestoreConfig
+    from restoreflow.stages.restore import restore_one
 
     prior = save_tiny_prior(tmp_path / "prior")
     store, ids = _prepare_store(tmp_path)

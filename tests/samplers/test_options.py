@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from restoreflow.restore import DEFAULT_OPTIONS
 from restoreflow.samplers import SAMPLERS, TASK_DEFAULTS, check_options, options_model
+from restoreflow.stages.restore import DEFAULT_OPTIONS
 
 
 def test_every_sampler_has_an_options_model_and_valid_task_defaults():

@@ -7,8 +7,8 @@ import torch
 
 from restoreflow.models.tiled import tile_starts
 from restoreflow.operators import BicubicDownsample, Colorise, GaussianBlur, Identity, Inpainting
-from restoreflow.restore import DEFAULT_OPTIONS, default_options, restore_image, task_kind
 from restoreflow.samplers import SAMPLERS
+from restoreflow.stages.restore import DEFAULT_OPTIONS, default_options, restore_image, task_kind
 
 
 def gen(seed: int = 0) -> torch.Generator:

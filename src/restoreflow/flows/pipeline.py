@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from restoreflow.flows.restore import restore_images
 from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
+from restoreflow.storage import layout
 from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import (
@@ -55,7 +56,8 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
                     pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
-    from restoreflow.pipeline import fit_calibration, prior_hash, save_calibration
+    from restoreflow.stages.calibrate import fit_calibration, save_calibration
+    from restoreflow.stages.models import prior_hash
     from restoreflow.tasks.common import open_store
 
     store = open_store(uri)
@@ -80,7 +82,7 @@ def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str 
                    pixel_delta: float = 0.1, prior: str | None = None,
                    progress: bool = False) -> dict:
     """Calibrate conformal bounds for these restore settings on clean images."""
-    from restoreflow.pipeline import RestoreConfig, chosen_prior
+    from restoreflow.stages.config import RestoreConfig, chosen_prior
     from restoreflow.tasks.common import open_store
 
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
@@ -145,8 +147,8 @@ def _pipeline(spec: dict, progress: bool) -> dict:
 
     import numpy as np
 
-    from restoreflow import pipeline as P
     from restoreflow.spec import RunSpec
+    from restoreflow.stages import calibrate, config, models
     from restoreflow.tasks.common import open_store
 
     log = get_run_logger()
@@ -154,10 +156,10 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     settings = get_settings()
     uri = run.store or settings.store
     store = open_store(uri)
-    cfg = P.RestoreConfig.from_run(run)
+    cfg = config.RestoreConfig.from_run(run)
     started = time.time()
     run_id = names.run_id(run.name, run.hash, started)
-    known = {r.get("run_id") for r in store.read_table("runs")}
+    known = {r.get("run_id") for r in store.read_table(layout.RUNS_TABLE)}
     for k in range(2, 1000):  # two runs of one spec within a second: keep ids unique
         if run_id not in known:
             break
@@ -166,9 +168,9 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     _reconcile_runs(store, log)
     # the row says "running" until the manifest exists; a kill leaves it so, and the
     # next run on this store marks it "interrupted"
-    store.upsert_row("runs", {"run_id": run_id, "name": run.name, "spec_hash": run.hash,
-                              "store": uri, "status": "running", "started": started},
-                     key=("run_id",))
+    store.upsert_row(layout.RUNS_TABLE,
+                     {"run_id": run_id, "name": run.name, "spec_hash": run.hash, "store": uri,
+                      "status": "running", "started": started}, key=("run_id",))
 
     t = time.perf_counter()
     rep = ingest_task(uri, run.sources)
@@ -179,10 +181,10 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     _require_images(ids, rejected, "spec.sources")
     timings["ingest"] = time.perf_counter() - t
 
-    y_coll = P.DEGRADED if run.simulate else P.INPUT
+    y_coll = layout.DEGRADED if run.simulate else layout.INPUT
     if run.simulate:
         t = time.perf_counter()
-        simulate_images(uri, ids, cfg.degradation, cfg.seed, P.DEGRADED, progress)
+        simulate_images(uri, ids, cfg.degradation, cfg.seed, layout.DEGRADED, progress)
         timings["simulate"] = time.perf_counter() - t
 
     if run.adapt.enabled:
@@ -196,8 +198,8 @@ def _pipeline(spec: dict, progress: bool) -> dict:
                              f"{info['size']} images; add to adapt.corpus or lower it")
         timings["index"] = time.perf_counter() - t
 
-    shash = cfg.settings_hash(P.prior_hash(cfg.prior))
-    calibration = P.load_calibration(store, shash)
+    shash = cfg.settings_hash(models.prior_hash(cfg.prior))
+    calibration = calibrate.load_calibration(store, shash)
     if run.calibration and calibration is None:
         t = time.perf_counter()
         c = run.calibration
@@ -214,7 +216,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         timings["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    done = restore_images(uri, ids, cfg, y_coll, P.RESTORED, progress)
+    done = restore_images(uri, ids, cfg, y_coll, layout.RESTORED, progress)
     timings["restore"] = time.perf_counter() - t
     stage = {k: sum(r["timings"].get(k, 0.0) for r in done.values())
              for k in ("retrieve", "adapt", "restore")}
@@ -223,15 +225,15 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     min_psnr = run.calibration.min_psnr if run.calibration else None
     truth = {}
     if run.simulate:
-        truth = _truth(uri, store, ids, P.RESTORED)
+        truth = _truth(uri, store, ids, layout.RESTORED)
     rows, interval_futures = [], []
     for i in ids:
-        attrs = store.attrs(P.RESTORED, i)
-        s = P.score(attrs["features"], calibration, shash, min_psnr)
+        attrs = store.attrs(layout.RESTORED, i)
+        s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
         if s["warning"]:
             log.warning("%s: %s", i, s["warning"])
         if s.get("lambda") is not None and cfg.posterior_samples >= 2:
-            P.prepare_intervals(store, i, s["lambda"])
+            calibrate.prepare_intervals(store, i, s["lambda"])
             interval_futures.append(intervals_task.submit(uri, i, s["lambda"]))
         rows.append({"image_id": i, "name": attrs.get("name"), "run_id": run_id,
                      "settings_hash": shash, "min_psnr": min_psnr, **s, **truth.get(i, {}),
@@ -239,9 +241,9 @@ def _pipeline(spec: dict, progress: bool) -> dict:
                      "neighbours": [n["id"] for n in attrs.get("neighbours", [])]})
     for f in interval_futures:
         i = f.result()
-        for coll in (P.INTERVAL_LO, P.INTERVAL_HI):
+        for coll in (layout.INTERVAL_LO, layout.INTERVAL_HI):
             store.mark_complete(coll, i)
-    store.append_rows("quality", rows, key=("run_id", "image_id"))
+    store.append_rows(layout.QUALITY_TABLE, rows, key=("run_id", "image_id"))
     timings["score"] = time.perf_counter() - t
 
     exported: list[str] = []
@@ -271,12 +273,12 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         from restoreflow.report.html import build_report
 
         t = time.perf_counter()
-        store.upsert_row("runs", summary, key=("run_id",))  # the report reads it
+        store.upsert_row(layout.RUNS_TABLE, summary, key=("run_id",))  # the report reads it
         summary["report"] = str(build_report(store, run.report, run_id))
         summary["timings"]["report"] = time.perf_counter() - t
     manifest = {
         **summary, "spec": run.model_dump(mode="json"), "settings": settings.public(),
-        "restore_config": cfg.to_dict(), "prior_hash": P.prior_hash(cfg.prior),
+        "restore_config": cfg.to_dict(), "prior_hash": models.prior_hash(cfg.prior),
         "versions": _versions(), "host": socket.gethostname(), "platform": platform.platform(),
         "device": settings.device,
         "worker_devices": sorted({r["device"] for r in done.values() if r.get("device")}),
@@ -285,7 +287,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     }
     manifest["status"] = summary["status"] = "complete"
     store.put_bytes(f"runs/{run_id}/manifest.json", json.dumps(manifest, indent=1).encode())
-    store.upsert_row("runs", summary, key=("run_id",))
+    store.upsert_row(layout.RUNS_TABLE, summary, key=("run_id",))
     _artifacts(run.name, summary, rows)
     return summary
 
@@ -294,12 +296,12 @@ def _reconcile_runs(store, log) -> None:
     """Runs left "running" by a killed driver (this run holds the store's writer lock, so
     no other run is live): "complete" when its manifest was written (killed just after
     it), else "interrupted" (its quality rows, if any, stay, under that status)."""
-    for row in store.read_table("runs"):
+    for row in store.read_table(layout.RUNS_TABLE):
         if row.get("status") != "running":
             continue
         done = store.exists(f"runs/{row['run_id']}/manifest.json")
         row["status"] = "complete" if done else "interrupted"
-        store.upsert_row("runs", row, key=("run_id",))
+        store.upsert_row(layout.RUNS_TABLE, row, key=("run_id",))
         log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
                     row["status"])
 

@@ -16,7 +16,8 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
     """Driver side of restoring many images: create outputs, submit one model task per
     image that is not already restored with these settings, record each as it finishes.
     Returns {image_id: result} for the images restored now (skipped ones are absent)."""
-    from restoreflow.pipeline import finish_restore, prepare_restore, prior_hash
+    from restoreflow.stages.models import prior_hash
+    from restoreflow.stages.restore import finish_restore, prepare_restore
     from restoreflow.tasks.common import open_store
 
     settings = get_settings()
@@ -46,7 +47,7 @@ def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int
                  adapt_steps: int | None = None, prior: str | None = None,
                  image_ids: list[str] | None = None, progress: bool = False) -> dict:
     """Restore every image of ``y_collection`` (one model task per image)."""
-    from restoreflow.pipeline import RestoreConfig, chosen_prior
+    from restoreflow.stages.config import RestoreConfig, chosen_prior
     from restoreflow.tasks.common import open_store
 
     cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,

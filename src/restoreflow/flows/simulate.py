@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
 from restoreflow.tasks import names
-from restoreflow.tasks.simulate import simulate_task
+from restoreflow.tasks.stages import simulate_task
 
 
 def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed: int,
@@ -14,8 +14,8 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
     """Driver: create outputs, CPU tasks over batches of the images still to do (one
     image per task unless images are small), mark each image complete."""
     from restoreflow.flows.batches import cpu_batches
-    from restoreflow.simulate import prepare_simulate
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.simulate import prepare_simulate
     from restoreflow.tasks.common import open_store
 
     store = open_store(store_uri)

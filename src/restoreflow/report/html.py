@@ -39,14 +39,21 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from restoreflow.storage.layout import (
+    DEGRADED,
+    INPUT,
+    INTERVAL_HI,
+    INTERVAL_LO,
+    QUALITY_TABLE,
+    RESTORED,
+    RUNS_TABLE,
+)
+
 if TYPE_CHECKING:
     from restoreflow.storage.store import TileStore
 
 log = logging.getLogger(__name__)
 
-INPUT, DEGRADED, RESTORED = "input", "degraded", "restored"
-INTERVAL_LO, INTERVAL_HI = "interval_lower", "interval_upper"
-RUNS_TABLE, QUALITY_TABLE = "runs", "quality"
 
 # Writes "<loaded>/<total>" into body[data-images-loaded] once the page has loaded, so a
 # headless browser (and a curious reader) can check that every inline image decoded.

@@ -6,7 +6,7 @@ Every sampler has the call shape
            progress=None) -> x0
 
 and works in model space: images in [-1, 1], ``y`` and ``sigma_y`` in model units
-(:func:`restoreflow.restore.restore_image` converts from [0, 1]: ``x_m = 2 x - 1``,
+(:func:`restoreflow.stages.restore.restore_image` converts from [0, 1]: ``x_m = 2 x - 1``,
 ``y_m = 2 y - A 1``, ``sigma_m = 2 sigma_y``). ``num_samples = J`` returns J posterior
 samples per measurement stacked on the batch dimension (sample ``b * J + j`` belongs to
 ``y[b]``). All noise comes from ``generator``: a run is bit-identical for a given seed.

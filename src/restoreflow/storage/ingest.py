@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from restoreflow.settings import Settings
+from restoreflow.storage.layout import REJECTED_TABLE
 from restoreflow.storage.readers import ImageRejected, read_image
 from restoreflow.storage.sources import (
     SourceItem,
@@ -38,7 +39,6 @@ from restoreflow.storage.store import (
 )
 
 INGESTED, PRESENT, REJECTED = "ingested", "present", "rejected"
-REJECTED_TABLE = "rejected"
 
 
 def content_id(data: bytes) -> str:

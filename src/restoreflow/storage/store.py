@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from restoreflow.settings import Settings, get_settings
+from restoreflow.storage.layout import INPUT
 
 LAYOUT_VERSION = 1
-INPUT = "input"
+
 PIXELS = "pixels"
 DIMS = ("band", "y", "x")
 TABLES_DIR = "tables"

@@ -1,4 +1,4 @@
-"""Prefect tasks of the pipeline: each calls one core function (see restoreflow.pipeline).
+"""Prefect tasks of the pipeline: each calls one stage function (see restoreflow.stages).
 
 Tasks pass store URIs, image ids and small dicts, never tensors. Model tasks (restore,
 which includes retrieval and adaptation so the adapter never leaves its worker) are
@@ -27,11 +27,25 @@ def ingest_task(store_uri: str, sources: list[str]) -> dict:
     return ingest(sources, open_store(store_uri), progress=False).as_dict()
 
 
+@task(name="simulate", task_run_name=names.simulate_task_name, cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=[1, 5])
+def simulate_task(store_uri: str, image_ids: list[str], degradation: str, seed: int,
+                  collection: str) -> list[dict]:
+    """Worker side: the driver has created the output images (``prepare_simulate``)."""
+    from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.simulate import simulate_tiles
+
+    store, spec = open_store(store_uri), DegradationSpec.parse(degradation)
+    return [{"image_id": i, "status": "written",
+             "mode": simulate_tiles(store, i, spec, seed=seed, collection=collection)}
+            for i in image_ids]
+
+
 @task(name="build-index", task_run_name=names.index_task_name, cache_policy=NO_CACHE,
       **RETRY)
 def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
                device: str) -> dict:
-    from restoreflow.pipeline import build_index
+    from restoreflow.retrieval.stored import build_index
 
     return build_index(open_store(store_uri), image_ids, name, embedder, resolve_device(device))
 
@@ -40,7 +54,8 @@ def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
       **RETRY)
 def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, out: str,
                  device: str) -> dict:
-    from restoreflow.pipeline import RestoreConfig, restore_stored
+    from restoreflow.stages.config import RestoreConfig
+    from restoreflow.stages.restore import restore_stored
 
     return restore_stored(open_store(store_uri), image_id, RestoreConfig.from_dict(cfg),
                           y_collection, out, resolve_device(device))
@@ -50,7 +65,7 @@ def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, ou
       **RETRY)
 def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, dict]:
     """PSNR/SSIM against the input, for a batch of images."""
-    from restoreflow.pipeline import truth_metrics
+    from restoreflow.stages.calibrate import truth_metrics
 
     store = open_store(store_uri)
     return {i: truth_metrics(store, i, out) for i in image_ids}
@@ -59,7 +74,7 @@ def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, di
 @task(name="write-intervals", task_run_name=names.intervals_task_name, cache_policy=NO_CACHE,
       **RETRY)
 def intervals_task(store_uri: str, image_id: str, lam: float) -> str:
-    from restoreflow.pipeline import write_intervals
+    from restoreflow.stages.calibrate import write_intervals
 
     write_intervals(open_store(store_uri), image_id, lam)
     return image_id

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from restoreflow.spec import DegradationSpec, make_generator, seed_for
+from restoreflow.storage.layout import INPUT
 from restoreflow.storage.store import TileStore
-
-INPUT = "input"
 
 
 @dataclass(frozen=True)

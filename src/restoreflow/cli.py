@@ -449,6 +449,9 @@ def _prefect_env() -> None:
     level = os.environ.get("RESTOREFLOW_LOG_LEVEL", "WARNING").upper()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    # the private ephemeral server gets 20 s to start by default: a loaded machine (two
+    # verbs at once beside a busy CPU) took longer and the verb failed
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # the embedded Dask cluster logs every worker start/stop at INFO; workers inherit this
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level.lower())
     _private_prefect_db()

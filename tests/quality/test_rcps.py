@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import binom
 
 from restoreflow.quality.rcps import (
+    Intervals,
     PixelCalibration,
     RiskControlError,
     base_intervals,
@@ -22,6 +23,7 @@ from restoreflow.quality.rcps import (
     miscoverage,
     pixel_intervals,
 )
+from restoreflow.stages.calibrate import LAMBDA_GRID
 
 # --------------------------------------------------------------------------- HB bound
 
@@ -178,3 +180,40 @@ def test_pixel_calibration_fit_round_trip():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="PixelCalibration"):
         PixelCalibration.from_dict({**cal.to_dict(), "kind": "x"})
+
+
+# --------------------------------------------------------------------------- pinned lambda
+
+
+def _stored_intervals(n=60, seed=7):
+    """Per-image intervals as the restore stage stores them (float32) and clipped truths;
+    105 and 54 pixels per image, so miscoverages are not dyadic fractions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        shape = (3, 5, 7) if i % 2 else (1, 6, 9)
+        truth = rng.uniform(0, 1, shape)
+        s = rng.uniform(0.02, 0.15)
+        centre = truth + s * rng.normal(size=shape)
+        half = s * rng.uniform(0.5, 1.5, shape)
+        out.append((Intervals((centre - half).astype(np.float32),
+                              (centre + half).astype(np.float32)), np.clip(truth, 0, 1)))
+    return out
+
+
+def _losses_as_at_edcd80a(data, lambdas):
+    """The loss matrix as stages/calibrate.py fit_calibration built it at edcd80a."""
+    return np.array([[(excess(iv, t) > lam).mean() for lam in lambdas] for iv, t in data])
+
+
+@pytest.mark.parametrize("epsilon, delta, lam", [(0.1, 0.1, 0.125), (0.05, 0.1, 0.21),
+                                                 (0.2, 0.05, 0.065), (0.02, 0.1, None)])
+def test_pipeline_lambda_is_pinned(epsilon, delta, lam):
+    """The lambda the pipeline chose at edcd80a on these intervals (LAMBDA_GRID)."""
+    data = _stored_intervals()
+    L = _losses_as_at_edcd80a(data, LAMBDA_GRID)
+    if lam is None:
+        with pytest.raises(RiskControlError):
+            calibrate_lambda(L, LAMBDA_GRID, epsilon, delta)
+        return
+    assert calibrate_lambda(L, LAMBDA_GRID, epsilon, delta) == lam

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,8 @@ from helpers import save_tiny_prior
 from restoreflow.retrieval.stored import build_index
 from restoreflow.spec import DegradationSpec
 from restoreflow.stages.calibrate import (
+    LAMBDA_GRID,
+    calibration_path,
     fit_calibration,
     load_calibration,
     prepare_intervals,
@@ -120,6 +125,11 @@ def test_calibrate_and_score(store, prior_dir):
     save_calibration(store, cal)
     loaded = load_calibration(store, shash)
     assert loaded["n"] == 10 and 0 <= loaded["pixel"]["lam"] <= 1
+    assert loaded["pixel"] == {"lam": _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2),
+                               "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05,
+                               "upper_q": 0.95, "n": 10}
+    old = json.loads(OLD_CALIBRATION.read_text())
+    assert list(loaded) == list(old) and list(loaded["pixel"]) == list(old["pixel"])
     # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
     strict = fit_calibration(store, rows, c, shash, alpha=0.3)
     assert strict.pixel is None and "more calibration images" in strict.coverage["pixel_note"]
@@ -132,3 +142,33 @@ def test_calibrate_and_score(store, prior_dir):
     write_intervals(store, ids[0], s["lambda"])
     lo, hi = store.read(INTERVAL_LO, ids[0]), store.read(INTERVAL_HI, ids[0])
     assert np.all(hi - lo >= 2 * s["lambda"] - 1e-6)
+
+
+OLD_CALIBRATION = Path(__file__).parent / "data" / "calibration-edcd80a.json"
+
+
+def _lambda_as_at_edcd80a(store, ids, c, epsilon, delta):
+    """The per-pixel lambda as fit_calibration chose it at edcd80a (its own loop over
+    LAMBDA_GRID), kept here as the reference for the shipped code path."""
+    from restoreflow.quality.rcps import Intervals, calibrate_lambda, excess
+
+    losses = []
+    for i in ids:
+        e = excess(Intervals(store.read("restored.samples_lower", i),
+                             store.read("restored.samples_upper", i)),
+                   np.clip(store.read(INPUT, i, normalised=True), 0, 1))
+        losses.append([(e > lam).mean() for lam in LAMBDA_GRID])
+    return calibrate_lambda(np.array(losses), LAMBDA_GRID, epsilon, delta)
+
+
+def test_calibration_file_from_edcd80a_loads_and_scores(store):
+    """A calibration file written by save_calibration at edcd80a (test_calibrate_and_score's
+    images, tiny prior) still loads and scores to the numbers it gave then."""
+    shash = "e238d850ca56eb18"
+    store.put_bytes(calibration_path(shash), OLD_CALIBRATION.read_bytes())
+    loaded = load_calibration(store, shash)
+    assert loaded == json.loads(OLD_CALIBRATION.read_text())
+    s = score(loaded["rows"][0]["features"], loaded, shash, min_psnr=20)
+    assert s == {"psnr_lower": pytest.approx(7.7835087452458485, rel=1e-12),
+                 "ssim_lower": pytest.approx(0.0890629997669869, rel=1e-12), "alpha": 0.3,
+                 "flagged": True, "lambda": 0.835, "warning": None}

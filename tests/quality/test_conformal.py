@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from restoreflow.quality.conformal import (
-    ConformalInterval,
     ConformalLowerBound,
     TrivialLowerBound,
     calibration_from_dict,
@@ -124,21 +123,6 @@ def test_trivial_bound_coverage(trials, alpha):
     assert cov >= 1 - alpha - 0.005
 
 
-@pytest.mark.parametrize("method", ["residual", "cqr"])
-def test_interval_coverage_over_random_splits(trials, method):
-    X, v = trials
-    alpha = 0.1
-    rng = np.random.default_rng(11)
-    covered = np.empty(N_TRIALS)
-    for t in range(N_TRIALS):
-        ci = ConformalInterval.fit(X[t, :N_CAL], v[t, :N_CAL], alpha, rng, method=method)
-        lo, hi = ci.interval(X[t, N_CAL:])
-        assert (lo <= hi).all()
-        covered[t] = np.mean((v[t, N_CAL:] >= lo) & (v[t, N_CAL:] <= hi))
-    cov = covered.mean()
-    assert 1 - alpha - 0.02 <= cov <= 1 - alpha + 0.04, cov
-
-
 def test_cqr_adapts_to_heteroscedastic_noise_and_residual_does_not():
     """Conditional coverage on the noisiest images (f3 > 1.5): the constant-width residual
     bound under-covers there, CQR (whose quantile model uses f3) does not."""
@@ -202,8 +186,6 @@ def test_round_trip_gives_identical_bounds():
     objs = [
         ConformalLowerBound.fit(X, v, 0.1, rng, feature_names=names, settings_hash="abc"),
         ConformalLowerBound.fit(X, v, 0.1, rng, method="cqr", feature_names=names),
-        ConformalInterval.fit(X, v, 0.1, rng, method="cqr"),
-        ConformalInterval.fit(X, v, 0.2, rng),
         TrivialLowerBound.fit(v, 0.1, settings_hash="abc"),
         TrivialLowerBound.fit(v[:5], 0.1),  # -inf bound must survive strict JSON
     ]
@@ -212,15 +194,11 @@ def test_round_trip_gives_identical_bounds():
         back = calibration_from_dict(json.loads(text))
         assert type(back) is type(obj)
         assert back.to_dict() == obj.to_dict()
-        if isinstance(obj, ConformalInterval):
-            for a, b in zip(obj.interval(Xt), back.interval(Xt), strict=True):
-                np.testing.assert_array_equal(a, b)
-        else:
-            np.testing.assert_array_equal(obj.bound(Xt), back.bound(Xt))
+        np.testing.assert_array_equal(obj.bound(Xt), back.bound(Xt))
     assert objs[0].feature_names == ("f1", "f2", "f3") and objs[0].settings_hash == "abc"
-    assert objs[5].value == -math.inf
+    assert objs[3].value == -math.inf
     with pytest.raises(ValueError, match="kind"):
-        ConformalLowerBound.from_dict(objs[4].to_dict())
+        ConformalLowerBound.from_dict(objs[2].to_dict())
 
 
 def test_bound_from_feature_dict_and_settings_hash():

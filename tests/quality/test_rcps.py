@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import binom
 
 from restoreflow.quality.rcps import (
+    Intervals,
     PixelCalibration,
     RiskControlError,
     base_intervals,
@@ -22,6 +23,7 @@ from restoreflow.quality.rcps import (
     miscoverage,
     pixel_intervals,
 )
+from restoreflow.stages.calibrate import LAMBDA_GRID
 
 # --------------------------------------------------------------------------- HB bound
 
@@ -98,17 +100,34 @@ def _posterior(rng, n, j=8, shape=(1, 8, 8)):
     return samples, truth
 
 
-def test_loss_matrix_array_and_list_paths_agree_with_miscoverage():
+def _intervals(samples):
+    """Base intervals of each image of ``samples (n, J, C, H, W)``, one Intervals each."""
+    return list(map(Intervals, *base_intervals(samples, axis=1)))
+
+
+def test_loss_matrix_agrees_with_miscoverage():
     rng = np.random.default_rng(1)
     samples, truth = _posterior(rng, 6)
     lams = np.array([0.0, 0.01, 0.05, 0.2])
-    L = loss_matrix(samples, truth, lams)
-    L_list = loss_matrix(list(samples), list(truth), lams)
-    np.testing.assert_array_equal(L, L_list)
+    L = loss_matrix(_intervals(samples), truth, lams)
+    assert L.shape == (6, 4)
     for i in range(6):
         for j, lam in enumerate(lams):
             assert L[i, j] == miscoverage(pixel_intervals(samples[i], lam), truth[i])
     assert (np.diff(L, axis=1) <= 0).all()  # monotone in lambda
+    # generators, consumed one image at a time; images of different sizes
+    small = _posterior(rng, 1, shape=(3, 5, 7))
+    L2 = loss_matrix((iv for iv in [*_intervals(small[0]), _intervals(samples)[0]]),
+                     (t for t in [small[1][0], truth[0]]), lams)
+    assert L2[0, 0] == miscoverage(_intervals(small[0])[0], small[1][0])
+    np.testing.assert_array_equal(L2[1], L[0])
+    with pytest.raises(ValueError):
+        loss_matrix(_intervals(samples), truth[:5], lams)
+    with pytest.raises(ValueError, match="no images"):
+        loss_matrix([], [], lams)
+    lo, hi = _intervals(samples)[0]
+    with pytest.raises(ValueError, match="NaN"):
+        loss_matrix([Intervals(np.where(lo > 0.5, np.nan, lo), hi)], truth[:1], lams)
 
 
 def test_calibrate_lambda_scans_from_the_top():
@@ -147,12 +166,15 @@ def test_rcps_controls_risk_over_random_calibration_sets():
     rng = np.random.default_rng(2024)
     eps, delta, n_cal, trials = 0.1, 0.1, 200, 200
     lams = np.linspace(0.0, 0.4, 401)
-    pool = np.concatenate([loss_matrix(*_posterior(rng, 5000), lams) for _ in range(4)]).mean(
-        axis=0
-    )
+
+    def losses(n):
+        samples, truth = _posterior(rng, n)
+        return loss_matrix(_intervals(samples), truth, lams)
+
+    pool = np.concatenate([losses(5000) for _ in range(4)]).mean(axis=0)
     fail_rcps, fail_naive = 0, 0
     for _ in range(trials):
-        L = loss_matrix(*_posterior(rng, n_cal), lams)
+        L = losses(n_cal)
         lam = calibrate_lambda(L, lams, eps, delta)
         j = int(np.searchsorted(lams, lam))
         fail_rcps += pool[j] > eps
@@ -167,14 +189,66 @@ def test_pixel_calibration_fit_round_trip():
     rng = np.random.default_rng(3)
     samples, truth = _posterior(rng, 100)
     lams = np.linspace(0, 0.4, 81)
-    cal = PixelCalibration.fit(samples, truth, lams, 0.1, 0.1, settings_hash="s1")
-    L = loss_matrix(samples, truth, lams)
+    cal = PixelCalibration.fit(_intervals(samples), truth, lams, 0.1, 0.1, lower_q=0.1,
+                               upper_q=0.9)
+    L = loss_matrix(_intervals(samples), truth, lams)
     assert cal.lam == calibrate_lambda(L, lams, 0.1, 0.1)
-    assert cal.n == 100 and cal.ucb <= 0.1
-    back = PixelCalibration.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False)))
-    assert back == cal
-    test_samples, _ = _posterior(rng, 1)
-    for a, b in zip(cal.intervals(test_samples[0]), back.intervals(test_samples[0]), strict=True):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="PixelCalibration"):
-        PixelCalibration.from_dict({**cal.to_dict(), "kind": "x"})
+    assert cal.n == 100 and (cal.lower_q, cal.upper_q) == (0.1, 0.9)
+    assert hb_ucb(float(L[:, int(np.searchsorted(lams, cal.lam))].mean()), 100, 0.1) <= 0.1
+    # the stored form: the ``pixel`` entry of calibrations/<hash>.json
+    d = json.loads(json.dumps(cal.to_dict(), allow_nan=False))
+    assert list(d) == ["lam", "epsilon", "delta", "lower_q", "upper_q", "n"]
+    assert PixelCalibration.from_dict(d) == cal
+    with pytest.raises(ValueError, match="lacks lower_q"):
+        PixelCalibration.from_dict({k: v for k, v in d.items() if k != "lower_q"})
+    with pytest.raises(ValueError, match="invalid"):
+        PixelCalibration.from_dict({**d, "epsilon": 1.5})
+    with pytest.raises(RiskControlError):
+        PixelCalibration.fit(_intervals(samples[:5]), truth[:5], lams, 0.1, 0.1)
+
+
+# --------------------------------------------------------------------------- pinned lambda
+
+
+def _stored_intervals(n=60, seed=7):
+    """Per-image intervals as the restore stage stores them (float32) and clipped truths;
+    105 and 54 pixels per image, so miscoverages are not dyadic fractions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        shape = (3, 5, 7) if i % 2 else (1, 6, 9)
+        truth = rng.uniform(0, 1, shape)
+        s = rng.uniform(0.02, 0.15)
+        centre = truth + s * rng.normal(size=shape)
+        half = s * rng.uniform(0.5, 1.5, shape)
+        out.append((Intervals((centre - half).astype(np.float32),
+                              (centre + half).astype(np.float32)), np.clip(truth, 0, 1)))
+    return out
+
+
+def _losses_as_at_edcd80a(data, lambdas):
+    """The loss matrix as stages/calibrate.py fit_calibration built it at edcd80a."""
+    return np.array([[(excess(iv, t) > lam).mean() for lam in lambdas] for iv, t in data])
+
+
+@pytest.mark.parametrize("epsilon, delta, lam", [(0.1, 0.1, 0.125), (0.05, 0.1, 0.21),
+                                                 (0.2, 0.05, 0.065), (0.02, 0.1, None)])
+def test_pipeline_lambda_is_pinned(epsilon, delta, lam):
+    """The lambda the pipeline chose at edcd80a on these intervals (LAMBDA_GRID)."""
+    data = _stored_intervals()
+    L = _losses_as_at_edcd80a(data, LAMBDA_GRID)
+    # the shipped path builds the same loss matrix, to the bit
+    np.testing.assert_array_equal(loss_matrix(*zip(*data, strict=True), LAMBDA_GRID), L)
+
+    def fit():
+        return PixelCalibration.fit((iv for iv, _ in data), (t for _, t in data), LAMBDA_GRID,
+                                    epsilon, delta)
+
+    if lam is None:
+        with pytest.raises(RiskControlError):
+            calibrate_lambda(L, LAMBDA_GRID, epsilon, delta)
+        with pytest.raises(RiskControlError):
+            fit()
+        return
+    assert calibrate_lambda(L, LAMBDA_GRID, epsilon, delta) == lam
+    assert fit() == PixelCalibration(lam, epsilon, delta, 0.05, 0.95, 60)

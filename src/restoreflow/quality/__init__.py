@@ -5,7 +5,6 @@ Pure numpy/scipy/torch core; no Prefect, no storage.
 """
 
 from .conformal import (
-    ConformalInterval,
     ConformalLowerBound,
     LinearModel,
     TrivialLowerBound,
@@ -44,7 +43,6 @@ from .rcps import (
 
 __all__ = [
     "FEATURE_NAMES",
-    "ConformalInterval",
     "ConformalLowerBound",
     "Intervals",
     "LinearModel",

@@ -1,4 +1,4 @@
-"""Split-conformal lower bounds (and intervals) on the quality of a restoration.
+"""Split-conformal lower bounds on the quality of a restoration.
 
 Setting: calibration images ``i = 1..n`` with no-reference features ``x_i`` (see
 :mod:`restoreflow.quality.features`) and true quality ``v_i`` (PSNR in dB, or SSIM),
@@ -23,10 +23,9 @@ with the calibration scores, its rank among the ``n_2 + 1`` scores is uniform, s
 (marginally over calibration and test data), and ``< 1 - alpha + 1/(n_2 + 1)`` when the
 scores have no ties.
 
-:class:`ConformalInterval` is the two-sided version (miscoverage ``alpha`` split between
-the two tails) and :class:`TrivialLowerBound` the feature-free baseline. All calibrations
-serialise to plain JSON (``to_dict``/``from_dict``; infinities as the strings ``"inf"`` /
-``"-inf"``) together with a caller-supplied ``settings_hash``.
+:class:`TrivialLowerBound` is the feature-free baseline. All calibrations serialise to
+plain JSON (``to_dict``/``from_dict``; infinities as the strings ``"inf"`` / ``"-inf"``)
+together with a caller-supplied ``settings_hash``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import numpy as np
 from .features import feature_vector
 
 __all__ = [
-    "ConformalInterval",
     "ConformalLowerBound",
     "LinearModel",
     "Method",
@@ -445,118 +443,6 @@ class ConformalLowerBound:
         return cls(**_fitted_from_dict(d, "ConformalLowerBound", "model"))
 
 
-@dataclass(frozen=True)
-class ConformalInterval:
-    """Two-sided split-conformal interval ``[f_lo(x) - q, f_hi(x) + q]`` with
-    ``P(f_lo(x) - q <= v <= f_hi(x) + q) >= 1 - alpha``.
-
-    - ``method="residual"``: ``f_lo = f_hi = mu`` (ridge), score ``|v_i - mu(x_i)|``.
-    - ``method="cqr"``: ``f_lo, f_hi`` linear quantile regressions of levels
-      ``alpha/2`` and ``1 - alpha/2`` (the miscoverage split between the tails), score
-      ``max(f_lo(x_i) - v_i, v_i - f_hi(x_i))`` (Romano et al. 2019).
-
-    ``q`` is the conformal quantile of the scores at level ``1 - alpha``.
-    """
-
-    method: Method
-    alpha: float
-    feature_names: tuple[str, ...]
-    lower_model: LinearModel
-    upper_model: LinearModel
-    quantile: float
-    n_fit: int
-    n_cal: int
-    target: str = "psnr"
-    settings_hash: str = ""
-
-    @classmethod
-    def fit(
-        cls,
-        features: Any,
-        true_values: Any,
-        alpha: float,
-        rng: np.random.Generator,
-        fit_fraction: float = 0.5,
-        method: Method = "residual",
-        feature_names: Sequence[str] | None = None,
-        ridge: float | str = "auto",
-        target: str = "psnr",
-        settings_hash: str = "",
-    ) -> ConformalInterval:
-        """Random fit/calibration split with ``rng`` as in
-        :meth:`ConformalLowerBound.fit`, then :meth:`fit_split`."""
-        _check_rng(rng)
-        X = _features_2d(features)
-        v = _scores_1d(true_values, "true_values")
-        Xf, vf, Xc, vc = _split(X, v, rng, fit_fraction)
-        return cls.fit_split(
-            Xf, vf, Xc, vc, alpha, method, feature_names, ridge, target, settings_hash
-        )
-
-    @classmethod
-    def fit_split(
-        cls,
-        fit_features: Any,
-        fit_values: Any,
-        cal_features: Any,
-        cal_values: Any,
-        alpha: float,
-        method: Method = "residual",
-        feature_names: Sequence[str] | None = None,
-        ridge: float | str = "auto",
-        target: str = "psnr",
-        settings_hash: str = "",
-    ) -> ConformalInterval:
-        a = _check_alpha(alpha)
-        _check_method(method)
-        Xf = _features_2d(fit_features)
-        Xc = _features_2d(cal_features, Xf.shape[1])
-        vc = _scores_1d(cal_values, "cal_values")
-        if vc.size != Xc.shape[0]:
-            raise ValueError(f"{Xc.shape[0]} calibration rows but {vc.size} values")
-        if method == "residual":
-            lo = hi = fit_ridge(Xf, fit_values, ridge)
-            scores = np.abs(vc - lo.predict(Xc))
-        else:
-            lo = fit_quantile_regression(Xf, fit_values, a / 2)
-            hi = fit_quantile_regression(Xf, fit_values, 1 - a / 2)
-            scores = np.maximum(lo.predict(Xc) - vc, vc - hi.predict(Xc))
-        return cls(
-            method=method,
-            alpha=a,
-            feature_names=_names(feature_names, Xf.shape[1]),
-            lower_model=lo,
-            upper_model=hi,
-            quantile=_finite_quantile(scores, a),
-            n_fit=int(Xf.shape[0]),
-            n_cal=int(Xc.shape[0]),
-            target=target,
-            settings_hash=settings_hash,
-        )
-
-    def interval(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(lower, upper)`` arrays of shape ``(n,)`` for features ``(n, d)``.
-
-        With CQR, ``q`` may be negative and the two quantile lines may cross, which would
-        give ``lower > upper``; the endpoints are then swapped. That only enlarges the set,
-        so the coverage guarantee is kept.
-        """
-        a = self.lower_model.predict(features) - self.quantile
-        b = self.upper_model.predict(features) + self.quantile
-        return np.minimum(a, b), np.maximum(a, b)
-
-    def with_settings_hash(self, settings_hash: str) -> ConformalInterval:
-        return _replace(self, settings_hash=settings_hash)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _fitted_to_dict(self, "ConformalInterval", lower_model=self.lower_model.to_dict(),
-                               upper_model=self.upper_model.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ConformalInterval:
-        return cls(**_fitted_from_dict(d, "ConformalInterval", "lower_model", "upper_model"))
-
-
 def _fitted_to_dict(obj, kind: str, **models: dict) -> dict[str, Any]:
     """JSON form shared by the fitted conformal objects (their models passed in)."""
     return {"kind": kind, "version": FORMAT_VERSION, "method": obj.method,
@@ -636,14 +522,13 @@ class TrivialLowerBound:
 
 _KINDS: dict[str, Any] = {
     "ConformalLowerBound": ConformalLowerBound,
-    "ConformalInterval": ConformalInterval,
     "TrivialLowerBound": TrivialLowerBound,
 }
 
 
 def calibration_from_dict(
     d: Mapping[str, Any],
-) -> ConformalLowerBound | ConformalInterval | TrivialLowerBound:
+) -> ConformalLowerBound | TrivialLowerBound:
     """Rebuild any serialised calibration from its ``kind`` field."""
     kind = d.get("kind")
     if kind not in _KINDS:

@@ -18,12 +18,16 @@ Risk-Controlling Prediction Sets procedure (Bates, Angelopoulos, Lei, Malik & Jo
 
 which guarantees ``P(R(lambda_hat) <= epsilon) >= 1 - delta`` over the calibration draw
 for images exchangeable with the calibration images.
+
+The pipeline stores each image's base intervals (the restore stage), builds the loss
+matrix from them one image at a time (:func:`loss_matrix`) and keeps the result as a
+:class:`PixelCalibration`, the ``pixel`` entry of a stored calibration.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -45,7 +49,6 @@ __all__ = [
 ]
 
 IntervalKind = Literal["quantile", "std"]
-FORMAT_VERSION = 1
 _BISECTION_STEPS = 60  # interval length 2^-60: below float resolution of R
 
 
@@ -120,7 +123,10 @@ def excess(intervals: Intervals, truth: Any) -> np.ndarray:
     t = _np(truth, "truth")
     if t.shape != np.shape(lo):
         raise ValueError(f"truth has shape {t.shape} but intervals {np.shape(lo)}")
-    return np.maximum(lo - t, t - hi)
+    e = np.maximum(lo - t, t - hi)
+    if np.isnan(e).any():
+        raise ValueError("intervals contain NaN")
+    return e
 
 
 def miscoverage(intervals: Intervals, truth: Any) -> float:
@@ -128,36 +134,24 @@ def miscoverage(intervals: Intervals, truth: Any) -> float:
     return float(np.mean(excess(intervals, truth) > 0))
 
 
-def loss_matrix(
-    samples: Any,
-    truths: Any,
-    lambdas: Any,
-    lower_q: float = 0.05,
-    upper_q: float = 0.95,
-    kind: IntervalKind = "quantile",
-    k: float = 2.0,
-) -> np.ndarray:
-    """Per-image miscoverage ``L_i(lambda_j)``, shape ``(n, len(lambdas))``.
+def loss_matrix(intervals: Iterable[Intervals], truths: Iterable[Any], lambdas: Any) -> np.ndarray:
+    """Per-image miscoverage ``L_i(lambda_j)``, shape ``(n, len(lambdas))``: the fraction
+    of image i's pixels whose truth lies outside ``[l - lambda_j, u + lambda_j]``.
 
-    ``samples`` is an array ``(n, J, C, H, W)`` or a sequence of n arrays ``(J, C, H, W)``
-    (images may differ in size); ``truths`` the matching ``(n, C, H, W)`` / sequence.
+    ``intervals`` are the n images' base intervals (:func:`base_intervals`), ``truths`` the
+    matching true images; images may differ in size. Both are consumed one image at a
+    time, so generators that read images from a store keep one image in memory.
     """
     lam = np.asarray(lambdas, dtype=np.float64)
     if lam.ndim != 1:
         raise ValueError("lambdas must be 1-D")
-    if isinstance(samples, np.ndarray) and isinstance(truths, np.ndarray):
-        if samples.ndim < 3 or samples.shape[0] != truths.shape[0]:
-            raise ValueError(f"samples {samples.shape} and truths {truths.shape} do not match")
-        e = excess(base_intervals(samples, lower_q, upper_q, kind, k, axis=1), truths)
-        e = np.sort(e.reshape(e.shape[0], -1), axis=1)
-        covered = np.stack([np.searchsorted(row, lam, side="right") for row in e])
-        return 1.0 - covered / e.shape[1]
-    if len(samples) != len(truths):
-        raise ValueError(f"{len(samples)} sample sets but {len(truths)} truths")
     rows = []
-    for s, t in zip(samples, truths, strict=True):
-        e = np.sort(excess(base_intervals(s, lower_q, upper_q, kind, k), t).ravel())
-        rows.append(1.0 - np.searchsorted(e, lam, side="right") / e.size)
+    for iv, t in zip(intervals, truths, strict=True):
+        e = np.sort(excess(iv, t), axis=None)
+        # #{p : e(p) > lam} / P, the same float as np.mean(e > lam)
+        rows.append((e.size - np.searchsorted(e, lam, side="right")) / e.size)
+    if not rows:
+        raise ValueError("no images to compute losses on")
     return np.stack(rows)
 
 
@@ -270,90 +264,49 @@ def calibrate_lambda(
 
 @dataclass(frozen=True)
 class PixelCalibration:
-    """A calibrated per-pixel interval rule ``[l - lam, u + lam]`` with
-    ``P(E miscoverage <= epsilon) >= 1 - delta`` over the n calibration images."""
+    """A calibrated per-pixel interval rule ``[l - lam, u + lam]`` (``l``, ``u`` the
+    ``lower_q``/``upper_q`` sample quantiles) with ``P(E miscoverage <= epsilon) >= 1 - delta``
+    over the n calibration images. Its dict is the ``pixel`` entry of a stored calibration
+    (``calibrations/<hash>.json``): keys ``lam, epsilon, delta, lower_q, upper_q, n``."""
 
     lam: float
     epsilon: float
     delta: float
+    lower_q: float
+    upper_q: float
     n: int
-    lower_q: float = 0.05
-    upper_q: float = 0.95
-    kind: IntervalKind = "quantile"
-    k: float = 2.0
-    ucb: float = math.nan
-    settings_hash: str = ""
 
     @classmethod
     def fit(
         cls,
-        samples: Any,
-        truths: Any,
+        intervals: Iterable[Intervals],
+        truths: Iterable[Any],
         lambdas: Any,
         epsilon: float,
         delta: float,
         lower_q: float = 0.05,
         upper_q: float = 0.95,
-        kind: IntervalKind = "quantile",
-        k: float = 2.0,
-        settings_hash: str = "",
     ) -> PixelCalibration:
-        """Calibrate ``lam`` by RCPS on calibration samples and truths (as in
-        :func:`loss_matrix`)."""
-        L = loss_matrix(samples, truths, lambdas, lower_q, upper_q, kind, k)
-        lam = calibrate_lambda(L, lambdas, epsilon, delta)
-        j = int(np.flatnonzero(np.asarray(lambdas, dtype=np.float64) == lam)[0])
-        return cls(
-            lam=lam,
-            epsilon=float(epsilon),
-            delta=float(delta),
-            n=int(L.shape[0]),
-            lower_q=float(lower_q),
-            upper_q=float(upper_q),
-            kind=kind,
-            k=float(k),
-            ucb=float(hb_ucb(float(L[:, j].mean()), L.shape[0], delta)),
-            settings_hash=settings_hash,
-        )
-
-    def intervals(self, samples: Any) -> Intervals:
-        """Calibrated intervals for one image's samples ``(J, C, H, W)``."""
-        return pixel_intervals(samples, self.lam, self.lower_q, self.upper_q, self.kind, self.k)
+        """Calibrate ``lam`` by RCPS on the calibration images' base intervals and truths
+        (as in :func:`loss_matrix`); ``lower_q``/``upper_q`` record the quantiles those
+        intervals were made with. Raises :class:`RiskControlError` as
+        :func:`calibrate_lambda`."""
+        L = loss_matrix(intervals, truths, lambdas)
+        return cls(lam=calibrate_lambda(L, lambdas, epsilon, delta), epsilon=float(epsilon),
+                   delta=float(delta), lower_q=float(lower_q), upper_q=float(upper_q),
+                   n=int(L.shape[0]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "PixelCalibration",
-            "version": FORMAT_VERSION,
-            "lam": self.lam,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "n": self.n,
-            "lower_q": self.lower_q,
-            "upper_q": self.upper_q,
-            "interval_kind": self.kind,
-            "k": self.k,
-            "ucb": None if math.isnan(self.ucb) else self.ucb,
-            "settings_hash": self.settings_hash,
-        }
+        return {"lam": self.lam, "epsilon": self.epsilon, "delta": self.delta,
+                "lower_q": self.lower_q, "upper_q": self.upper_q, "n": self.n}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PixelCalibration:
-        if d.get("kind") != "PixelCalibration" or d.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"expected a serialised PixelCalibration v{FORMAT_VERSION}, got "
-                f"kind={d.get('kind')!r} version={d.get('version')!r}"
-            )
-        if d["interval_kind"] not in ("quantile", "std"):
-            raise ValueError(f"unknown interval kind {d['interval_kind']!r}")
-        return cls(
-            lam=float(d["lam"]),
-            epsilon=float(d["epsilon"]),
-            delta=float(d["delta"]),
-            n=int(d["n"]),
-            lower_q=float(d["lower_q"]),
-            upper_q=float(d["upper_q"]),
-            kind=d["interval_kind"],
-            k=float(d["k"]),
-            ucb=math.nan if d["ucb"] is None else float(d["ucb"]),
-            settings_hash=str(d["settings_hash"]),
-        )
+        missing = [k for k in ("lam", "epsilon", "delta", "lower_q", "upper_q", "n") if k not in d]
+        if missing:
+            raise ValueError(f"pixel calibration lacks {', '.join(missing)}")
+        cal = cls(lam=float(d["lam"]), epsilon=float(d["epsilon"]), delta=float(d["delta"]),
+                  lower_q=float(d["lower_q"]), upper_q=float(d["upper_q"]), n=int(d["n"]))
+        if not (cal.lam >= 0 and 0 < cal.epsilon < 1 and 0 < cal.delta < 1 and cal.n >= 1):
+            raise ValueError(f"invalid pixel calibration {dict(d)!r}")
+        return cal

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from restoreflow.quality.rcps import PixelCalibration
 from restoreflow.spec import seed_for
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import restore_outputs
@@ -41,13 +42,15 @@ class Calibration:
     alpha: float
     psnr: dict
     ssim: dict
-    pixel: dict | None
+    pixel: PixelCalibration | None
     rows: list[dict] = field(default_factory=list)
     coverage: dict = field(default_factory=dict)
     trivial: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"n": len(self.rows)}
+        d = asdict(self) | {"n": len(self.rows)}
+        d["pixel"] = None if self.pixel is None else self.pixel.to_dict()
+        return d
 
 
 def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shash: str,
@@ -57,7 +60,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     calibration rows ``{image_id, psnr_true, ssim_true, features}``."""
     from restoreflow.quality.conformal import ConformalLowerBound, TrivialLowerBound
     from restoreflow.quality.features import feature_vector
-    from restoreflow.quality.rcps import Intervals, RiskControlError, calibrate_lambda, excess
+    from restoreflow.quality.rcps import Intervals, RiskControlError
 
     names = feature_names(cfg.posterior_samples)
     X = np.stack([feature_vector(r["features"], names) for r in rows])
@@ -77,17 +80,13 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     if cfg.posterior_samples < 2:
         pixel_note = "no per-pixel intervals: restore with posterior_samples >= 2"
     else:
-        losses = []
-        for r in rows:
-            iid = r["image_id"]
-            lo_c, hi_c = restore_outputs(cfg, out)[1:]
-            e = excess(Intervals(store.read(lo_c, iid), store.read(hi_c, iid)),
-                       np.clip(store.read(INPUT, iid, normalised=True), 0, 1))
-            losses.append([(e > lam).mean() for lam in LAMBDA_GRID])
+        lo_c, hi_c = restore_outputs(cfg, out)[1:]
+        ids = [r["image_id"] for r in rows]
         try:
-            lam = calibrate_lambda(np.array(losses), LAMBDA_GRID, pixel_epsilon, pixel_delta)
-            pixel = {"lam": float(lam), "epsilon": pixel_epsilon, "delta": pixel_delta,
-                     "lower_q": cfg.lower_q, "upper_q": cfg.upper_q, "n": len(rows)}
+            pixel = PixelCalibration.fit(
+                (Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids),
+                (np.clip(store.read(INPUT, i, normalised=True), 0, 1) for i in ids),
+                LAMBDA_GRID, pixel_epsilon, pixel_delta, cfg.lower_q, cfg.upper_q)
             pixel_note = None
         except RiskControlError as exc:
             pixel_note = f"no per-pixel intervals: {exc}"
@@ -127,7 +126,8 @@ def score(features: dict, calibration: dict | None, shash: str,
     p = calibration_from_dict(calibration["psnr"]).bound_features(features)
     s = calibration_from_dict(calibration["ssim"]).bound_features(features)
     flagged = bool(min_psnr is not None and not p >= min_psnr)
-    lam = calibration["pixel"]["lam"] if calibration.get("pixel") else None
+    pixel = calibration.get("pixel")
+    lam = PixelCalibration.from_dict(pixel).lam if pixel else None
     return {"psnr_lower": p, "ssim_lower": s, "alpha": calibration["alpha"], "flagged": flagged,
             "lambda": lam, "warning": None}
 

@@ -159,6 +159,9 @@ def main() -> None:
     losses = [r for r in rows if "loss" in r]
     last = losses[-1]
     milestones = [r for r in losses if r["step"] % 2000 == 0] + [last]
+    # elapsed_s restarts at 0 when a run resumes: add up the segments
+    seconds = sum(a["elapsed_s"] for a, b in zip(losses, [*losses[1:], None], strict=True)
+                  if b is None or b["elapsed_s"] < a["elapsed_s"])
     from restoreflow.models.prior import DiffusionPrior
 
     prior = DiffusionPrior.load(DEST)
@@ -183,7 +186,7 @@ def main() -> None:
         f" crops at scales {tuple(cfg['scales'])}, flips and 90-degree rotations",
         f"- AdamW lr {cfg['lr']} ({cfg['warmup']}-step warm-up), grad clip {cfg['grad_clip']}, "
         f"EMA {cfg['ema_decay']} (exported), bf16 autocast = {cfg['bf16_autocast']}",
-        f"- {last['elapsed_s'] / 60:.0f} minutes on {cfg['num_threads'] or 'all'} CPU thread(s) "
+        f"- {seconds / 60:.0f} minutes on {cfg['num_threads'] or 'all'} CPU thread(s) "
         "of a 2-core AMD EPYC VM, shared with other jobs for most of the run "
         "(`restoreflow train-prior`, resumable)",
         f"- seed {cfg['seed']}", "",

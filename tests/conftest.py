@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
 import pytest
+
+# Prefect's ephemeral API server gets 20 s to start by default; the suite runs beside
+# other jobs on 2 cores, where a start took longer (the CLI sets the same default)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 TEST_ACCESS_KEY = "restoreflow-test"
 TEST_SECRET_KEY = "restoreflow-test-secret-4c1d2e"

@@ -99,7 +99,8 @@ print(*f())
 @pytest.mark.slow
 def test_embedded_workers_report_to_the_drivers_ephemeral_api(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_ENABLED="true")
+    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_ENABLED="true",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     r = subprocess.run([sys.executable, "-c", EPHEMERAL], env=env, capture_output=True,
                        text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from restoreflow.storage.store import SOURCE_DTYPES
+from restoreflow.storage.layout import SOURCE_DTYPES
 
 # extension -> format
 IMAGE_EXTENSIONS: dict[str, str] = {

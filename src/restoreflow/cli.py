@@ -794,7 +794,8 @@ def index_search(
 
     from restoreflow.models.embedders import get_embedder
     from restoreflow.retrieval.stored import load_index
-    from restoreflow.storage.readers import ImageRejected, read_image
+    from restoreflow.storage.decode import ImageRejected
+    from restoreflow.storage.readers import read_image
     from restoreflow.storage.values import normalisation, to_normalised
 
     ts = _open_store(store)

@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from restoreflow.settings import Settings
+from restoreflow.storage.decode import ImageRejected
 from restoreflow.storage.layout import INPUT, REJECTED_TABLE, SOURCE_DTYPES, STATUS_COMPLETE
-from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.readers import read_image
 from restoreflow.storage.sources import (
     SourceItem,
     expand_sources,

@@ -78,9 +78,8 @@ def test_readme_points_inside_the_repository():
 
 def test_readme_store_layout_names_the_real_collections():
     from restoreflow.storage import layout
-    from restoreflow.storage.layout import REJECTED_TABLE
+    from restoreflow.storage.layout import REJECTED_TABLE, TABLES_DIR
     from restoreflow.storage.lock import LOCK_DIR
-    from restoreflow.storage.store import TABLES_DIR
 
     for doc in (README, (ROOT / "docs" / "store-layout.md").read_text(encoding="utf-8")):
         tree = re.search(r"```\n<store>/\n(.*?)```", doc, re.S).group(1)

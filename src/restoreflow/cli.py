@@ -150,10 +150,10 @@ def ingest(
 
     from restoreflow.preflight import check_sources, check_store
     from restoreflow.settings import get_settings
+    from restoreflow.storage.backend import is_backend_error
     from restoreflow.storage.ingest import IngestRejected
     from restoreflow.storage.ingest import ingest as run_ingest
     from restoreflow.storage.lock import StoreLocked
-    from restoreflow.storage.store import is_backend_error
 
     settings = get_settings()
     _preflight(check_sources, "SRC", sources, settings)
@@ -794,8 +794,9 @@ def index_search(
 
     from restoreflow.models.embedders import get_embedder
     from restoreflow.retrieval.stored import load_index
-    from restoreflow.storage.readers import ImageRejected, read_image
-    from restoreflow.storage.store import normalisation, to_normalised
+    from restoreflow.storage.decode import ImageRejected
+    from restoreflow.storage.readers import read_image
+    from restoreflow.storage.values import normalisation, to_normalised
 
     ts = _open_store(store)
     index = load_index(ts, name)

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from restoreflow.spec import DegradationSpec, RunSpec, SpecError
-from restoreflow.storage.readers import IMAGE_EXTENSIONS, ImageRejected, read_image
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.readers import IMAGE_EXTENSIONS, read_image
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

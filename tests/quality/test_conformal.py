@@ -13,13 +13,11 @@ from restoreflow.quality.conformal import (
     ConformalLowerBound,
     TrivialLowerBound,
     calibration_from_dict,
-    conformal_lower_quantile,
-    conformal_quantile,
-    fit_quantile_regression,
-    fit_ridge,
     flag,
-    pinball_loss,
 )
+from restoreflow.quality.quantiles import conformal_lower_quantile, conformal_quantile
+from restoreflow.quality.quantreg import fit_quantile_regression, pinball_loss
+from restoreflow.quality.ridge import fit_ridge
 
 N_TRIALS = 500
 N_CAL = 400  # fit fold 200, calibration fold 200

@@ -15,7 +15,8 @@ import zlib
 import pytest
 from storage_files import png_chunk
 
-from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.readers import read_image
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MB = 1 << 20

@@ -23,7 +23,8 @@ from storage_files import (
     tiff_bytes,
 )
 
-from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.readers import read_image
 from restoreflow.storage.writers import encode
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from storage_files import rng_image
 
-from restoreflow.storage.store import TileStore, from_normalised, tile_grid, to_normalised
+from restoreflow.storage.grid import tile_grid
+from restoreflow.storage.store import TileStore
+from restoreflow.storage.values import from_normalised, to_normalised
 
 
 def _fill_by_tiles(store, coll, iid, data):

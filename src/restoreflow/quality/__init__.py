@@ -4,18 +4,7 @@ lower bounds on PSNR/SSIM and risk-controlled per-pixel intervals (RCPS).
 Pure numpy/scipy/torch core; no Prefect, no storage.
 """
 
-from .conformal import (
-    ConformalLowerBound,
-    LinearModel,
-    TrivialLowerBound,
-    calibration_from_dict,
-    conformal_lower_quantile,
-    conformal_quantile,
-    fit_quantile_regression,
-    fit_ridge,
-    flag,
-    pinball_loss,
-)
+from .conformal import ConformalLowerBound, TrivialLowerBound, calibration_from_dict, flag
 from .features import (
     FEATURE_NAMES,
     compute_features,
@@ -27,7 +16,10 @@ from .features import (
     posterior_spread,
     rca_feature,
 )
+from .linear import LinearModel
 from .metrics import mse, psnr, psnr_from_mse, ssim
+from .quantiles import conformal_lower_quantile, conformal_quantile
+from .quantreg import fit_quantile_regression, pinball_loss
 from .rcps import (
     Intervals,
     PixelCalibration,
@@ -40,6 +32,7 @@ from .rcps import (
     miscoverage,
     pixel_intervals,
 )
+from .ridge import fit_ridge
 
 __all__ = [
     "FEATURE_NAMES",

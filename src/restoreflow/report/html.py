@@ -6,18 +6,8 @@ console without any network access; a Content-Security-Policy forbids loading an
 else. Every string that comes from the store (image names come from user files) is
 HTML-escaped.
 
-Sources in the store:
-
-- ``tables/runs.json``: one row per run (``run_id``, ``name``, ``degradation``,
-  ``sampler``, ``steps``, ``adapt``, ``started``, ``finished``, ``counts``, ``timings``,
-  ``settings_hash``, ``calibration``: the calibration's settings hash or null);
-- ``tables/quality.json``: one row per (run, image) (``psnr_lower``, ``ssim_lower``,
-  ``alpha``, ``flagged``, ``min_psnr``, optional ``psnr_true``, ``ssim_true``,
-  ``lambda``, ``warning``, ``features``);
-- ``calibrations/<settings_hash>.json``: the conformal calibration (rows of
-  ``(bound, true)`` per calibration image, ``alpha``, ``coverage``, ``pixel``);
-- collections ``input``, ``degraded``, ``restored``, ``interval_lower``,
-  ``interval_upper`` for the thumbnails.
+What it shows is read by :mod:`restoreflow.report.gather`; the stylesheet and the one
+script are :mod:`restoreflow.report.style`.
 
 A conformal lower bound at level ``alpha`` reads "PSNR >= b dB with probability
 1 - alpha": over exchangeable images the true PSNR is below ``b`` for at most a fraction
@@ -30,7 +20,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -39,92 +28,14 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from restoreflow.storage.layout import (
-    DEGRADED,
-    INPUT,
-    INTERVAL_HI,
-    INTERVAL_LO,
-    QUALITY_TABLE,
-    RESTORED,
-    RUNS_TABLE,
-)
+from restoreflow.report.gather import gather, load_calibration, number
+from restoreflow.report.style import CSS, LOAD_SCRIPT
+from restoreflow.storage.layout import DEGRADED, INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED
 
 if TYPE_CHECKING:
     from restoreflow.storage.store import TileStore
 
 log = logging.getLogger(__name__)
-
-
-# Writes "<loaded>/<total>" into body[data-images-loaded] once the page has loaded, so a
-# headless browser (and a curious reader) can check that every inline image decoded.
-LOAD_SCRIPT = (
-    'window.addEventListener("load",function(){var m=document.images,k=0;'
-    "for(var i=0;i<m.length;i++){if(m[i].complete&&m[i].naturalWidth>0){k++;}}"
-    'document.body.setAttribute("data-images-loaded",k+"/"+m.length);});'
-)
-
-CSS = """
-:root { --fg:#1d2430; --muted:#5f6b7a; --line:#dde2e8; --bg:#f4f6f8; --card:#fff;
-        --bad:#c62828; --good:#2e7d32; --warn:#b26a00; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-       font: 14px/1.45 system-ui, "Segoe UI", "DejaVu Sans", "Liberation Sans", sans-serif; }
-main { max-width: 1220px; margin: 0 auto; padding: 20px 24px 48px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 28px 0 10px; border-bottom: 1px solid var(--line);
-     padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 0; word-break: break-all; }
-code, .mono { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 12px; }
-.muted { color: var(--muted); }
-.small { font-size: 12px; }
-.panel { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
-         padding: 12px 16px; }
-.top { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 16px;
-       align-items: start; }
-dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px; margin: 0; }
-dl.kv dt { color: var(--muted); }
-dl.kv dd { margin: 0; word-break: break-word; }
-table.t { border-collapse: collapse; width: 100%; }
-table.t th, table.t td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line);
-                         vertical-align: top; }
-table.t th { color: var(--muted); font-weight: 600; }
-table.t td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.chips span { display: inline-block; background: #eef1f5; border-radius: 10px;
-              padding: 0 8px; margin: 0 4px 3px 0; font-size: 12px; }
-.badge { display: inline-block; border-radius: 4px; padding: 1px 8px; font-size: 12px;
-         font-weight: 700; letter-spacing: .04em; color: #fff; vertical-align: middle; }
-.badge.flagged { background: var(--bad); }
-.badge.ok { background: var(--good); }
-.badge.none { background: #8a94a3; }
-.note { border-left: 4px solid var(--warn); background: #fff8e6; padding: 6px 10px;
-        margin: 8px 0; }
-.note.bad { border-color: var(--bad); background: #fdecec; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
-        padding: 12px 16px; margin: 0 0 16px; }
-.card.flagged { border-left: 6px solid var(--bad); }
-.card header { display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap;
-               margin-bottom: 8px; }
-.figs { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; }
-figure img { display: block; max-width: 100%; height: auto; background: #e9ecf0;
-             image-rendering: pixelated; border: 1px solid var(--line); }
-figcaption { font-size: 12px; color: var(--muted); margin-top: 3px; }
-figcaption b { color: var(--fg); }
-.missing { width: 256px; height: 64px; border: 1px dashed #b9c1cc; border-radius: 4px;
-           display: flex; align-items: center; justify-content: center; color: var(--muted);
-           font-size: 12px; }
-.cbar { height: 8px; border-radius: 2px; margin-top: 4px; }
-.cbar-labels { display: flex; justify-content: space-between; font-size: 11px; }
-.metrics { margin-top: 10px; display: flex; flex-wrap: wrap; gap: 6px 28px; }
-.metrics .bound { font-size: 15px; }
-.held { color: var(--good); font-weight: 600; }
-.missed { color: var(--bad); font-weight: 600; }
-details { margin-top: 6px; }
-summary { cursor: pointer; color: var(--muted); font-size: 12px; }
-.plot img { display: block; max-width: 100%; height: auto; }
-footer { margin-top: 32px; color: var(--muted); font-size: 12px; }
-@media (max-width: 900px) { .top { grid-template-columns: 1fr; } }
-"""
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -134,18 +45,8 @@ def _e(v: Any) -> str:
     return escape("" if v is None else str(v), quote=True)
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _fmt(v: Any, digits: int = 2, unit: str = "") -> str:
-    f = _num(v)
+    f = number(v)
     if f is None:
         return "—"
     return f"{f:.{digits}f}{(' ' + unit) if unit else ''}"
@@ -163,7 +64,7 @@ def _fmt_apart(a: float, b: float, least: int = 1, most: int = 6) -> tuple[str, 
 
 
 def _fmt_seconds(v: Any) -> str:
-    s = _num(v)
+    s = number(v)
     if s is None:
         return _e(v)
     if s < 60:
@@ -175,7 +76,7 @@ def _fmt_seconds(v: Any) -> str:
 
 def _fmt_time(v: Any) -> str:
     """Epoch seconds or an ISO string as "YYYY-MM-DD HH:MM:SS UTC"."""
-    f = _num(v)
+    f = number(v)
     if f is not None:
         return datetime.fromtimestamp(f, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return _e(v) if v else "—"
@@ -212,61 +113,6 @@ def _size_text(shape: Sequence[int]) -> str:
     return f"{w}×{h} " + ("RGB" if c == 3 else "grey" if c == 1 else f"{c} bands")
 
 
-def _time_key(run: Mapping) -> float:
-    for k in ("finished", "started"):
-        v = run.get(k)
-        f = _num(v)
-        if f is not None:
-            return f
-        if isinstance(v, str) and v:
-            try:
-                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            return dt.timestamp()
-    return -math.inf
-
-
-# -- gathering the data ---------------------------------------------------------------
-
-def select_run(runs: Sequence[Mapping], run_id: str | None) -> dict | None:
-    """The run row named ``run_id``, or the latest run (by ``finished``, else ``started``;
-    later rows win ties). None when there are no runs. ValueError for an unknown id."""
-    if not runs:
-        return None
-    if run_id is not None:
-        match = [r for r in runs if r.get("run_id") == run_id]
-        if not match:
-            known = ", ".join(str(r.get("run_id")) for r in runs[-10:])
-            raise ValueError(f"no run {run_id!r} in the runs table (latest runs: {known})")
-        return dict(match[-1])
-    best = max(range(len(runs)), key=lambda i: (_time_key(runs[i]), i))
-    return dict(runs[best])
-
-
-def _dedupe(rows: Sequence[Mapping]) -> list[dict]:
-    """Keep the last row per (run_id, image_id)."""
-    out: dict[tuple, dict] = {}
-    for r in rows:
-        out[(r.get("run_id"), r.get("image_id"))] = dict(r)
-    return list(out.values())
-
-
-def _load_calibration(store: TileStore, shash: str) -> tuple[dict | None, str | None]:
-    path = f"calibrations/{shash}.json"
-    try:
-        if not store.exists(path):
-            return None, f"calibration {shash} is not in the store ({path} missing): no plot"
-        cal = json.loads(store.get_bytes(path))
-    except (OSError, ValueError) as exc:
-        return None, f"calibration {shash} could not be read: {exc}"
-    if not isinstance(cal, dict):
-        return None, f"calibration {shash}: {path} is not a JSON object"
-    return cal, None
-
-
 # -- rendering ------------------------------------------------------------------------
 
 def _img(thumb, alt: str) -> str:
@@ -295,8 +141,8 @@ def _source_units(store: TileStore, image_id: str, u) -> str:
         attrs = store.attrs(INTERVAL_HI, image_id)
     except KeyError:
         return ""
-    scale, dtype = _num(attrs.get("norm_scale")), attrs.get("dtype")
-    if scale is None or scale == 1.0 or _num(u.vmin) is None or _num(u.vmax) is None:
+    scale, dtype = number(attrs.get("norm_scale")), attrs.get("dtype")
+    if scale is None or scale == 1.0 or number(u.vmin) is None or number(u.vmax) is None:
         return ""
     kind = f"{_e(dtype)} source values" if dtype else "source values"
     return (f"; {u.vmin * scale:.3g}–{u.vmax * scale:.3g} in {kind}, "
@@ -352,9 +198,9 @@ def _figures(store: TileStore, image_id: str, row: Mapping, pixel: Mapping | Non
 
 def _pixel_text(row: Mapping, pixel: Mapping | None) -> str:
     """The RCPS guarantee of the per-pixel intervals, in words."""
-    lam = _num(row.get("lambda"))
-    eps = _num(pixel.get("epsilon")) if pixel else None
-    delta = _num(pixel.get("delta")) if pixel else None
+    lam = number(row.get("lambda"))
+    eps = number(pixel.get("epsilon")) if pixel else None
+    delta = number(pixel.get("delta")) if pixel else None
     lam_text = f" (λ = {lam:.3g})" if lam is not None else ""
     if eps is not None and delta is not None:
         return (f"pixel intervals{lam_text}: at most {100 * eps:.0f}% of pixels outside "
@@ -363,12 +209,12 @@ def _pixel_text(row: Mapping, pixel: Mapping | None) -> str:
 
 
 def _metrics(row: Mapping, alpha: float | None, pixel_text: str = "") -> str:
-    a = _num(row.get("alpha"))
+    a = number(row.get("alpha"))
     a = a if a is not None else alpha
-    p_lo, s_lo = _num(row.get("psnr_lower")), _num(row.get("ssim_lower"))
-    p_true, s_true = _num(row.get("psnr_true")), _num(row.get("ssim_true"))
+    p_lo, s_lo = number(row.get("psnr_lower")), number(row.get("ssim_lower"))
+    p_true, s_true = number(row.get("psnr_true")), number(row.get("ssim_true"))
     items = []
-    mp = _num(row.get("min_psnr"))
+    mp = number(row.get("min_psnr"))
     # the same digits for the bound and the required PSNR, enough to tell them apart
     p_text, mp_text = _fmt_apart(p_lo, mp) if p_lo is not None and mp is not None else (
         None if p_lo is None else f"{p_lo:.1f}", None)
@@ -417,7 +263,7 @@ def _card(store: TileStore, idx: int, row: Mapping, alpha: float | None,
     flagged = bool(row.get("flagged"))
     if flagged:
         badge = '<span class="badge flagged">FLAGGED</span>'
-    elif _num(row.get("psnr_lower")) is not None:
+    elif number(row.get("psnr_lower")) is not None:
         badge = '<span class="badge ok">OK</span>'
     else:
         badge = '<span class="badge none">NO BOUND</span>'
@@ -440,10 +286,10 @@ def _mean(vals: Sequence[float | None]) -> float | None:
 def _summary(rows: Sequence[Mapping], alpha: float | None) -> str:
     n = len(rows)
     flagged = [(i, r) for i, r in enumerate(rows) if r.get("flagged")]
-    p_lo = [_num(r.get("psnr_lower")) for r in rows]
-    s_lo = [_num(r.get("ssim_lower")) for r in rows]
-    p_tr = [_num(r.get("psnr_true")) for r in rows]
-    s_tr = [_num(r.get("ssim_true")) for r in rows]
+    p_lo = [number(r.get("psnr_lower")) for r in rows]
+    s_lo = [number(r.get("ssim_lower")) for r in rows]
+    p_tr = [number(r.get("psnr_true")) for r in rows]
+    s_tr = [number(r.get("ssim_true")) for r in rows]
     nb = sum(v is not None for v in p_lo)
     body = [("images", str(n)),
             ("flagged", f'<b style="color:var(--bad)">{len(flagged)}</b>' if flagged else "0"),
@@ -514,11 +360,11 @@ def _calibration_section(store: TileStore, hashes: Sequence[str], rows: Sequence
                 "calibration)</p>", None, None)
     parts, alpha, pixel = [], None, None
     for h in hashes:
-        cal, problem = _load_calibration(store, h)
+        cal, problem = load_calibration(store, h)
         if cal is None:
             parts.append(f'<p class="note">{_e(problem)}</p>')
             continue
-        a = _num(cal.get("alpha"))
+        a = number(cal.get("alpha"))
         alpha = a if alpha is None else alpha
         if pixel is None and isinstance(cal.get("pixel"), Mapping):
             pixel = dict(cal["pixel"])
@@ -550,43 +396,10 @@ def render_report(store: TileStore, run_id: str | None = None, *,
     from restoreflow.storage.sources import strip_credentials
 
     t0 = time.perf_counter()
-    runs = store.read_table(RUNS_TABLE)
-    quality = store.read_table(QUALITY_TABLE)
-    run = select_run(runs, run_id)
-    if run is not None:
-        rows = _dedupe([r for r in quality if r.get("run_id") == run.get("run_id")])
-    else:
-        rows = _dedupe([r for r in quality if run_id is None or r.get("run_id") == run_id])
-        if run_id is not None and not rows:
-            raise ValueError(f"no run {run_id!r}: the store has no runs table and no quality "
-                             "rows for that run")
-    if not rows:
-        rows = [{"image_id": i} for i in store.image_ids(RESTORED)]
-    run_ids = sorted({str(r["run_id"]) for r in rows if r.get("run_id")})
-    show_run = run is None and len(run_ids) > 1
-    for r in rows:
-        name = r.get("name")
-        if not name:
-            for coll in (INPUT, RESTORED):
-                try:
-                    name = store.attrs(coll, str(r.get("image_id"))).get("name")
-                except (KeyError, ValueError):
-                    continue
-                if name:
-                    break
-        r["_name"] = name or str(r.get("image_id"))
-        r["_show_run"] = show_run
-    rows.sort(key=lambda r: (not r.get("flagged"), str(r["_name"]).lower(),
-                             str(r.get("image_id"))))
-
-    if run is not None:
-        hashes = [run["calibration"]] if run.get("calibration") else []
-    else:
-        hashes = sorted({str(r["settings_hash"]) for r in rows if r.get("settings_hash")})
-        hashes = [h for h in hashes if _load_calibration(store, h)[0] is not None]
+    run, rows, run_ids, hashes = gather(store, run_id)
     cal_html, alpha, pixel = _calibration_section(store, hashes, rows)
     if alpha is None:
-        alpha = next((a for a in (_num(r.get("alpha")) for r in rows) if a is not None), None)
+        alpha = next((a for a in (number(r.get("alpha")) for r in rows) if a is not None), None)
 
     shown = rows if max_images is None else rows[:max(0, int(max_images))]
     cards = "".join(_card(store, i, r, alpha, pixel) for i, r in enumerate(shown))

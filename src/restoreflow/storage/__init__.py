@@ -6,18 +6,13 @@ See docs/store-layout.md for the on-disk layout. The verbs live in their modules
 names would clash with the package attributes.
 """
 
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.grid import tile_grid
 from restoreflow.storage.ingest import IngestRejected, IngestReport, ingest_array
-from restoreflow.storage.readers import ImageRejected, read_image
-from restoreflow.storage.store import (
-    INPUT,
-    STATUS_COMPLETE,
-    STATUS_WRITING,
-    TileStore,
-    from_normalised,
-    normalisation,
-    tile_grid,
-    to_normalised,
-)
+from restoreflow.storage.layout import INPUT, STATUS_COMPLETE, STATUS_WRITING
+from restoreflow.storage.readers import read_image
+from restoreflow.storage.store import TileStore
+from restoreflow.storage.values import from_normalised, normalisation, to_normalised
 
 __all__ = [
     "INPUT",

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from restoreflow.storage import writers
+from restoreflow.storage.layout import INPUT
 from restoreflow.storage.sources import strip_credentials
-from restoreflow.storage.store import INPUT, TileStore, from_normalised
+from restoreflow.storage.store import TileStore
+from restoreflow.storage.values import from_normalised
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 80

@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from restoreflow.settings import Settings
-from restoreflow.storage.layout import REJECTED_TABLE
-from restoreflow.storage.readers import ImageRejected, read_image
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.layout import INPUT, REJECTED_TABLE, SOURCE_DTYPES, STATUS_COMPLETE
+from restoreflow.storage.readers import read_image
 from restoreflow.storage.sources import (
     SourceItem,
     expand_sources,
@@ -29,14 +30,9 @@ from restoreflow.storage.sources import (
     read_source,
     strip_credentials,
 )
-from restoreflow.storage.store import (
-    INPUT,
-    SOURCE_DTYPES,
-    STATUS_COMPLETE,
-    TileStore,
-    jsonable,
-    normalisation,
-)
+from restoreflow.storage.store import TileStore
+from restoreflow.storage.tables import jsonable
+from restoreflow.storage.values import normalisation
 
 INGESTED, PRESENT, REJECTED = "ingested", "present", "rejected"
 

@@ -1,14 +1,8 @@
 """The tile store: a zarr v3 hierarchy on a local disk or S3, one class over fsspec.
 
-Layout (see docs/store-layout.md)::
-
-    <store>/zarr.json                      root group, attrs {"restoreflow_layout": 1,
-                                                                  "tile_size": T}
-    <store>/<collection>/zarr.json         one group per collection (input, degraded, ...)
-    <store>/<collection>/<image_id>/       one group per image, attrs = provenance + status
-        pixels                             array dims ("band", "y", "x"), shape (C, H, W),
-                                           chunks (C, T, T): one tile per chunk
-    <store>/tables/<name>.json             small JSON tables (list of row dicts)
+The layout (root attrs, a group per collection and per image, ``pixels`` chunked one tile
+per chunk, ``tables/``) is named in :mod:`restoreflow.storage.layout`; small files and
+tables are :mod:`~restoreflow.storage.files` and :mod:`~restoreflow.storage.tables`.
 
 Concurrency contract (pangeo-forge style): only the driver process creates images and
 changes metadata (:meth:`TileStore.create_image`, :meth:`TileStore.mark_complete`,
@@ -18,20 +12,16 @@ same tile twice stores the same bytes); :meth:`TileStore.create_image` with
 ``overwrite=True`` and :meth:`TileStore.delete_image` are not.
 
 Pixel values: collection ``input`` holds the source values in their native dtype.
-Every other (derived) collection holds float32 in normalised units, where
-``normalised = (raw - norm_offset) / norm_scale`` with the input image's attrs.
+Every other (derived) collection holds float32 in normalised units
+(:mod:`restoreflow.storage.values`).
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import math
 import os
 import posixpath
 import re
 import warnings
-import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,79 +29,26 @@ from typing import Any
 import numpy as np
 
 from restoreflow.settings import Settings, get_settings
-from restoreflow.storage.layout import INPUT
+from restoreflow.storage import files, tables
+from restoreflow.storage.backend import is_backend_error, open_filesystem, open_zarr_store
+from restoreflow.storage.grid import tile_grid, write_aligned
+from restoreflow.storage.layout import (
+    DERIVED_DTYPE,
+    DIMS,
+    INPUT,
+    LAYOUT_VERSION,
+    PIXELS,
+    RESERVED,
+    SOURCE_DTYPES,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    check_name,
+)
+from restoreflow.storage.tables import jsonable
+from restoreflow.storage.values import to_normalised
 
-LAYOUT_VERSION = 1
-
-PIXELS = "pixels"
-DIMS = ("band", "y", "x")
-TABLES_DIR = "tables"
-SOURCE_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64")
-DERIVED_DTYPE = "float32"
-STATUS_WRITING = "writing"
-STATUS_COMPLETE = "complete"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TABLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_RESERVED = {TABLES_DIR, "zarr.json"}
 # what a store's root holds while a driver creates it (see TileStore._ensure_root)
 _STORE_ROOT_ENTRY = re.compile(r"^(zarr\.json|zarr\.[0-9a-f]{32}\.partial|\.locks)$")
-
-
-_ASYNC_FS: weakref.WeakSet = weakref.WeakSet()
-_ATEXIT_REGISTERED = False
-
-
-def is_backend_error(exc: BaseException) -> bool:
-    """An error of the S3 client stack that is not an OSError (botocore's
-    EndpointConnectionError, aiohttp's ClientError, ...): the store is unreachable or
-    refused the request. Callers treat it like an OSError of a local store."""
-    return type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp"))
-
-
-async def _cancel_other_tasks() -> None:
-    import asyncio
-
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _close_async_filesystems() -> None:
-    """Close the aiohttp sessions of async s3fs instances in zarr's event loop at exit
-    (otherwise aiohttp prints "Unclosed client session" at interpreter shutdown). Chunk
-    writes still pending after a failed write (the store went away) are cancelled first,
-    or asyncio prints "Task was destroyed but it is pending!" for each of them (and
-    "coroutine ... was never awaited" for those that never started)."""
-    from zarr.core.sync import sync
-
-    if _ASYNC_FS:
-        warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
-                                category=RuntimeWarning)
-        try:
-            sync(_cancel_other_tasks(), timeout=2)
-        except Exception:  # noqa: BLE001 - best effort during interpreter shutdown
-            pass
-    for fs in list(_ASYNC_FS):
-        s3 = getattr(fs, "_s3", None)
-        if s3 is None:
-            continue
-        try:
-            sync(s3.__aexit__(None, None, None), timeout=2)
-        except Exception:  # noqa: BLE001 - best effort during interpreter shutdown
-            pass
-        fs._s3 = None
-
-
-def _track_async_fs(fs) -> None:
-    global _ATEXIT_REGISTERED
-    _ASYNC_FS.add(fs)
-    if not _ATEXIT_REGISTERED:
-        import zarr.core.sync  # noqa: F401 - registered after zarr's, so runs before it
-
-        atexit.register(_close_async_filesystems)
-        _ATEXIT_REGISTERED = True
 
 
 @contextmanager
@@ -121,84 +58,6 @@ def _quiet_listing():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not recognized as a component")
         yield
-
-
-def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
-        raise ValueError(
-            f"invalid {kind} name {name!r}: use 1-128 characters [A-Za-z0-9._-], "
-            f"starting with a letter or digit, not {sorted(_RESERVED)}"
-        )
-    return name
-
-
-def jsonable(obj: Any) -> Any:
-    """Turn attrs into strict JSON values (numpy scalars, tuples, non-finite floats...)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj).decode("utf-8", errors="replace")
-    return str(obj)
-
-
-def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, int, int, int, int]]:
-    """Tiles ``(ty, tx, y0, y1, x0, x1)`` covering an ``height x width`` image, row-major.
-
-    Edge tiles are cut at the image border (``y1 <= height``), matching zarr's chunk grid.
-    """
-    return [
-        (ty, tx, y0, min(y0 + tile, height), x0, min(x0 + tile, width))
-        for ty, y0 in enumerate(range(0, height, tile))
-        for tx, x0 in enumerate(range(0, width, tile))
-    ]
-
-
-def normalisation(array: np.ndarray) -> tuple[float, float]:
-    """``(norm_offset, norm_scale)`` with ``normalised = (raw - offset) / scale`` in [0, 1].
-
-    uint8: 0/255; uint16: 0/65535; other dtypes: 0/1 when the data already lie in [0, 1],
-    else data min / (max - min); a constant image gets scale 1.
-    """
-    dt = np.dtype(array.dtype)
-    if dt == np.uint8:
-        return 0.0, 255.0
-    if dt == np.uint16:
-        return 0.0, 65535.0
-    lo, hi = float(np.min(array)), float(np.max(array))
-    if lo >= 0.0 and hi <= 1.0:
-        return 0.0, 1.0
-    if hi == lo:
-        return lo, 1.0
-    return lo, hi - lo
-
-
-def to_normalised(raw: np.ndarray, offset: float, scale: float) -> np.ndarray:
-    """float32 ``(raw - offset) / scale`` (computed in float64)."""
-    return ((np.asarray(raw, dtype=np.float64) - offset) / scale).astype(np.float32)
-
-
-def from_normalised(norm: np.ndarray, offset: float, scale: float, dtype: str) -> np.ndarray:
-    """Invert :func:`to_normalised` into ``dtype`` (round and clip for integer dtypes)."""
-    raw = np.asarray(norm, dtype=np.float64) * scale + offset
-    dt = np.dtype(dtype)
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        raw = np.nan_to_num(raw, nan=0.0)
-        return np.clip(np.rint(raw), info.min, info.max).astype(dt)
-    return raw.astype(dt)
 
 
 class TileStore:
@@ -256,36 +115,14 @@ class TileStore:
     def zarr_store(self):
         """The underlying zarr Store (LocalStore, or FsspecStore over async s3fs)."""
         if self._zstore is None:
-            if self.is_s3:
-                import s3fs
-                from zarr.storage import FsspecStore
-
-                fs = s3fs.S3FileSystem(
-                    asynchronous=True, use_listings_cache=False,
-                    **self.settings.storage_options(),
-                )
-                _track_async_fs(fs)
-                self._zstore = FsspecStore(fs, path=self._root)
-            else:
-                from zarr.storage import LocalStore
-
-                self._zstore = LocalStore(self._root)
+            self._zstore = open_zarr_store(self._root, self.is_s3, self.settings)
         return self._zstore
 
     @property
     def fs(self):
         """A synchronous fsspec filesystem for the non-zarr files (tables, small blobs)."""
         if self._fs is None:
-            if self.is_s3:
-                import s3fs
-
-                self._fs = s3fs.S3FileSystem(
-                    use_listings_cache=False, **self.settings.storage_options()
-                )
-            else:
-                from fsspec.implementations.local import LocalFileSystem
-
-                self._fs = LocalFileSystem()
+            self._fs = open_filesystem(self.is_s3, self.settings)
         return self._fs
 
     def _full(self, rel: str) -> str:
@@ -393,12 +230,12 @@ class TileStore:
         if not self.exists_store:
             return []
         with _quiet_listing():
-            return sorted(k for k in self._open_group("", "r").group_keys() if k not in _RESERVED)
+            return sorted(k for k in self._open_group("", "r").group_keys() if k not in RESERVED)
 
     def _image_groups(self, collection: str) -> list[tuple[str, Any]]:
         import zarr
 
-        _check_name("collection", collection)
+        check_name("collection", collection)
         try:
             g = self._open_group(collection, "r")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError):
@@ -435,8 +272,8 @@ class TileStore:
         """The image group's attrs. KeyError when the image does not exist."""
         import zarr
 
-        _check_name("collection", collection)
-        _check_name("image id", image_id)
+        check_name("collection", collection)
+        check_name("image id", image_id)
         try:
             return dict(self._open_group(f"{collection}/{image_id}", "r").attrs)
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -449,8 +286,8 @@ class TileStore:
 
         new = jsonable({**(attrs or {}), **more})
         try:
-            g = self._open_group(f"{_check_name('collection', collection)}/"
-                                 f"{_check_name('image id', image_id)}", "r+")
+            g = self._open_group(f"{check_name('collection', collection)}/"
+                                 f"{check_name('image id', image_id)}", "r+")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise KeyError(f"{self.uri}: no image {collection}/{image_id}") from exc
         g.attrs.update(new)
@@ -470,8 +307,8 @@ class TileStore:
         import xarray as xr
         import zarr
 
-        _check_name("collection", collection)
-        _check_name("image id", image_id)
+        check_name("collection", collection)
+        check_name("image id", image_id)
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape}")
@@ -544,9 +381,9 @@ class TileStore:
         against concurrent writers)."""
         import zarr
 
-        _check_name("image id", image_id)
+        check_name("image id", image_id)
         try:
-            g = self._open_group(_check_name("collection", collection), "r+")
+            g = self._open_group(check_name("collection", collection), "r+")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise KeyError(f"{self.uri}: no collection {collection}") from exc
         with _quiet_listing():
@@ -573,29 +410,7 @@ class TileStore:
         writer. Raises ValueError otherwise. Idempotent.
         """
         arr = self._open_array(collection, image_id, "r+")
-        self._write(arr, data, y0, x0, f"{collection}/{image_id}")
-
-    def _write(self, arr, data: np.ndarray, y0: int, x0: int, what: str) -> None:
-        data = np.asarray(data)
-        c, h, w = arr.shape
-        T = self.tile_size
-        if data.ndim != 3 or data.shape[0] != c:
-            raise ValueError(f"{what}: region must be ({c}, h, w), got {data.shape}")
-        rh, rw = data.shape[1:]
-        y0, x0 = int(y0), int(x0)
-        if y0 < 0 or x0 < 0 or y0 % T or x0 % T:
-            raise ValueError(f"{what}: region origin ({y0}, {x0}) is not a multiple of T={T}")
-        y1, x1 = y0 + rh, x0 + rw
-        if rh < 1 or rw < 1 or y1 > h or x1 > w:
-            raise ValueError(f"{what}: region [{y0}:{y1}, {x0}:{x1}] outside image {h}x{w}")
-        if (rh % T and y1 != h) or (rw % T and x1 != w):
-            raise ValueError(
-                f"{what}: region {rh}x{rw} at ({y0}, {x0}) is not chunk-aligned "
-                f"(sides must be multiples of T={T} or reach the edge of {h}x{w})"
-            )
-        if not np.can_cast(data.dtype, arr.dtype, casting="same_kind"):
-            raise ValueError(f"{what}: cannot store {data.dtype} data in a {arr.dtype} array")
-        arr[:, y0:y1, x0:x1] = data.astype(arr.dtype, copy=False)
+        write_aligned(arr, data, y0, x0, f"{collection}/{image_id}", self.tile_size)
 
     def write_image(self, collection: str, image_id: str, array: np.ndarray) -> None:
         """Write the whole (C, H, W) array: one region covering every chunk exactly once."""
@@ -605,7 +420,7 @@ class TileStore:
             raise ValueError(
                 f"{collection}/{image_id}: array shape {array.shape} != stored {arr.shape}"
             )
-        self._write(arr, array, 0, 0, f"{collection}/{image_id}")
+        write_aligned(arr, array, 0, 0, f"{collection}/{image_id}", self.tile_size)
 
     def read(self, collection: str, image_id: str, normalised: bool = False) -> np.ndarray:
         """The whole image (C, H, W).
@@ -641,132 +456,41 @@ class TileStore:
         """The image as a lazy ``xarray.Dataset`` (variable ``pixels``, attrs = image attrs)."""
         import xarray as xr
 
-        _check_name("collection", collection)
-        _check_name("image id", image_id)
+        check_name("collection", collection)
+        check_name("image id", image_id)
         return xr.open_zarr(self.zarr_store, group=f"{collection}/{image_id}",
                             consolidated=False)
 
-    # -- tables and small files (driver) ----------------------------------------------
-
-    @staticmethod
-    def _rel(path: str) -> str:
-        """Normalise a store-relative path; refuse absolute paths and ``..``."""
-        if not isinstance(path, str) or not path:
-            raise ValueError("empty path")
-        if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path) or "://" in path:
-            raise ValueError(f"{path!r}: must be relative to the store root")
-        parts = path.replace("\\", "/").split("/")
-        if any(p == ".." for p in parts):
-            raise ValueError(f"{path!r}: '..' is not allowed")
-        parts = [p for p in parts if p not in ("", ".")]
-        if not parts:
-            raise ValueError(f"{path!r}: names no file")
-        rel = posixpath.join(*parts)
-        if parts[-1] == "zarr.json":
-            raise ValueError(f"{path!r}: zarr metadata is managed by the store")
-        return rel
+    # -- small files and tables (driver): storage/files.py, storage/tables.py ---------
 
     def put_bytes(self, path: str, data: bytes) -> None:
-        """Write a small file under the store root atomically (temp+rename locally, with
-        the permissions of a normal write; one PUT on S3)."""
-        rel = self._rel(path)
-        full = self._full(rel)
-        if self.is_s3:
-            self.fs.pipe_file(full, bytes(data))
-            return
-        from restoreflow.storage.writers import write_atomic
-
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        write_atomic(full, bytes(data))  # a normal file's permissions (0o666 & ~umask)
+        """:func:`restoreflow.storage.files.put_bytes` on this store."""
+        files.put_bytes(self, path, data)
 
     def get_bytes(self, path: str) -> bytes:
-        """Read a small file under the store root (FileNotFoundError if missing)."""
-        full = self._full(self._rel(path))
-        if self.is_s3:
-            return self.fs.cat_file(full)
-        with open(full, "rb") as f:
-            return f.read()
+        """:func:`restoreflow.storage.files.get_bytes` on this store."""
+        return files.get_bytes(self, path)
 
     def exists(self, path: str) -> bool:
-        full = self._full(self._rel(path))
-        if self.is_s3:
-            self.fs.invalidate_cache()
-        return bool(self.fs.exists(full))
+        """:func:`restoreflow.storage.files.exists` on this store."""
+        return files.exists(self, path)
 
     def list_files(self, prefix: str) -> list[str]:
-        """Store-relative paths of the files under ``prefix`` (recursive, sorted)."""
-        rel = self._rel(prefix)
-        full = self._full(rel)
-        if self.is_s3:
-            self.fs.invalidate_cache()
-        if not self.fs.exists(full):
-            return []
-        found = self.fs.find(full)
-        base = self._full("")
-        out = []
-        for p in found:
-            p = p[len(base):].lstrip("/\\").replace("\\", "/")
-            out.append(p)
-        return sorted(out)
-
-    def _table_path(self, name: str) -> str:
-        if not _TABLE_RE.match(name or ""):
-            raise ValueError(f"invalid table name {name!r}: use [A-Za-z0-9_-]")
-        return f"{TABLES_DIR}/{name}.json"
+        """:func:`restoreflow.storage.files.list_files` on this store."""
+        return files.list_files(self, prefix)
 
     def read_table(self, name: str) -> list[dict]:
-        """Rows of ``tables/<name>.json``; [] when the table does not exist."""
-        try:
-            raw = self.get_bytes(self._table_path(name))
-        except FileNotFoundError:
-            return []
-        rows = json.loads(raw)
-        if not isinstance(rows, list):
-            raise ValueError(f"{self.uri}: table {name} is not a JSON list")
-        return rows
+        """:func:`restoreflow.storage.tables.read_table` on this store."""
+        return tables.read_table(self, name)
 
     def write_table(self, name: str, rows: Iterable[dict]) -> None:
-        """Replace ``tables/<name>.json`` atomically (driver only)."""
-        rows = [jsonable(dict(r)) for r in rows]
-        self._ensure_root()
-        data = json.dumps(rows, indent=1, sort_keys=True, allow_nan=False).encode()
-        self.put_bytes(self._table_path(name), data)
+        """:func:`restoreflow.storage.tables.write_table` on this store."""
+        tables.write_table(self, name, rows)
 
     def upsert_row(self, name: str, row: dict, key: Sequence[str]) -> None:
-        """Replace the row whose ``key`` columns equal ``row``'s (in place), or append it
-        (driver only: read-modify-write)."""
-        row = jsonable(dict(row))
-        want = [row.get(c) for c in key]
-        rows = self.read_table(name)
-        at = [i for i, r in enumerate(rows) if [r.get(c) for c in key] == want]
-        if at:
-            rows[at[0]] = row
-        else:
-            rows.append(row)
-        self.write_table(name, rows)
+        """:func:`restoreflow.storage.tables.upsert_row` on this store."""
+        tables.upsert_row(self, name, row, key)
 
     def append_rows(self, name: str, rows: Iterable[dict], key: Sequence[str] = ()) -> int:
-        """Append rows, skipping any whose ``key`` columns equal an existing row's.
-
-        With an empty ``key`` every row is appended. Writes nothing when no row is new.
-        Returns the number of rows added (driver only: read-modify-write).
-        """
-        existing = self.read_table(name)
-        key = tuple(key)
-
-        def k(r: dict) -> tuple:
-            return tuple(json.dumps(jsonable(r.get(c)), sort_keys=True) for c in key)
-
-        seen = {k(r) for r in existing} if key else set()
-        added = []
-        for r in rows:
-            r = jsonable(dict(r))
-            if key:
-                kk = k(r)
-                if kk in seen:
-                    continue
-                seen.add(kk)
-            added.append(r)
-        if added:
-            self.write_table(name, existing + added)
-        return len(added)
+        """:func:`restoreflow.storage.tables.append_rows` on this store."""
+        return tables.append_rows(self, name, rows, key)

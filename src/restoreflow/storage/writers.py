@@ -103,7 +103,7 @@ def encode_fits(array: np.ndarray, cards: dict | None = None,
                 source_header: dict | None = None) -> bytes:
     """FITS bytes. (H, W, 3) is written as a (3, H, W) cube (NAXIS3 = 3).
 
-    ``source_header`` (a dict as made by ``readers.fits_header_dict``) is copied except
+    ``source_header`` (a dict as made by ``read_fits.fits_header_dict``) is copied except
     structural keywords, so WCS and observation cards survive; ``cards`` are added last
     (provenance). Cards that FITS cannot hold are skipped and counted in a HISTORY card.
     """

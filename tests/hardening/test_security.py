@@ -53,12 +53,12 @@ def test_the_payload_is_live(tmp_path):
 
 
 def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, monkeypatch):
+    from restoreflow.models.adapter_files import load_adapter
     from restoreflow.models.embedders import (
         ClipEmbedder,
         EfficientNetLiteEmbedder,
         converted_efficientnet_weights,
     )
-    from restoreflow.models.lora import load_adapter
     from restoreflow.models.prior import DiffusionPrior, ModelLoadError
 
     marker = tmp_path / "MARKER"

@@ -7,14 +7,8 @@ import json
 import pytest
 import torch
 
-from restoreflow.models.lora import (
-    LoraSettings,
-    adapt_prior,
-    adapter_key,
-    load_adapter,
-    neighbour_loss,
-    save_adapter,
-)
+from restoreflow.models.adapter_files import load_adapter, save_adapter
+from restoreflow.models.lora import LoraSettings, adapt_prior, adapter_key, neighbour_loss
 from restoreflow.models.prior import DiffusionPrior, ModelLoadError
 
 SETTINGS = LoraSettings(rank=4, alpha=4.0, lr=1e-2, steps=30, batch_size=4, crop=16, seed=3)

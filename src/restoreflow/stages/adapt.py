@@ -40,7 +40,8 @@ def adapted_prior(store: TileStore, prior, image_id: str, neighbour_ids: list[st
                   cfg: RestoreConfig, device: str, progress=None):
     """The prior with a LoRA trained on the neighbours, from the store's adapter cache
     when the same (image, prior, neighbours, settings) was adapted before."""
-    from restoreflow.models.lora import adapt_prior, adapter_key, load_adapter, save_adapter
+    from restoreflow.models.adapter_files import load_adapter, save_adapter
+    from restoreflow.models.lora import adapt_prior, adapter_key
 
     lora = cfg.lora_settings()
     key = adapter_key(image_id, prior.model_hash, neighbour_ids, lora.hash)

@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger
 from restoreflow.flows.restore import restore_images
 from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
+from restoreflow.spec import CalibrationOptions
+from restoreflow.stages.config import RestoreConfig
 from restoreflow.storage import layout
 from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
@@ -52,8 +54,8 @@ def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
     return {i: m for f in futures for i, m in f.result().items()}
 
 
-def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: str,
-                    pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
+def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
+                    calibration: CalibrationOptions, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
     from restoreflow.stages.calibrate import fit_calibration, save_calibration
@@ -69,30 +71,26 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
     truths = _truth(uri, store, clean_ids, out)
     rows = [{"image_id": i, "features": store.attrs(out, i)["features"], **truths[i]}
             for i in clean_ids]
-    cal = fit_calibration(store, rows, cfg, shash, alpha, method, pixel_epsilon, pixel_delta,
-                          out)
+    c = calibration
+    cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
+                          c.pixel_delta, out)
     save_calibration(store, cal)
     return cal.to_dict()
 
 
 @flow(name="calibrate", flow_run_name=names.calibrate_flow_name)
-def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str = "ddpg",
-                   steps: int = 100, seed: int = 0, posterior_samples: int = 4,
-                   alpha: float = 0.1, method: str = "residual", pixel_epsilon: float = 0.1,
-                   pixel_delta: float = 0.1, prior: str | None = None,
+def calibrate_flow(store: str, cfg: RestoreConfig, calibration: CalibrationOptions,
                    progress: bool = False) -> dict:
-    """Calibrate conformal bounds for these restore settings on clean images."""
-    from restoreflow.stages.config import RestoreConfig, chosen_prior
+    """Calibrate conformal bounds for the restore settings ``cfg`` on the clean images
+    ``calibration.clean`` (both validated: built from CLI flags or the Prefect UI)."""
     from restoreflow.tasks.common import open_store
 
+    cfg = cfg.with_chosen_prior()
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
-        rep = ingest_task(store, clean)
+        rep = ingest_task(store, calibration.clean)
         _require_images(_ids(rep), [r for r in rep["rows"] if r["status"] == "rejected"],
                         "clean")
-        cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                            posterior_samples=posterior_samples, prior=chosen_prior(prior))
-        cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon,
-                              pixel_delta, progress)
+        cal = run_calibration(store, cfg, _ids(rep), calibration, progress)
     return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}
 
 
@@ -191,11 +189,11 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         t = time.perf_counter()
         corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
         with model_placement(settings):
-            info = index_task.submit(uri, corpus_ids, cfg.index, cfg.embedder,
+            info = index_task.submit(uri, corpus_ids, cfg.index, cfg.adapt.embedder,
                                      settings.device).result()
-        if info["size"] < cfg.neighbours:
-            raise ValueError(f"adapt.neighbours={cfg.neighbours} but the reference index holds "
-                             f"{info['size']} images; add to adapt.corpus or lower it")
+        if info["size"] < cfg.adapt.neighbours:
+            raise ValueError(f"adapt.neighbours={cfg.adapt.neighbours} but the reference index "
+                             f"holds {info['size']} images; add to adapt.corpus or lower it")
         timings["index"] = time.perf_counter() - t
 
     shash = cfg.settings_hash(models.prior_hash(cfg.prior))
@@ -211,8 +209,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         if overlap:
             raise ValueError(f"{len(overlap)} calibration images are also run sources "
                              f"(e.g. {overlap[0]}); calibration images must be held out")
-        calibration = run_calibration(uri, cfg, clean_ids, c.alpha, c.method, c.pixel_epsilon,
-                                      c.pixel_delta, progress)
+        calibration = run_calibration(uri, cfg, clean_ids, c, progress)
         timings["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -232,7 +229,7 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
         if s["warning"]:
             log.warning("%s: %s", i, s["warning"])
-        if s.get("lambda") is not None and cfg.posterior_samples >= 2:
+        if s.get("lambda") is not None and cfg.restore.posterior_samples >= 2:
             calibrate.prepare_intervals(store, i, s["lambda"])
             interval_futures.append(intervals_task.submit(uri, i, s["lambda"]))
         rows.append({"image_id": i, "name": attrs.get("name"), "run_id": run_id,
@@ -257,8 +254,8 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     bounds = [r["psnr_lower"] for r in rows if r["psnr_lower"] is not None]
     summary = {
         "run_id": run_id, "name": run.name, "spec_hash": run.hash, "store": uri,
-        "degradation": cfg.degradation, "sampler": cfg.sampler, "steps": cfg.steps,
-        "adapt": cfg.adapt, "settings_hash": shash,
+        "degradation": cfg.degradation, "sampler": cfg.restore.sampler,
+        "steps": cfg.restore.steps, "adapt": cfg.adapt.enabled, "settings_hash": shash,
         "calibration": shash if calibration and calibration["settings_hash"] == shash else None,
         "counts": {"images": len(ids), "restored": len(done), "skipped": len(ids) - len(done),
                    "rejected": len(rejected), "flagged": sum(r["flagged"] for r in rows),

@@ -124,3 +124,12 @@ def test_sampler_option_typo_is_refused_when_the_spec_is_parsed(tmp_path):
         RunSpec.model_validate(spec)
     spec["restore"]["options"] = {"gamma": 3}
     assert RunSpec.model_validate(spec).restore.options == {"gamma": 3}
+
+
+def test_sampler_choices_are_the_registry():
+    from typing import get_args
+
+    from restoreflow.samplers import SAMPLERS
+    from restoreflow.spec import RestoreOptions
+
+    assert get_args(RestoreOptions.model_fields["sampler"].annotation) == tuple(SAMPLERS)

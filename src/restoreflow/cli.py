@@ -48,6 +48,8 @@ _SAMPLER_NAMES = get_args(SamplerName)
 ExportFormat = Literal["png", "tiff", "fits"]
 # the one wording of every --store option (restoreflow.settings.Settings.store)
 _STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
+_OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
+                "refused with the sampler's options.")
 
 
 @app.command("simulate")
@@ -590,6 +592,54 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
 
 
+# fields of RestoreConfig and CalibrationOptions -> the flag that sets them
+_CONFIG_FLAGS = {"degradation": "--degradation", "seed": "--seed", "prior": "--prior",
+                 "restore.sampler": "--sampler", "restore.steps": "--steps",
+                 "restore.options": "--option", "restore.posterior_samples": "--samples",
+                 "adapt.enabled": "--adapt", "adapt.neighbours": "--neighbours",
+                 "adapt.steps": "--adapt-steps", "clean": "--clean", "alpha": "--alpha"}
+
+
+def _sampler_options(items: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` (repeatable) as a dict: ``8`` an int, ``0.5`` or ``1e-5`` a
+    float, ``true``/``false`` a bool, anything else the text (as a run spec's YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            _fail(f"--option: expected KEY=VALUE, got {item!r}")
+        if key in out:
+            _fail(f"--option: {key!r} given twice")
+        out[key] = _option_value(text)
+    return out
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _validated(model, **fields):
+    """``model(**fields)`` (the restore settings, the calibration options): a bad value is
+    one line naming its flag, before anything is opened or written."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
+        _fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {msg}")
+
+
 def _run_spec(spec, verb: str) -> dict:
     """Check the spec (one line and nothing created on a failure), then run it."""
     from restoreflow.preflight import check_run
@@ -656,16 +706,24 @@ def restore_cmd(
     neighbours: int = typer.Option(8, "--neighbours", min=1),
     adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
     prior: str = typer.Option(None, "--prior", help="diffusers model dir or hub id"),
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                     help=_OPTION_HELP),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
     from restoreflow.preflight import check_degradation_files, check_prior, check_store
     from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
+    from restoreflow.stages.config import RestoreConfig
 
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         _fail(str(exc))
+    cfg = _validated(
+        RestoreConfig, degradation=spec.text, seed=seed, prior=prior,
+        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
+                 "options": _sampler_options(option)},
+        adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
     settings = get_settings()
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
@@ -681,10 +739,8 @@ def restore_cmd(
     from restoreflow.flows.restore import restore_flow
 
     try:
-        res = _on_dask(restore_flow)(
-            store=ts.uri, degradation=spec.text, sampler=sampler, steps=steps, seed=seed,
-            y_collection=collection, out=out, posterior_samples=samples_, adapt=adapt,
-            neighbours=neighbours, adapt_steps=adapt_steps, prior=prior, progress=True)
+        res = _on_dask(restore_flow)(store=ts.uri, cfg=cfg, y_collection=collection, out=out,
+                                     progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         _flow_failed("restore", exc, ts.uri, before, "run the same command again")
     typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
@@ -700,6 +756,8 @@ def calibrate_cmd(
     samples_: int = typer.Option(4, "--samples", min=1, max=64),
     alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
     prior: str = typer.Option(None, "--prior"),
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                     help=_OPTION_HELP),
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
     from restoreflow.preflight import (
@@ -709,12 +767,18 @@ def calibrate_cmd(
         check_store,
     )
     from restoreflow.settings import get_settings
-    from restoreflow.spec import DegradationSpec, SpecError
+    from restoreflow.spec import CalibrationOptions, DegradationSpec, SpecError
+    from restoreflow.stages.config import RestoreConfig
 
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         _fail(str(exc))
+    cfg = _validated(
+        RestoreConfig, degradation=spec.text, prior=prior,
+        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
+                 "options": _sampler_options(option)})
+    calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha)
     settings = get_settings()
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)
@@ -728,9 +792,7 @@ def calibrate_cmd(
     from restoreflow.flows.pipeline import calibrate_flow
 
     try:
-        res = _on_dask(calibrate_flow)(store=ts.uri, clean=clean, degradation=spec.text,
-                                       sampler=sampler, steps=steps,
-                                       posterior_samples=samples_, alpha=alpha, prior=prior,
+        res = _on_dask(calibrate_flow)(store=ts.uri, cfg=cfg, calibration=calibration,
                                        progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         _flow_failed("calibrate", exc, ts.uri, before, "run the same command again")

@@ -428,15 +428,15 @@ def make_generator(
 # Run specs: what one pipeline run does (YAML, typed, validated, hashed)
 # ---------------------------------------------------------------------------------------
 
-from typing import Literal  # noqa: E402
+from typing import Annotated, Literal  # noqa: E402
 
 from pydantic import (  # noqa: E402
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 
@@ -457,7 +457,23 @@ def _no_credentials(value):
     return value
 
 
+def _canonical_degradation(v: str) -> str:
+    """A degradation field holds the canonical text of its spec (refused when invalid)."""
+    try:
+        return DegradationSpec.parse(v).text
+    except SpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# Field types shared by the run spec and restoreflow.stages.config.RestoreConfig
+Seed = Annotated[int, Field(ge=0, le=2**62)]
+
+
 class RestoreOptions(_Strict):
+    """How to restore: the sampler with its options, steps, tiling, posterior samples
+    (``restore:`` of a run spec, and ``RestoreConfig.restore``)."""
+
+    # the sampler registry's names (tests/test_runspec.py checks they agree)
     sampler: Literal["ddpg", "ddnm", "dps", "diffpir"] = "ddpg"
     steps: int = Field(100, ge=1, le=1000, description="UNet evaluations per sample")
     tile: int = Field(256, ge=32, le=4096)
@@ -468,17 +484,21 @@ class RestoreOptions(_Strict):
     )
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _options_of_the_sampler(self):
+    @field_validator("options")
+    @classmethod
+    def _options_of_the_sampler(cls, options: dict, info: ValidationInfo) -> dict:
         from restoreflow.samplers import check_options
 
-        check_options(self.sampler, self.options)  # typo, type, range: refused here
-        return self
+        if "sampler" in info.data:  # else the sampler itself is refused
+            check_options(info.data["sampler"], options)  # typo, type, range: refused here
+        return options
 
 
-class AdaptOptions(_Strict):
+class AdaptSettings(_Strict):
+    """How to adapt the prior to each image (ADIR): retrieval and the LoRA settings
+    (``RestoreConfig.adapt``; a run spec's ``adapt:`` adds the reference corpus)."""
+
     enabled: bool = False
-    corpus: list[str] = Field(default_factory=list, description="reference images (sources)")
     neighbours: int = Field(8, ge=1, le=1000)
     steps: int | None = Field(None, ge=1, le=100000)
     rank: int | None = Field(None, ge=1, le=256)
@@ -489,6 +509,12 @@ class AdaptOptions(_Strict):
     max_t: int | None = Field(None, ge=1, le=100000,
                               description="adapter only for timesteps below max_t")
     embedder: str = "efficientnet-lite0"
+
+
+class AdaptOptions(AdaptSettings):
+    """``adapt:`` of a run spec: the adaptation settings and the reference corpus."""
+
+    corpus: list[str] = Field(default_factory=list, description="reference images (sources)")
 
     _corpus_without_credentials = field_validator("corpus")(_no_credentials)
 
@@ -519,7 +545,7 @@ class RunSpec(_Strict):
     store: str | None = None
     degradation: str
     simulate: bool = Field(True, description="degrade the sources (benchmark) or not (real y)")
-    seed: int = Field(0, ge=0, le=2**62)
+    seed: Seed = 0
     prior: str | None = None
     restore: RestoreOptions = Field(default_factory=RestoreOptions)
     adapt: AdaptOptions = Field(default_factory=AdaptOptions)
@@ -528,14 +554,7 @@ class RunSpec(_Strict):
     report: str | None = "report.html"
 
     _uris_without_credentials = field_validator("sources", "store", "prior")(_no_credentials)
-
-    @field_validator("degradation")
-    @classmethod
-    def _canonical_degradation(cls, v: str) -> str:
-        try:
-            return DegradationSpec.parse(v).text
-        except SpecError as exc:
-            raise ValueError(str(exc)) from None
+    _degradation_canonical = field_validator("degradation")(_canonical_degradation)
 
     @property
     def degradation_spec(self) -> DegradationSpec:

@@ -56,9 +56,11 @@ def store(tmp_path):
     return TileStore(str(tmp_path / "store"), tile_size=16)
 
 
-def cfg(prior_dir, **kw):
-    base = dict(degradation=SPEC, steps=3, tile=32, overlap=8, prior=prior_dir)
-    return RestoreConfig(**{**base, **kw})
+def cfg(prior_dir, adapt=None, **restore):
+    """Tiny restore settings: 3 steps, 32 px tiles; ``restore`` fields override them."""
+    return RestoreConfig(degradation=SPEC, prior=prior_dir,
+                         restore={"steps": 3, "tile": 32, "overlap": 8, **restore},
+                         adapt=adapt or {})
 
 
 def test_restore_writes_outputs_and_is_idempotent(store, prior_dir):
@@ -97,7 +99,7 @@ def test_adaptation_retrieves_caches_and_records(store, prior_dir):
     info = build_index(store, ids[1:], embedder="efficientnet-lite0")
     assert info["added"] == 4 and build_index(store, ids[1:])["added"] == 0
     simulate_image(store, ids[0], DegradationSpec.parse(SPEC), seed=0)
-    c = cfg(prior_dir, adapt=True, neighbours=2, adapt_steps=2)
+    c = cfg(prior_dir, adapt={"enabled": True, "neighbours": 2, "steps": 2})
     res = restore_one(store, ids[0], c, DEGRADED)
     nbrs = [n["id"] for n in res["neighbours"]]
     assert len(nbrs) == 2 and ids[0] not in nbrs and set(nbrs) <= set(ids[1:])

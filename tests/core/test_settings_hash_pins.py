@@ -1,11 +1,15 @@
 """Settings hashes are the keys of restored images and calibrations in every user's store:
 a refactor must not move them. These were computed with the code of ad8a0bd (before the
-stages layer) and of the commit that introduced it; both gave the same values."""
+stages layer) and of the commit that introduced it; both gave the same values. The configs
+are written in RestoreConfig's flat form (``sampler=``, ``adapt_steps=``...), which it
+still accepts; tests/core/test_restore_config.py checks the nested form hashes alike."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from restoreflow.spec import RestoreOptions
 from restoreflow.stages.config import RestoreConfig
 
 D = "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)"
@@ -13,14 +17,24 @@ PRIOR_HASH = "83606bde28e1"
 
 PINS = {
     "ae7bc4c077c55519": RestoreConfig(degradation=D),
-    "cd76ba77ff38888e": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
-                                      sampler="dps", steps=50, options=(("zeta", 0.5),)),
+    # cd76ba77ff38888e's config with dps's real option name (cd76ba77ff38888e itself: see
+    # test_a_config_now_refused_still_hashes_as_pinned); this and the last three were
+    # computed with the code of edcd80a (RestoreConfig a dataclass)
+    "e50f4211587980ce": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
+                                      sampler="dps", steps=50, options=(("zeta_prime", 0.5),)),
     "e54ff9b823621db7": RestoreConfig(degradation=D, posterior_samples=4, tile=128, overlap=32,
                                       seed=7, tile_batch=2),
     "09eb07daf72e8b60": RestoreConfig(degradation=D, adapt=True, neighbours=4, adapt_steps=30,
                                       adapt_rank=8),
     "018ddbaf3ed58324": RestoreConfig(degradation=D, adapt=True, adapt_alpha=16.0, adapt_lr=1e-4,
                                       adapt_targets=("to_q", "to_v"), adapt_max_t=250),
+    "3ab8375923047883": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
+                                      sampler="dps", steps=50,
+                                      options=(("eta", 0.5), ("zeta_prime", 20.0))),
+    "64fd6dec93db69ef": RestoreConfig(degradation=D, options=(("gamma", 8),
+                                                              ("step_size", "decay"))),
+    "34e958e16ec6c2af": RestoreConfig(degradation=D, adapt=True, neighbours=2, adapt_steps=2,
+                                      prior="x"),
 }
 
 
@@ -29,6 +43,18 @@ def test_settings_hash_is_pinned(expected):
     cfg = PINS[expected]
     assert cfg.settings_hash(PRIOR_HASH) == expected
     assert RestoreConfig.from_dict(cfg.to_dict()).settings_hash(PRIOR_HASH) == expected
+
+
+def test_a_config_now_refused_still_hashes_as_pinned():
+    """cd76ba77ff38888e was pinned for dps with an option dps does not have (``zeta``, a
+    typo of ``zeta_prime``): RestoreConfig now refuses it when it is built. Its fields
+    still hash to the pinned value."""
+    deg = "sr(factor=4)+gaussian_noise(sigma=0.01)"
+    with pytest.raises(ValidationError, match="unknown option 'zeta' of sampler dps"):
+        RestoreConfig(degradation=deg, sampler="dps", steps=50, options=(("zeta", 0.5),))
+    unchecked = RestoreOptions.model_construct(sampler="dps", steps=50, options={"zeta": 0.5})
+    cfg = RestoreConfig(degradation=deg).model_copy(update={"restore": unchecked})
+    assert cfg.settings_hash(PRIOR_HASH) == "cd76ba77ff38888e"
 
 
 def test_seed_and_tile_batch_do_not_change_the_hash():

@@ -119,6 +119,17 @@ def test_other_verbs_check_before_work(ws, env, prior):
     cases = [
         (["restore", "-d", DEG, "--store", str(store), "--prior", "pickled"],
          "error: --prior: pickled: only pickled weights"),
+        # the restore settings are one validated RestoreConfig, built before anything else
+        (["restore", "-d", DEG, "--store", str(store), "--sampler", "ddpg", "--option",
+          "gama=3"], "error: --option: unknown option 'gama' of sampler ddpg; its options: "
+                     "gamma, zeta,"),
+        (["restore", "-d", DEG, "--store", str(store), "--option", "zeta=3"],
+         "error: --option: option zeta=3 of sampler ddpg: Input should be less than or "
+         "equal to 1"),
+        (["restore", "-d", DEG, "--store", str(store), "--option", "gamma"],
+         "error: --option: expected KEY=VALUE, got 'gamma'"),
+        (["calibrate", "-d", DEG, "--store", str(store), "--clean", "src", "--sampler", "dps",
+          "--option", "zeta=0.5"], "error: --option: unknown option 'zeta' of sampler dps"),
         (["calibrate", "-d", DEG, "--store", str(store), "--clean", "cal/"],
          "error: --clean: cal/ (= {ws}/cal): no such file or directory"),
         (["calibrate", "-d", "kernel_blur(path=k.npy)", "--store", str(store), "--clean",

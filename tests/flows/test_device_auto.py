@@ -15,6 +15,7 @@ def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatc
     from restoreflow.settings import get_settings, resolve_device
     from restoreflow.spec import DegradationSpec
     from restoreflow.stages import restore as restore_stage
+    from restoreflow.stages.config import RestoreConfig
     from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
     from restoreflow.storage.store import TileStore
@@ -40,7 +41,8 @@ def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatc
     get_settings.cache_clear()
     try:
         assert resolve_device("auto") == "cpu"  # what the driver would have sent
-        restore_flow(str(tmp_path / "store"), deg, steps=2)
+        restore_flow(str(tmp_path / "store"),
+                     RestoreConfig(degradation=deg, restore={"steps": 2}))
     finally:
         get_settings.cache_clear()
     assert seen == ["cuda"]

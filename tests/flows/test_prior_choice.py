@@ -42,6 +42,7 @@ def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_pa
     from restoreflow.flows.restore import restore_flow
     from restoreflow.models.prior import hash_model_dir
     from restoreflow.spec import DegradationSpec
+    from restoreflow.stages.config import RestoreConfig
     from restoreflow.stages.models import prior_hash
     from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
@@ -57,11 +58,22 @@ def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_pa
                                               progress=False).rows]
     simulate_image(store, image_id, DegradationSpec.parse(deg))
     env_prior = save_tiny_prior(tmp_path / "env-prior")
+    cfg = RestoreConfig(degradation=deg, restore={"steps": 2})
     try:
         _settings_env(monkeypatch, env_prior)
         monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
-        restore_flow(str(tmp_path / "store"), deg, steps=2)
+        restore_flow(str(tmp_path / "store"), cfg)
     finally:
         _settings_env(monkeypatch, None)
     attrs = TileStore(tmp_path / "store").attrs("restored", image_id)
     assert attrs["prior_hash"] == hash_model_dir(env_prior) != prior_hash(None)
+    # the settings parameter as the Prefect API recorded it: its JSON form, which
+    # validates back into the same settings (a rerun from the Prefect UI)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        (run,) = [r for r in client.read_flow_runs()
+                  if r.parameters.get("store") == str(tmp_path / "store")]
+    assert run.parameters["cfg"] == cfg.model_dump(mode="json")
+    assert RestoreConfig.model_validate(run.parameters["cfg"]) == cfg
+    assert run.name == f"restore degraded -> restored: {cfg.degradation}, ddpg 2 steps"

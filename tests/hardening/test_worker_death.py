@@ -64,6 +64,7 @@ def test_killed_worker_task_is_rerun_elsewhere(tmp_path, prefect_server, monkeyp
 
     prior = save_tiny_prior(tmp_path / "prior")
     store, ids = _prepare_store(tmp_path)
+    cfg = RestoreConfig(degradation=DEGRADATION, prior=prior, restore={"steps": STEPS})
 
     cluster = LocalCluster(n_workers=0, dashboard_address=None, host="127.0.0.1")
     addr = cluster.scheduler_address
@@ -94,8 +95,7 @@ def test_killed_worker_task_is_rerun_elsewhere(tmp_path, prefect_server, monkeyp
         runner = DaskTaskRunner(address=addr)
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             res = restore_flow.with_options(task_runner=runner)(
-                store=store.uri, degradation=DEGRADATION, steps=STEPS, prior=prior,
-                y_collection="degraded")
+                store=store.uri, cfg=cfg, y_collection="degraded")
         stop.set()
         t.join(10)
         with Client(addr) as c:
@@ -114,7 +114,6 @@ def test_killed_worker_task_is_rerun_elsewhere(tmp_path, prefect_server, monkeyp
     assert killed, "no restore task was seen running"
     assert survivors == [n for n in ("w0", "w1") if n != killed["name"]]
     assert sorted(res["restored"]) == sorted(ids) and res["skipped"] == []
-    cfg = RestoreConfig(degradation=DEGRADATION, steps=STEPS, prior=prior)
     from restoreflow.storage.store import TileStore
 
     ref = TileStore(tmp_path / "ref", store.settings, tile_size=16)

@@ -3,18 +3,22 @@
 ingest -> (simulate) -> [index the reference corpus] -> [calibrate] -> per image:
 retrieve -> adapt -> restore (one model task) -> score -> intervals -> export -> report,
 then the run's manifest and summary. Wiring only: every step is a task over a core
-function, or a small core call on the driver (scores, table rows).
+function, or a small core call on the driver (scores; the run's rows, summary and
+manifest are built and written by restoreflow.stages.records).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
 
 from restoreflow.flows.restore import restore_images
 from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
+from restoreflow.spec import CalibrationOptions
+from restoreflow.stages.config import RestoreConfig
 from restoreflow.storage import layout
 from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
@@ -52,8 +56,8 @@ def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
     return {i: m for f in futures for i, m in f.result().items()}
 
 
-def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: str,
-                    pixel_epsilon: float, pixel_delta: float, progress: bool) -> dict:
+def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
+                    calibration: CalibrationOptions, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
     from restoreflow.stages.calibrate import fit_calibration, save_calibration
@@ -69,44 +73,27 @@ def run_calibration(uri: str, cfg, clean_ids: list[str], alpha: float, method: s
     truths = _truth(uri, store, clean_ids, out)
     rows = [{"image_id": i, "features": store.attrs(out, i)["features"], **truths[i]}
             for i in clean_ids]
-    cal = fit_calibration(store, rows, cfg, shash, alpha, method, pixel_epsilon, pixel_delta,
-                          out)
+    c = calibration
+    cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
+                          c.pixel_delta, out)
     save_calibration(store, cal)
     return cal.to_dict()
 
 
 @flow(name="calibrate", flow_run_name=names.calibrate_flow_name)
-def calibrate_flow(store: str, clean: list[str], degradation: str, sampler: str = "ddpg",
-                   steps: int = 100, seed: int = 0, posterior_samples: int = 4,
-                   alpha: float = 0.1, method: str = "residual", pixel_epsilon: float = 0.1,
-                   pixel_delta: float = 0.1, prior: str | None = None,
+def calibrate_flow(store: str, cfg: RestoreConfig, calibration: CalibrationOptions,
                    progress: bool = False) -> dict:
-    """Calibrate conformal bounds for these restore settings on clean images."""
-    from restoreflow.stages.config import RestoreConfig, chosen_prior
+    """Calibrate conformal bounds for the restore settings ``cfg`` on the clean images
+    ``calibration.clean`` (both validated: built from CLI flags or the Prefect UI)."""
     from restoreflow.tasks.common import open_store
 
+    cfg = cfg.with_chosen_prior()
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
-        rep = ingest_task(store, clean)
+        rep = ingest_task(store, calibration.clean)
         _require_images(_ids(rep), [r for r in rep["rows"] if r["status"] == "rejected"],
                         "clean")
-        cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                            posterior_samples=posterior_samples, prior=chosen_prior(prior))
-        cal = run_calibration(store, cfg, _ids(rep), alpha, method, pixel_epsilon,
-                              pixel_delta, progress)
+        cal = run_calibration(store, cfg, _ids(rep), calibration, progress)
     return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("restoreflow", "torch", "diffusers", "peft", "zarr", "xarray", "numpy",
-                "prefect", "dask", "distributed", "s3fs"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 @flow(name="pipeline", flow_run_name=names.pipeline_run_name)
@@ -140,195 +127,162 @@ def _name_flow_run(name: str) -> None:
         client.set_flow_run_name(flow_run.id, name)
 
 
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    """Record the seconds the block took as ``timings[stage]``."""
+    t = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - t
+
+
 def _pipeline(spec: dict, progress: bool) -> dict:
-    import json
-    import platform
-    import socket
-
-    import numpy as np
-
+    """The run, under the store's lock: its row says "running" from here until its
+    manifest is written (see restoreflow.stages.records)."""
     from restoreflow.spec import RunSpec
-    from restoreflow.stages import calibrate, config, models
+    from restoreflow.stages import calibrate, models, records
     from restoreflow.tasks.common import open_store
 
     log = get_run_logger()
-    run = RunSpec.from_dict(spec)
-    settings = get_settings()
+    run, settings = RunSpec.from_dict(spec), get_settings()
     uri = run.store or settings.store
     store = open_store(uri)
-    cfg = config.RestoreConfig.from_run(run)
+    cfg = RestoreConfig.from_run(run)
     started = time.time()
-    run_id = names.run_id(run.name, run.hash, started)
-    known = {r.get("run_id") for r in store.read_table(layout.RUNS_TABLE)}
-    for k in range(2, 1000):  # two runs of one spec within a second: keep ids unique
-        if run_id not in known:
-            break
-        run_id = f"{names.run_id(run.name, run.hash, started)}-{k}"
-    timings: dict[str, float] = {}
-    _reconcile_runs(store, log)
+    start = records.start_row(
+        records.unique_run_id(store, names.run_id(run.name, run.hash, started)), run, uri,
+        started)
+    for row in records.reconcile_runs(store):
+        log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
+                    row["status"])
     # the row says "running" until the manifest exists; a kill leaves it so, and the
     # next run on this store marks it "interrupted"
-    store.upsert_row(layout.RUNS_TABLE,
-                     {"run_id": run_id, "name": run.name, "spec_hash": run.hash, "store": uri,
-                      "status": "running", "started": started}, key=("run_id",))
+    records.record_run(store, start)
+    timings: dict[str, float] = {}
+    with _timed(timings, "ingest"):
+        ids, rejected = _sources(uri, run, log)
+    y_coll = layout.DEGRADED if run.simulate else layout.INPUT
+    if run.simulate:
+        with _timed(timings, "simulate"):
+            simulate_images(uri, ids, cfg.degradation, cfg.seed, layout.DEGRADED, progress)
+    if run.adapt.enabled:
+        with _timed(timings, "index"):
+            _index(uri, run, cfg, settings)
+    prior_hash = models.prior_hash(cfg.prior)
+    shash = cfg.settings_hash(prior_hash)
+    calibration = calibrate.load_calibration(store, shash)
+    if run.calibration and calibration is None:
+        with _timed(timings, "calibrate"):
+            calibration = _calibrate(uri, run, cfg, ids, progress)
+    with _timed(timings, "restore"):
+        done = restore_images(uri, ids, cfg, y_coll, layout.RESTORED, progress)
+    with _timed(timings, "score"):
+        truth = _truth(uri, store, ids, layout.RESTORED) if run.simulate else {}
+        rows = _score(uri, store, run, cfg, ids, start.run_id, shash, calibration, truth, log)
+    exported: list[str] = []
+    if run.export:
+        with _timed(timings, "export"):
+            exported = _export(uri, run, ids)
+    summary = records.run_summary(start, cfg, shash, calibration, ids, done, len(rejected),
+                                  rows, len(exported), truth, timings)
+    if run.report:
+        summary = _report(store, run, summary)
+    manifest = records.run_manifest(summary, run, cfg, prior_hash, settings, done, rejected)
+    summary = records.finish_run(store, summary, manifest)
+    _artifacts(run.name, summary, rows)
+    return summary.to_row()
 
-    t = time.perf_counter()
+
+def _sources(uri: str, run, log) -> tuple[list[str], list[dict]]:
+    """Ingest the run's sources: (image ids, rejected rows); stop when there is no image."""
     rep = ingest_task(uri, run.sources)
     ids = _ids(rep)
     rejected = [r for r in rep["rows"] if r["status"] == "rejected"]
     for r in rejected:
         log.warning("REJECTED %s: %s", r["source"], r["reason"])
     _require_images(ids, rejected, "spec.sources")
-    timings["ingest"] = time.perf_counter() - t
+    return ids, rejected
 
-    y_coll = layout.DEGRADED if run.simulate else layout.INPUT
-    if run.simulate:
-        t = time.perf_counter()
-        simulate_images(uri, ids, cfg.degradation, cfg.seed, layout.DEGRADED, progress)
-        timings["simulate"] = time.perf_counter() - t
 
-    if run.adapt.enabled:
-        t = time.perf_counter()
-        corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
-        with model_placement(settings):
-            info = index_task.submit(uri, corpus_ids, cfg.index, cfg.embedder,
-                                     settings.device).result()
-        if info["size"] < cfg.neighbours:
-            raise ValueError(f"adapt.neighbours={cfg.neighbours} but the reference index holds "
-                             f"{info['size']} images; add to adapt.corpus or lower it")
-        timings["index"] = time.perf_counter() - t
+def _index(uri: str, run, cfg: RestoreConfig, settings) -> None:
+    """Ingest the reference corpus and index it; refuse fewer images than neighbours."""
+    corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
+    with model_placement(settings):
+        info = index_task.submit(uri, corpus_ids, cfg.index, cfg.adapt.embedder,
+                                 settings.device).result()
+    if info["size"] < cfg.adapt.neighbours:
+        raise ValueError(f"adapt.neighbours={cfg.adapt.neighbours} but the reference index "
+                         f"holds {info['size']} images; add to adapt.corpus or lower it")
 
-    shash = cfg.settings_hash(models.prior_hash(cfg.prior))
-    calibration = calibrate.load_calibration(store, shash)
-    if run.calibration and calibration is None:
-        t = time.perf_counter()
-        c = run.calibration
-        clean_rep = ingest_task(uri, c.clean)
-        clean_ids = _ids(clean_rep)
-        _require_images(clean_ids, [r for r in clean_rep["rows"] if r["status"] == "rejected"],
-                        "spec.calibration.clean")
-        overlap = sorted(set(clean_ids) & set(ids))
-        if overlap:
-            raise ValueError(f"{len(overlap)} calibration images are also run sources "
-                             f"(e.g. {overlap[0]}); calibration images must be held out")
-        calibration = run_calibration(uri, cfg, clean_ids, c.alpha, c.method, c.pixel_epsilon,
-                                      c.pixel_delta, progress)
-        timings["calibrate"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    done = restore_images(uri, ids, cfg, y_coll, layout.RESTORED, progress)
-    timings["restore"] = time.perf_counter() - t
-    stage = {k: sum(r["timings"].get(k, 0.0) for r in done.values())
-             for k in ("retrieve", "adapt", "restore")}
+def _calibrate(uri: str, run, cfg: RestoreConfig, ids: list[str], progress: bool) -> dict:
+    """Calibrate on the spec's clean images, held out from the run's sources."""
+    c = run.calibration
+    clean_rep = ingest_task(uri, c.clean)
+    clean_ids = _ids(clean_rep)
+    _require_images(clean_ids, [r for r in clean_rep["rows"] if r["status"] == "rejected"],
+                    "spec.calibration.clean")
+    overlap = sorted(set(clean_ids) & set(ids))
+    if overlap:
+        raise ValueError(f"{len(overlap)} calibration images are also run sources "
+                         f"(e.g. {overlap[0]}); calibration images must be held out")
+    return run_calibration(uri, cfg, clean_ids, c, progress)
 
-    t = time.perf_counter()
+
+def _score(uri: str, store, run, cfg: RestoreConfig, ids: list[str], run_id: str, shash: str,
+           calibration: dict | None, truth: dict[str, dict], log) -> list:
+    """Score each restored image, write its calibrated per-pixel intervals (J >= 2) and
+    its quality row. Returns the rows."""
+    from restoreflow.stages import calibrate, records
+
     min_psnr = run.calibration.min_psnr if run.calibration else None
-    truth = {}
-    if run.simulate:
-        truth = _truth(uri, store, ids, layout.RESTORED)
     rows, interval_futures = [], []
     for i in ids:
         attrs = store.attrs(layout.RESTORED, i)
         s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
         if s["warning"]:
             log.warning("%s: %s", i, s["warning"])
-        if s.get("lambda") is not None and cfg.posterior_samples >= 2:
+        if s.get("lambda") is not None and cfg.restore.posterior_samples >= 2:
             calibrate.prepare_intervals(store, i, s["lambda"])
             interval_futures.append(intervals_task.submit(uri, i, s["lambda"]))
-        rows.append({"image_id": i, "name": attrs.get("name"), "run_id": run_id,
-                     "settings_hash": shash, "min_psnr": min_psnr, **s, **truth.get(i, {}),
-                     "features": attrs["features"],
-                     "neighbours": [n["id"] for n in attrs.get("neighbours", [])]})
+        rows.append(records.quality_row(i, attrs, run_id, shash, min_psnr, s, truth.get(i)))
     for f in interval_futures:
         i = f.result()
         for coll in (layout.INTERVAL_LO, layout.INTERVAL_HI):
             store.mark_complete(coll, i)
-    store.append_rows(layout.QUALITY_TABLE, rows, key=("run_id", "image_id"))
-    timings["score"] = time.perf_counter() - t
-
-    exported: list[str] = []
-    if run.export:
-        t = time.perf_counter()
-        futures = [export_task.submit(uri, coll, run.export.format, run.export.out, ids)
-                   for coll in run.export.collections]
-        exported = [p for f in futures for p in f.result()]
-        timings["export"] = time.perf_counter() - t
-
-    bounds = [r["psnr_lower"] for r in rows if r["psnr_lower"] is not None]
-    summary = {
-        "run_id": run_id, "name": run.name, "spec_hash": run.hash, "store": uri,
-        "degradation": cfg.degradation, "sampler": cfg.sampler, "steps": cfg.steps,
-        "adapt": cfg.adapt, "settings_hash": shash,
-        "calibration": shash if calibration and calibration["settings_hash"] == shash else None,
-        "counts": {"images": len(ids), "restored": len(done), "skipped": len(ids) - len(done),
-                   "rejected": len(rejected), "flagged": sum(r["flagged"] for r in rows),
-                   "exported": len(exported)},
-        "mean_psnr_lower": float(np.mean(bounds)) if bounds else None,
-        "mean_psnr_true": float(np.mean([v["psnr_true"] for v in truth.values()]))
-        if truth else None,
-        "timings": {**timings, **{f"{k}_compute": v for k, v in stage.items()}},
-        "started": started, "finished": time.time(), "status": "running",
-    }
-    if run.report:
-        from restoreflow.report.html import build_report
-
-        t = time.perf_counter()
-        store.upsert_row(layout.RUNS_TABLE, summary, key=("run_id",))  # the report reads it
-        summary["report"] = str(build_report(store, run.report, run_id))
-        summary["timings"]["report"] = time.perf_counter() - t
-    manifest = {
-        **summary, "spec": run.model_dump(mode="json"), "settings": settings.public(),
-        "restore_config": cfg.to_dict(), "prior_hash": models.prior_hash(cfg.prior),
-        "versions": _versions(), "host": socket.gethostname(), "platform": platform.platform(),
-        "device": settings.device,
-        "worker_devices": sorted({r["device"] for r in done.values() if r.get("device")}),
-        "seeds": {"run": run.seed}, "rejected": rejected,
-        "adapters": sorted({r["adapter"] for r in done.values() if r.get("adapter")}),
-    }
-    manifest["status"] = summary["status"] = "complete"
-    store.put_bytes(f"runs/{run_id}/manifest.json", json.dumps(manifest, indent=1).encode())
-    store.upsert_row(layout.RUNS_TABLE, summary, key=("run_id",))
-    _artifacts(run.name, summary, rows)
-    return summary
+    records.record_quality(store, rows)
+    return rows
 
 
-def _reconcile_runs(store, log) -> None:
-    """Runs left "running" by a killed driver (this run holds the store's writer lock, so
-    no other run is live): "complete" when its manifest was written (killed just after
-    it), else "interrupted" (its quality rows, if any, stay, under that status)."""
-    for row in store.read_table(layout.RUNS_TABLE):
-        if row.get("status") != "running":
-            continue
-        done = store.exists(f"runs/{row['run_id']}/manifest.json")
-        row["status"] = "complete" if done else "interrupted"
-        store.upsert_row(layout.RUNS_TABLE, row, key=("run_id",))
-        log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
-                    row["status"])
+def _export(uri: str, run, ids: list[str]) -> list[str]:
+    futures = [export_task.submit(uri, coll, run.export.format, run.export.out, ids)
+               for coll in run.export.collections]
+    return [p for f in futures for p in f.result()]
 
 
-def _artifacts(name: str, summary: dict, rows: list[dict]) -> None:
+def _report(store, run, summary):
+    """Write the HTML report (it reads the run's row, recorded first); the summary with
+    the report's path and time."""
+    from restoreflow.report.html import build_report
+    from restoreflow.stages import records
+
+    t = time.perf_counter()
+    records.record_run(store, summary)
+    path = str(build_report(store, run.report, summary.run_id))
+    return records.with_report(summary, path, time.perf_counter() - t)
+
+
+def _artifacts(name: str, summary, rows: list) -> None:
     """Summary (markdown) and per-image quality table in the Prefect UI."""
     import re
 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from restoreflow.stages import records
+
     key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
-    c = summary["counts"]
-    md = [f"## restoreflow run `{summary['run_id']}`", "",
-          f"- degradation `{summary['degradation']}`, {summary['sampler']} "
-          f"{summary['steps']} steps, adaptation {'on' if summary['adapt'] else 'off'}",
-          f"- images {c['images']}: restored {c['restored']}, skipped {c['skipped']}, "
-          f"rejected {c['rejected']}, flagged {c['flagged']}",
-          f"- calibration: {summary['calibration'] or 'none (no bounds)'}"]
-    if summary.get("report"):
-        md.append(f"- report: `{summary['report']}`")
-    md += ["", "| stage | seconds |", "|---|---|"]
-    md += [f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()]
-    create_markdown_artifact(markdown="\n".join(md), key=f"{key}-summary",
+    create_markdown_artifact(markdown=records.summary_markdown(summary), key=f"{key}-summary",
                              description="restoreflow run summary")
-    table = [{"image": r.get("name") or r["image_id"], "image_id": r["image_id"],
-              "psnr_lower": r["psnr_lower"], "ssim_lower": r["ssim_lower"],
-              "psnr_true": r.get("psnr_true"), "flagged": r["flagged"]} for r in rows]
+    table = records.quality_table(rows)
     if table:
         create_table_artifact(table=table, key=f"{key}-quality",
                               description="per-image conformal bounds")

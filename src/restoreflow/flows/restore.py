@@ -6,12 +6,13 @@ from prefect import flow, get_run_logger
 
 from restoreflow.flows.progress import track_futures
 from restoreflow.settings import get_settings
+from restoreflow.stages.config import RestoreConfig
 from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import restore_task
 
 
-def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
+def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_collection: str,
                    out: str, progress: bool = False, label: str = "restore") -> dict[str, dict]:
     """Driver side of restoring many images: create outputs, submit one model task per
     image that is not already restored with these settings, record each as it finishes.
@@ -26,7 +27,7 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
     todo = [i for i in image_ids if prepare_restore(store, i, cfg, shash, y_collection, out)]
     device = settings.device  # "auto" is resolved by each worker
     with model_placement(settings):
-        futures = [restore_task.submit(store_uri, i, cfg.to_dict(), y_collection, out, device)
+        futures = [restore_task.submit(store_uri, i, cfg, y_collection, out, device)
                    for i in todo]
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -41,19 +42,14 @@ def restore_images(store_uri: str, image_ids: list[str], cfg, y_collection: str,
 
 
 @flow(name="restore", flow_run_name=names.restore_flow_name)
-def restore_flow(store: str, degradation: str, sampler: str = "ddpg", steps: int = 100,
-                 seed: int = 0, y_collection: str = "degraded", out: str = "restored",
-                 posterior_samples: int = 1, adapt: bool = False, neighbours: int = 8,
-                 adapt_steps: int | None = None, prior: str | None = None,
-                 image_ids: list[str] | None = None, progress: bool = False) -> dict:
-    """Restore every image of ``y_collection`` (one model task per image)."""
-    from restoreflow.stages.config import RestoreConfig, chosen_prior
+def restore_flow(store: str, cfg: RestoreConfig, y_collection: str = "degraded",
+                 out: str = "restored", image_ids: list[str] | None = None,
+                 progress: bool = False) -> dict:
+    """Restore every image of ``y_collection`` (one model task per image) with the
+    settings ``cfg`` (validated: built from CLI flags, a run spec or the Prefect UI)."""
     from restoreflow.tasks.common import open_store
 
-    cfg = RestoreConfig(degradation=degradation, seed=seed, sampler=sampler, steps=steps,
-                        posterior_samples=posterior_samples, prior=chosen_prior(prior),
-                        adapt=adapt,
-                        neighbours=neighbours, adapt_steps=adapt_steps)
+    cfg = cfg.with_chosen_prior()
     ts = open_store(store)
     with ts.lock("restoreflow restore", log=get_run_logger().warning):
         ids = image_ids if image_ids is not None else ts.image_ids(y_collection)

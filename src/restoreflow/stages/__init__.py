@@ -6,6 +6,7 @@
 ``adapt``     retrieve neighbours and adapt the prior on them (ADIR)
 ``restore``   restore one image with a guided sampler, tile by tile
 ``calibrate`` truth metrics, conformal calibration, scores and per-pixel intervals
+``records``   a run's records: its runs row, quality rows, summary and manifest (driver)
 
 Plain functions, callable and testable without Prefect; ``tasks/`` wraps them and
 ``flows/`` wires them. The store's rule applies: the driver (flow) process creates images

@@ -62,7 +62,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     from restoreflow.quality.features import feature_vector
     from restoreflow.quality.rcps import Intervals, RiskControlError
 
-    names = feature_names(cfg.posterior_samples)
+    names = feature_names(cfg.restore.posterior_samples)
     X = np.stack([feature_vector(r["features"], names) for r in rows])
     models, trivial, coverage = {}, {}, {}
     for target in ("psnr", "ssim"):
@@ -77,7 +77,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
             r[f"{target}_bound"] = float(bi)
         coverage[target] = float(np.mean(v >= b))
     pixel = None
-    if cfg.posterior_samples < 2:
+    if cfg.restore.posterior_samples < 2:
         pixel_note = "no per-pixel intervals: restore with posterior_samples >= 2"
     else:
         lo_c, hi_c = restore_outputs(cfg, out)[1:]

@@ -4,99 +4,146 @@ Outputs are keyed by content: a restored image records the hash of the settings 
 made it (degradation, sampler, steps, options, tiling, prior hash, adaptation), so a
 rerun skips what is complete and equal and recomputes what is missing or different; a
 calibration certifies exactly one hash.
+
+A ``RestoreConfig`` is built once, on the driver, from CLI flags or a run spec
+(:meth:`RestoreConfig.from_run`), validated there (an unknown sampler option, a bad step
+count... is refused before any work), and passed as one parameter through flows and
+tasks. Its sections are the run spec's own models (``restore`` is
+:class:`~restoreflow.spec.RestoreOptions`, ``adapt`` is
+:class:`~restoreflow.spec.AdaptSettings`), so a field has one name in a spec and here.
+Its wire form (Prefect parameters, manifests) is ``model_dump(mode="json")`` /
+``model_validate``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from typing import Any
 
-from restoreflow.spec import DegradationSpec, RunSpec
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# RestoreConfig field -> LoraSettings field
-_LORA_FIELDS = {"adapt_steps": "steps", "adapt_rank": "rank", "adapt_alpha": "alpha",
-                "adapt_lr": "lr", "adapt_targets": "target_modules", "adapt_max_t": "max_t"}
-# left out of the settings hash as fields (they are in its "lora" entry), so the hashes of
-# configurations from before these fields existed stay the same
-_LORA_FIELDS_NOT_HASHED = ("adapt_alpha", "adapt_lr", "adapt_targets", "adapt_max_t")
+from restoreflow.spec import (
+    AdaptSettings,
+    DegradationSpec,
+    RestoreOptions,
+    RunSpec,
+    Seed,
+    _canonical_degradation,
+    _no_credentials,
+)
+
+# The flat form RestoreConfig had before it held the run spec's sections (older manifests'
+# "restore_config"; the settings hash is still computed from these names): flat name ->
+# (section, name in that section)
+_FLAT = {
+    "sampler": ("restore", "sampler"), "steps": ("restore", "steps"),
+    "options": ("restore", "options"), "tile": ("restore", "tile"),
+    "overlap": ("restore", "overlap"), "tile_batch": ("restore", "tile_batch"),
+    "posterior_samples": ("restore", "posterior_samples"),
+    "adapt": ("adapt", "enabled"), "neighbours": ("adapt", "neighbours"),
+    "embedder": ("adapt", "embedder"), "adapt_steps": ("adapt", "steps"),
+    "adapt_rank": ("adapt", "rank"), "adapt_alpha": ("adapt", "alpha"),
+    "adapt_lr": ("adapt", "lr"), "adapt_targets": ("adapt", "targets"),
+    "adapt_max_t": ("adapt", "max_t"),
+}
 
 
-@dataclass(frozen=True)
-class RestoreConfig:
+class RestoreConfig(BaseModel):
     """Everything that determines a restoration (and what a calibration certifies)."""
 
-    degradation: str
-    seed: int = 0
-    sampler: str = "ddpg"
-    steps: int = 100
-    options: tuple[tuple[str, float | int | str | bool], ...] = ()
-    tile: int = 256
-    overlap: int = 64
-    tile_batch: int = 4
-    posterior_samples: int = 1
-    prior: str | None = None
-    adapt: bool = False
-    neighbours: int = 8
-    adapt_steps: int | None = None
-    adapt_rank: int | None = None
-    adapt_alpha: float | None = None
-    adapt_lr: float | None = None
-    adapt_targets: tuple[str, ...] | None = None
-    adapt_max_t: int | None = None
-    embedder: str = "efficientnet-lite0"
-    index: str = "default"
-    lower_q: float = 0.05
-    upper_q: float = 0.95
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    degradation: str = Field(description="degradation spec (canonical text)")
+    seed: Seed = 0
+    prior: str | None = Field(None, description="prior reference; None: the shipped prior")
+    restore: RestoreOptions = Field(default_factory=RestoreOptions)
+    adapt: AdaptSettings = Field(default_factory=AdaptSettings)
+    index: str = Field("default", min_length=1, description="reference index to retrieve from")
+    lower_q: float = Field(0.05, gt=0, lt=1, description="posterior-sample quantiles")
+    upper_q: float = Field(0.95, gt=0, lt=1)
+
+    _degradation_canonical = field_validator("degradation")(_canonical_degradation)
+    _prior_without_credentials = field_validator("prior")(_no_credentials)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat(cls, data: Any) -> Any:
+        """Accept the flat form (``sampler=``, ``adapt=True``, ``adapt_steps=``...)."""
+        if not isinstance(data, dict):
+            return data
+        flat = [k for k in data if k in _FLAT and not (k == "adapt" and isinstance(
+            data[k], (dict, BaseModel)))]
+        if not flat:
+            return data
+        out = {k: v for k, v in data.items() if k not in flat}
+        for section in ("restore", "adapt"):
+            if section in out and any(_FLAT[k][0] == section for k in flat):
+                raise ValueError(f"give {section} settings either as {section}=... or as "
+                                 f"flat fields ({', '.join(flat)}), not both")
+        sections: dict[str, dict] = {"restore": {}, "adapt": {}}
+        for k in flat:
+            section, name = _FLAT[k]
+            v = data[k]
+            if k == "options" and v is not None and not isinstance(v, dict):
+                v = dict(v)  # the old tuple of (name, value) pairs
+            if v is not None:
+                sections[section][name] = v
+        return {**out, **{s: d for s, d in sections.items() if d}}
+
+    @model_validator(mode="after")
+    def _quantiles_in_order(self) -> RestoreConfig:
+        if not self.lower_q < self.upper_q:
+            raise ValueError(f"lower_q={self.lower_q} must be below upper_q={self.upper_q}")
+        return self
 
     @classmethod
     def from_run(cls, spec: RunSpec) -> RestoreConfig:
-        r, a = spec.restore, spec.adapt
-        return cls(
-            degradation=spec.degradation, seed=spec.seed, sampler=r.sampler, steps=r.steps,
-            options=tuple(sorted(r.options.items())), tile=r.tile, overlap=r.overlap,
-            tile_batch=r.tile_batch, posterior_samples=r.posterior_samples,
-            prior=chosen_prior(spec.prior),
-            adapt=a.enabled, neighbours=a.neighbours, adapt_steps=a.steps, adapt_rank=a.rank,
-            adapt_alpha=a.alpha, adapt_lr=a.lr,
-            adapt_targets=tuple(a.targets) if a.targets else None, adapt_max_t=a.max_t,
-            embedder=a.embedder,
-        )
+        return cls(degradation=spec.degradation, seed=spec.seed, prior=chosen_prior(spec.prior),
+                   restore=spec.restore,
+                   adapt=AdaptSettings(**spec.adapt.model_dump(exclude={"corpus"})))
+
+    def with_chosen_prior(self) -> RestoreConfig:
+        """This config with its prior chosen on the driver (see :func:`chosen_prior`)."""
+        prior = chosen_prior(self.prior)
+        return self if prior == self.prior else self.model_copy(update={"prior": prior})
 
     @property
     def spec(self) -> DegradationSpec:
         return DegradationSpec.parse(self.degradation)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["options"] = dict(self.options)
-        return d
+        """The wire form, ``model_dump(mode="json")``."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict) -> RestoreConfig:
-        targets = d.get("adapt_targets")
-        return cls(**{**d, "options": tuple(sorted(dict(d.get("options") or {}).items())),
-                      "adapt_targets": tuple(targets) if targets else None})
+        """From the wire form, or from the flat form of older manifests."""
+        return cls.model_validate(d)
 
     def lora_settings(self):
         from restoreflow.models.lora import LoraSettings
 
-        over = {name: getattr(self, field) for field, name in _LORA_FIELDS.items()
-                if getattr(self, field) is not None}
-        return LoraSettings(seed=self.seed, **over)
+        a = self.adapt
+        over = {"steps": a.steps, "rank": a.rank, "alpha": a.alpha, "lr": a.lr,
+                "target_modules": tuple(a.targets) if a.targets else None, "max_t": a.max_t}
+        return LoraSettings(seed=self.seed, **{k: v for k, v in over.items() if v is not None})
 
     def settings_hash(self, prior_hash: str) -> str:
-        """What a calibration certifies: everything but the seed and the tile batch."""
-        d = asdict(self)
-        for k in ("seed", "tile_batch", "prior", *_LORA_FIELDS_NOT_HASHED):  # in d["lora"]
-            d.pop(k)
-        d["degradation"] = self.spec.text
-        d["prior_hash"] = prior_hash
-        if self.adapt:
-            d["lora"] = self.lora_settings().to_dict() | {"seed": None}
-        else:
-            for k in ("neighbours", "adapt_steps", "adapt_rank", "embedder", "index"):
-                d.pop(k)
+        """What a calibration certifies: everything but the seed, the tile batch and the
+        prior's reference (its hash instead). The hashed JSON keeps the flat names it has
+        always had, so the hashes of stored outputs and calibrations stay the same."""
+        r, a = self.restore, self.adapt
+        d: dict[str, Any] = {
+            "degradation": self.spec.text, "sampler": r.sampler, "steps": r.steps,
+            "options": sorted(r.options.items()), "tile": r.tile, "overlap": r.overlap,
+            "posterior_samples": r.posterior_samples, "adapt": a.enabled,
+            "lower_q": self.lower_q, "upper_q": self.upper_q, "prior_hash": prior_hash,
+        }
+        if a.enabled:  # the other LoRA settings are in the "lora" entry
+            d |= {"neighbours": a.neighbours, "adapt_steps": a.steps, "adapt_rank": a.rank,
+                  "embedder": a.embedder, "index": self.index,
+                  "lora": self.lora_settings().to_dict() | {"seed": None}}
         text = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

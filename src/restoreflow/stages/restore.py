@@ -197,13 +197,14 @@ def build_operator(spec: DegradationSpec, shape, image_id: str, seed: int, chann
 
 def _restore_attrs(cfg: RestoreConfig, shash: str) -> dict:
     return {"collection_attrs": {"settings_hash": shash, "degradation": cfg.spec.text,
-                                 "sampler": cfg.sampler, "steps": cfg.steps, "seed": cfg.seed}}
+                                 "sampler": cfg.restore.sampler, "steps": cfg.restore.steps,
+                                 "seed": cfg.seed}}
 
 
 def restore_outputs(cfg: RestoreConfig, out: str = RESTORED) -> list[str]:
     """The restoration (posterior mean) and, for J >= 2 samples, the per-pixel sample
     quantiles ``<out>.samples_lower`` / ``<out>.samples_upper``."""
-    if cfg.posterior_samples < 2:
+    if cfg.restore.posterior_samples < 2:
         return [out]
     return [out, f"{out}.samples_lower", f"{out}.samples_upper"]
 
@@ -246,9 +247,10 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     prior = load_prior(cfg.prior, device)
     info: dict = {"prior_hash": prior.model_hash, "device": device}
     y3 = rgb_measurement(y, spec)
-    if cfg.adapt:
-        nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.neighbours, cfg.index,
-                                   cfg.embedder, device)
+    r = cfg.restore
+    if cfg.adapt.enabled:
+        nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.adapt.neighbours, cfg.index,
+                                   cfg.adapt.embedder, device)
         timings["retrieve"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         prior, key, cached = adapted_prior(store, prior, image_id, [n for n, _ in nbrs], cfg,
@@ -264,15 +266,15 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     samples = restore_image(
         prior, deg.operator,
         lambda: torch.from_numpy(store.read(y_collection, image_id, normalised=True)),
-        deg.sigma_y, sampler=cfg.sampler, steps=cfg.steps, generator=g,
-        num_samples=cfg.posterior_samples, tile=cfg.tile, overlap=cfg.overlap,
-        tile_batch=cfg.tile_batch, options=dict(cfg.options), progress=progress,
+        deg.sigma_y, sampler=r.sampler, steps=r.steps, generator=g,
+        num_samples=r.posterior_samples, tile=r.tile, overlap=r.overlap,
+        tile_batch=r.tile_batch, options=dict(r.options), progress=progress,
     )
     timings["restore"] = time.perf_counter() - t2
     x_hat = samples[0] if samples.shape[0] == 1 else samples.mean(0)
     outs = restore_outputs(cfg, out)
     store.write_image(outs[0], image_id, np.asarray(x_hat.numpy(), dtype=np.float32))
-    if cfg.posterior_samples >= 2:
+    if r.posterior_samples >= 2:
         lo, hi = base_intervals(samples.numpy(), cfg.lower_q, cfg.upper_q)
         store.write_image(outs[1], image_id, lo.astype(np.float32))
         store.write_image(outs[2], image_id, hi.astype(np.float32))
@@ -281,7 +283,7 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     y3 = rgb_measurement(y, spec)
     xin = x_hat.expand(3, -1, -1) if x_hat.shape[0] == 1 else x_hat
     feats = compute_features(op3, xin, y3, max(deg.sigma_y, 1e-3),
-                             samples=samples if cfg.posterior_samples >= 2 else None)
+                             samples=samples if r.posterior_samples >= 2 else None)
     return {"image_id": image_id, "features": feats, "timings": timings, **info}
 
 

@@ -12,10 +12,16 @@
 the simulated measurements y; ``restored`` the restorations (with
 ``restored.samples_lower`` / ``restored.samples_upper`` for posterior-sample quantiles);
 ``interval_lower`` / ``interval_upper`` the calibrated per-pixel intervals. An image's
-``status`` is "writing" until every tile is written, then "complete".
+``status`` is "writing" until every tile is written, then "complete". The rows of the
+``runs`` and ``quality`` tables are :class:`RunRow` and :class:`QualityRow`.
 """
 
+from __future__ import annotations
+
 import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 INPUT, DEGRADED, RESTORED = "input", "degraded", "restored"
 INTERVAL_LO, INTERVAL_HI = "interval_lower", "interval_upper"
@@ -44,3 +50,76 @@ def check_name(kind: str, name: str) -> str:
             f"starting with a letter or digit, not {sorted(RESERVED)}"
         )
     return name
+
+
+# ---- table rows -------------------------------------------------------------------------
+# Rows are written as JSON objects (``TileStore.write_table``: keys sorted, non-finite
+# floats as strings). ``to_row()`` leaves out the fields that were not given: a run's row
+# holds only what is known at its start until the run finishes, and a quality row has
+# ``lambda`` only when the image was scored against its calibration and ``psnr_true`` /
+# ``ssim_true`` only when its degradation was simulated.
+
+RunStatus = Literal["running", "complete", "interrupted"]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_row(self) -> dict:
+        """The row as written to its table (fields not given are absent)."""
+        return self.model_dump(mode="python", by_alias=True, exclude_unset=True)
+
+
+class RunCounts(_Row):
+    images: int
+    restored: int
+    skipped: int
+    rejected: int
+    flagged: int
+    exported: int
+
+
+class RunRow(_Row):
+    """A row of the ``runs`` table (and the run summary a pipeline returns). At the run's
+    start only its identity, ``status="running"`` and ``started``; the rest when it ends."""
+
+    run_id: str
+    name: str
+    spec_hash: str
+    store: str
+    degradation: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    adapt: bool | None = None
+    settings_hash: str | None = None
+    calibration: str | None = Field(None, description="the settings hash it was scored with")
+    counts: RunCounts | None = None
+    mean_psnr_lower: float | None = None
+    mean_psnr_true: float | None = None
+    timings: dict[str, float] | None = Field(None, description="seconds per stage")
+    started: float
+    finished: float | None = None
+    status: RunStatus
+    report: str | None = None
+
+
+class QualityRow(_Row):
+    """A row of the ``quality`` table: one image's conformal bounds, flag and features in
+    one run (key ``run_id``, ``image_id``)."""
+
+    image_id: str
+    name: str | None
+    run_id: str
+    settings_hash: str
+    min_psnr: float | None
+    psnr_lower: float | None
+    ssim_lower: float | None
+    alpha: float | None
+    flagged: bool
+    lambda_: float | None = Field(None, alias="lambda",
+                                  description="RCPS per-pixel lambda of the calibration")
+    warning: str | None
+    psnr_true: float | None = None
+    ssim_true: float | None = None
+    features: dict[str, float]
+    neighbours: list[str]

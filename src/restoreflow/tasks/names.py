@@ -107,10 +107,24 @@ def pipeline_run_name() -> str:
     return run_id(run.name, run.hash)
 
 
+def _settings_label(cfg: Any) -> str:
+    """``<degradation>, <sampler> <steps> steps`` of a flow's RestoreConfig parameter (the
+    model, or its JSON form when the run came through the Prefect API)."""
+    from pydantic import ValidationError
+
+    from restoreflow.stages.config import RestoreConfig
+
+    try:
+        c = cfg if isinstance(cfg, RestoreConfig) else RestoreConfig.model_validate(cfg)
+    except ValidationError:  # the flow itself reports the bad settings, by field
+        return "invalid settings"
+    return f"{c.degradation}, {c.restore.sampler} {c.restore.steps} steps"
+
+
 def restore_flow_name() -> str:
     p = _flow_parameters()
     return (f"restore {p.get('y_collection', 'degraded')} -> {p.get('out', 'restored')}: "
-            f"{p.get('degradation')}, {p.get('sampler', 'ddpg')} {p.get('steps', 100)} steps")
+            f"{_settings_label(p.get('cfg'))}")
 
 
 def simulate_flow_name() -> str:
@@ -121,8 +135,9 @@ def simulate_flow_name() -> str:
 
 def calibrate_flow_name() -> str:
     p = _flow_parameters()
-    return (f"calibrate {p.get('degradation')}, {p.get('sampler', 'ddpg')} "
-            f"{p.get('steps', 100)} steps, alpha {p.get('alpha', 0.1)}")
+    cal = p.get("calibration")
+    alpha = cal.get("alpha", 0.1) if isinstance(cal, Mapping) else getattr(cal, "alpha", 0.1)
+    return f"calibrate {_settings_label(p.get('cfg'))}, alpha {alpha}"
 
 
 def train_prior_flow_name() -> str:

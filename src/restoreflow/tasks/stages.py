@@ -1,7 +1,8 @@
 """Prefect tasks of the pipeline: each calls one stage function (see restoreflow.stages).
 
-Tasks pass store URIs, image ids and small dicts, never tensors. Model tasks (restore,
-which includes retrieval and adaptation so the adapter never leaves its worker) are
+Tasks pass store URIs, image ids, small dicts and the restore settings (one
+RestoreConfig), never tensors. Model tasks (restore, which includes retrieval and
+adaptation so the adapter never leaves its worker) are
 submitted by the flows inside ``model_placement``; the rest go to any worker. Model
 tasks receive the device setting as given (``auto`` included) and resolve it on the
 worker that runs them.
@@ -13,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from restoreflow.settings import resolve_device
+from restoreflow.stages.config import RestoreConfig
 from restoreflow.tasks import names
 from restoreflow.tasks.common import open_store
 
@@ -52,13 +54,12 @@ def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
 
 @task(name="restore-image", task_run_name=names.restore_task_name, cache_policy=NO_CACHE,
       **RETRY)
-def restore_task(store_uri: str, image_id: str, cfg: dict, y_collection: str, out: str,
-                 device: str) -> dict:
-    from restoreflow.stages.config import RestoreConfig
+def restore_task(store_uri: str, image_id: str, cfg: RestoreConfig, y_collection: str,
+                 out: str, device: str) -> dict:
     from restoreflow.stages.restore import restore_stored
 
-    return restore_stored(open_store(store_uri), image_id, RestoreConfig.from_dict(cfg),
-                          y_collection, out, resolve_device(device))
+    return restore_stored(open_store(store_uri), image_id, cfg, y_collection, out,
+                          resolve_device(device))
 
 
 @task(name="truth-metrics", task_run_name=names.metrics_task_name, cache_policy=NO_CACHE,

@@ -82,17 +82,17 @@ def _s3_reason(exc: BaseException, bucket: str, settings: Settings) -> str:
     return f"cannot reach S3 at {where}: {type(exc).__name__}: {msg}"
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    path = strip_credentials(uri)[len("s3://"):].strip("/")
-    bucket, _, key = path.partition("/")
-    return bucket, key
+def _split_s3(field: str, uri: str, no_bucket: str) -> tuple[str, str, str]:
+    """(bucket, key, the URI as shown); ``no_bucket`` is the error without a bucket."""
+    shown = strip_credentials(uri)
+    bucket, _, key = shown[len("s3://"):].strip("/").partition("/")
+    if not bucket:
+        raise PreflightError(field, f"{shown}: {no_bucket}")
+    return bucket, key, shown
 
 
 def _s3_source(field: str, uri: str, settings: Settings) -> None:
-    bucket, key = _split_s3(uri)
-    shown = strip_credentials(uri)
-    if not bucket:
-        raise PreflightError(field, f"{shown}: no bucket in S3 URI")
+    bucket, key, shown = _split_s3(field, uri, "no bucket in S3 URI")
     fs = _s3fs(settings)
     try:
         if any(c in key for c in _GLOB_CHARS):
@@ -119,10 +119,7 @@ def _s3_source(field: str, uri: str, settings: Settings) -> None:
 
 
 def _s3_store(field: str, uri: str, settings: Settings) -> None:
-    bucket, key = _split_s3(uri)
-    shown = strip_credentials(uri)
-    if not bucket:
-        raise PreflightError(field, f"{shown}: an S3 store needs s3://bucket[/prefix]")
+    bucket, key, shown = _split_s3(field, uri, "an S3 store needs s3://bucket[/prefix]")
     fs = _s3fs(settings)
     try:
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/" if key else "",

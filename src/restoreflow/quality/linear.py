@@ -72,3 +72,14 @@ def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = X.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     return (X - mean) / scale, mean, scale
+
+
+def regression_inputs(features: Any, targets: Any):
+    """The checked targets ``v`` and the standardised features ``(Z, mean, scale)``."""
+    from .quantiles import scores_1d
+
+    X = features_2d(features)
+    v = scores_1d(targets, "targets")
+    if v.size != X.shape[0]:
+        raise ValueError(f"{X.shape[0]} feature rows but {v.size} targets")
+    return v, *standardise(X)

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .linear import LinearModel, features_2d, standardise
-from .quantiles import scores_1d
+from .linear import LinearModel, regression_inputs
 
 
 def pinball_loss(targets: Any, predictions: Any, tau: float) -> float:
@@ -36,11 +35,7 @@ def fit_quantile_regression(features: Any, targets: Any, tau: float) -> LinearMo
 
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau must be in (0, 1), got {tau}")
-    X = features_2d(features)
-    v = scores_1d(targets, "targets")
-    if v.size != X.shape[0]:
-        raise ValueError(f"{X.shape[0]} feature rows but {v.size} targets")
-    Z, mean, scale = standardise(X)
+    v, Z, mean, scale = regression_inputs(features, targets)
     n, d = Z.shape
     design = np.hstack([np.ones((n, 1)), Z])
     res = linprog(-v, A_eq=design.T, b_eq=np.zeros(d + 1), bounds=(tau - 1.0, tau), method="highs")

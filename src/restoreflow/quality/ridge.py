@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .linear import LinearModel, features_2d, standardise
-from .quantiles import scores_1d
+from .linear import LinearModel, regression_inputs
 
 RIDGE_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e4)
 
@@ -26,11 +25,7 @@ def fit_ridge(features: Any, targets: Any, ridge: float | str = "auto") -> Linea
     the largest ridge is close to the constant predictor. The choice uses only the fit
     fold, so the conformal guarantee is unchanged.
     """
-    X = features_2d(features)
-    v = scores_1d(targets, "targets")
-    if v.size != X.shape[0]:
-        raise ValueError(f"{X.shape[0]} feature rows but {v.size} targets")
-    Z, mean, scale = standardise(X)
+    v, Z, mean, scale = regression_inputs(features, targets)
     n, d = Z.shape
     vbar = float(v.mean())
     if ridge == "auto":

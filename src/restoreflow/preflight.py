@@ -237,6 +237,14 @@ def _local_store(field: str, uri: str, settings: Settings) -> None:
 # ---- public checks --------------------------------------------------------------------
 
 
+def _is_s3(field: str, uri: str, what: str) -> bool:
+    """True for s3:// URIs, False for paths and file://; other schemes are refused."""
+    if "://" in uri and not uri.startswith(("s3://", "file://")):
+        raise PreflightError(field, f"{printable(uri)}: only local paths, file:// and s3:// "
+                             f"{what} are supported")
+    return uri.startswith("s3://")
+
+
 def check_sources(field: str, sources: Sequence[str], settings: Settings,
                   indexed: bool = True) -> None:
     """Every source exists and can hold images (see the module docstring). ``field``
@@ -246,11 +254,8 @@ def check_sources(field: str, sources: Sequence[str], settings: Settings,
     for k, src in enumerate(sources):
         name = f"{field}[{k}]" if indexed else field
         src = str(src)
-        if src.startswith("s3://"):
+        if _is_s3(name, src, "sources"):
             _s3_source(name, src, settings)
-        elif "://" in src and not src.startswith("file://"):
-            raise PreflightError(name, f"{printable(src)}: only local paths, file:// and "
-                                 "s3:// sources are supported")
         else:
             _local_source(name, src)
 
@@ -261,11 +266,8 @@ def check_store(field: str, uri: str, settings: Settings) -> None:
     bucket that answers a listing with these credentials."""
     if not uri:
         raise PreflightError(field, "empty store path")
-    if uri.startswith("s3://"):
+    if _is_s3(field, uri, "stores"):
         _s3_store(field, uri, settings)
-    elif "://" in uri and not uri.startswith("file://"):
-        raise PreflightError(field, f"{printable(uri)}: only local paths, file:// and s3:// "
-                             "stores are supported")
     else:
         _local_store(field, uri, settings)
 

@@ -109,7 +109,7 @@ def load_data(n_test: int, n_corpus: int, size: int, short_side: int, seed: int)
 
 
 def degrade(task: str, x: torch.Tensor, key: str, seed: int):
-    from restoreflow.spec import DegradationSpec, make_generator
+    from restoreflow.degradation import DegradationSpec, make_generator
 
     spec = DegradationSpec.parse(TASKS[task])
     g = make_generator(spec, seed, key)
@@ -171,8 +171,8 @@ def known_source_accuracy(emb, index, refs: list[dict], n_known: int, seed: int)
 def adapt(prior, refs_by_key: dict, ids: list[str], key: str, lora, seed: int):
     """(adapted prior, seconds, [first, last] LoRA loss); the LoRA seed depends on the
     test image only, so random and retrieved neighbours get the same seed."""
+    from restoreflow.degradation import seed_for
     from restoreflow.models.lora import adapt_prior
-    from restoreflow.spec import seed_for
 
     g = torch.Generator().manual_seed(seed_for(lora.hash, seed, key))
     t0 = time.perf_counter()
@@ -182,7 +182,7 @@ def adapt(prior, refs_by_key: dict, ids: list[str], key: str, lora, seed: int):
 
 
 def restore(model, q: dict, key: str, steps: int, seed: int):
-    from restoreflow.spec import seed_for
+    from restoreflow.degradation import seed_for
     from restoreflow.stages.restore import restore_image
 
     g = torch.Generator().manual_seed(seed_for(q["spec"].hash, seed, f"{key}/restore"))
@@ -210,11 +210,11 @@ def tile_timing(prior, refs: list[dict], lora, args, size: int) -> dict:
 
 
 def run(args) -> dict:
+    from restoreflow.degradation import seed_for
     from restoreflow.models.embedders import embed_images, get_embedder
     from restoreflow.models.lora import LoraSettings
     from restoreflow.quality.metrics import psnr, ssim
     from restoreflow.retrieval.index import ReferenceIndex
-    from restoreflow.spec import seed_for
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -164,7 +164,7 @@ def load_crop(item: dict, crop: int, short_side: int, seed: int):
 
 
 def settings(args, prior_hash: str) -> dict:
-    from restoreflow.spec import DegradationSpec
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.stages.restore import default_options
 
     opts = {}
@@ -204,10 +204,10 @@ def save_cache(path: Path, data: dict) -> None:
 def restore_record(prior, item: dict, task: str, x, st: dict) -> dict:
     import torch
 
+    from restoreflow.degradation import DegradationSpec, make_generator, seed_for
     from restoreflow.quality.features import compute_features
     from restoreflow.quality.metrics import psnr, ssim
     from restoreflow.quality.rcps import base_intervals, excess
-    from restoreflow.spec import DegradationSpec, make_generator, seed_for
     from restoreflow.stages.calibrate import LAMBDA_GRID
     from restoreflow.stages.restore import restore_image
 

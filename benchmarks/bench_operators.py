@@ -33,7 +33,7 @@ SPECS = [
 
 
 def main() -> None:
-    from restoreflow.spec import DegradationSpec, make_generator
+    from restoreflow.degradation import DegradationSpec, make_generator
     from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest_array
     from restoreflow.storage.store import TileStore

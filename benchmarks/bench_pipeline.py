@@ -66,7 +66,8 @@ from restoreflow.stages import config
 from restoreflow.stages import restore as restore_stage
 from restoreflow.storage import layout
 from restoreflow.stages.simulate import simulate_image
-from restoreflow.spec import DegradationSpec, RunSpec
+from restoreflow.degradation import DegradationSpec
+from restoreflow.spec import RunSpec
 from restoreflow.storage.export import export
 from restoreflow.storage.ingest import ingest
 from restoreflow.storage.store import TileStore
@@ -138,7 +139,7 @@ import numpy as np
 from PIL import Image
 from restoreflow import samples
 from restoreflow.stages.simulate import simulate_image
-from restoreflow.spec import DegradationSpec
+from restoreflow.degradation import DegradationSpec
 from restoreflow.storage.ingest import ingest
 from restoreflow.storage.store import TileStore
 size, work = int(sys.argv[1]), sys.argv[2]

@@ -17,7 +17,7 @@ Images: the first ``--images`` held-out photos (``corpus.held_out_photos()``) an
 ``--astro`` deep-sky images (``corpus.astronomy_images()``, those with a shorter side of
 at least 512 px, evenly spread over the sorted list), as ``--size`` centre crops after
 resizing the shorter side to 512 px (as benchmarks/bench_prior.py). Degradations are drawn
-with ``restoreflow.spec.make_generator(spec, seed, image name)``; the sampler's generator
+with ``restoreflow.degradation.make_generator(spec, seed, image name)``; the sampler's generator
 is seeded with ``--seed``. PSNR and SSIM (skimage.metrics, data_range=1) on [0, 1] RGB.
 
 The prior snapshot is copied first (the trainer rewrites it every few minutes) and the
@@ -211,7 +211,7 @@ def load_images(photos: list[Path], astro: list[Path], size: int) -> list[dict]:
 
 
 def degrade(task: str, item: dict, seed: int):
-    from restoreflow.spec import DegradationSpec, make_generator
+    from restoreflow.degradation import DegradationSpec, make_generator
 
     spec = DegradationSpec.parse(TASKS[task])
     g = make_generator(spec, seed, item["name"])

@@ -341,8 +341,8 @@ def check_prior(field: str, ref: str | None) -> None:
 def check_degradation_files(field: str, degradation: str) -> None:
     """The files a degradation reads (a kernel_blur PSF, an inpaint_mask mask) load
     and are valid (they are small: loading them is the check)."""
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.operators.kernels import load_kernel, load_mask
-    from restoreflow.spec import DegradationSpec
 
     loaders = {"kernel_blur": load_kernel, "inpaint_mask": load_mask}
     for name, path in DegradationSpec.parse(degradation).files():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import save_tiny_prior
+from restoreflow.degradation import DegradationSpec
 from restoreflow.retrieval.stored import build_index
-from restoreflow.spec import DegradationSpec
 from restoreflow.stages.calibrate import (
     LAMBDA_GRID,
     calibration_path,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from restoreflow.spec import DegradationSpec
+from restoreflow.degradation import DegradationSpec
 from restoreflow.stages.simulate import simulate_image, simulate_reference
 from restoreflow.storage.store import TileStore
 
@@ -72,7 +72,7 @@ def test_simulation_deterministic_and_idempotent(local_store, tmp_path):
 
 
 def test_restore_side_rebuilds_the_same_operator(local_store):
-    from restoreflow.spec import make_generator
+    from restoreflow.degradation import make_generator
 
     spec = DegradationSpec.parse("inpaint(ratio=0.6)")
     iid = "a" * 20

@@ -11,9 +11,9 @@ from PIL import Image
 def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatch):
     import torch
 
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.flows.restore import restore_flow
     from restoreflow.settings import get_settings, resolve_device
-    from restoreflow.spec import DegradationSpec
     from restoreflow.stages import restore as restore_stage
     from restoreflow.stages.config import RestoreConfig
     from restoreflow.stages.simulate import simulate_image

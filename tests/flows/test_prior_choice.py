@@ -39,9 +39,9 @@ def test_precedence_spec_then_environment_then_shipped(tmp_path, monkeypatch):
 
 def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_path,
                                                              monkeypatch):
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.flows.restore import restore_flow
     from restoreflow.models.prior import hash_model_dir
-    from restoreflow.spec import DegradationSpec
     from restoreflow.stages.config import RestoreConfig
     from restoreflow.stages.models import prior_hash
     from restoreflow.stages.simulate import simulate_image

@@ -14,7 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from restoreflow.spec import DegradationSpec, RunSpec, SpecError
+from restoreflow.degradation import DegradationSpec, SpecError
+from restoreflow.spec import RunSpec
 from restoreflow.storage.decode import ImageRejected
 from restoreflow.storage.readers import IMAGE_EXTENSIONS, read_image
 

@@ -36,8 +36,8 @@ def _worker(addr: str, name: str, log) -> subprocess.Popen:
 
 
 def _prepare_store(tmp_path):
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.settings import get_settings
-    from restoreflow.spec import DegradationSpec
     from restoreflow.stages.simulate import simulate_image
     from restoreflow.storage.ingest import ingest
     from restoreflow.storage.store import TileStore

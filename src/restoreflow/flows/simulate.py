@@ -13,8 +13,8 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
                     collection: str, progress: bool = False) -> list[dict]:
     """Driver: create outputs, CPU tasks over batches of the images still to do (one
     image per task unless images are small), mark each image complete."""
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.flows.batches import cpu_batches
-    from restoreflow.spec import DegradationSpec
     from restoreflow.stages.simulate import prepare_simulate
     from restoreflow.tasks.common import open_store
 
@@ -37,7 +37,7 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
 def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str = "degraded",
                   image_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
     """CPU tasks over (batches of) images; returns per-image status rows."""
-    from restoreflow.spec import DegradationSpec
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.tasks.common import open_store
 
     spec = DegradationSpec.parse(degradation)  # fail before any work

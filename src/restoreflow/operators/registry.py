@@ -3,7 +3,7 @@
 Each :class:`Entry` maps a name used in degradation specs (``gaussian_blur``, ``sr``, ...)
 to a constructor, with its parameters (type, default, allowed range) and
 ``example_params`` that the property tests run every operator with. The spec parser
-(``restoreflow.spec``) validates against this registry, so it is the single source of
+(``restoreflow.degradation``) validates against this registry, so it is the single source of
 truth for names, parameters and ranges.
 
 Operator builders have the signature ``build(params, image_shape, generator)`` with

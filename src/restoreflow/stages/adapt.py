@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from restoreflow.degradation import seed_for
 from restoreflow.retrieval.stored import load_index
-from restoreflow.spec import seed_for
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.storage.layout import INPUT
 from restoreflow.storage.store import TileStore

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from restoreflow.degradation import seed_for
 from restoreflow.quality.rcps import PixelCalibration
-from restoreflow.spec import seed_for
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import restore_outputs
 from restoreflow.storage.layout import INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED

@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from restoreflow.degradation import DegradationSpec
 from restoreflow.spec import (
     AdaptSettings,
-    DegradationSpec,
     RestoreOptions,
     RunSpec,
     Seed,

@@ -37,9 +37,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from restoreflow.degradation import DegradationSpec, make_generator, seed_for
 from restoreflow.samplers import DEFAULT_SAMPLER, TASK_DEFAULTS, get_sampler
 from restoreflow.samplers.schedule import Progress
-from restoreflow.spec import DegradationSpec, make_generator, seed_for
 from restoreflow.stages.adapt import adapted_prior, retrieve_neighbours
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.models import MODEL_LOCK, load_prior, prior_hash

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from restoreflow.spec import DegradationSpec, make_generator, seed_for
+from restoreflow.degradation import DegradationSpec, make_generator, seed_for
 from restoreflow.storage.layout import INPUT
 from restoreflow.storage.store import TileStore
 

@@ -34,7 +34,7 @@ def ingest_task(store_uri: str, sources: list[str]) -> dict:
 def simulate_task(store_uri: str, image_ids: list[str], degradation: str, seed: int,
                   collection: str) -> list[dict]:
     """Worker side: the driver has created the output images (``prepare_simulate``)."""
-    from restoreflow.spec import DegradationSpec
+    from restoreflow.degradation import DegradationSpec
     from restoreflow.stages.simulate import simulate_tiles
 
     store, spec = open_store(store_uri), DegradationSpec.parse(degradation)

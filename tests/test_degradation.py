@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from restoreflow.degradation import DegradationSpec, SpecError, Term, make_generator, seed_for
 from restoreflow.operators import BicubicDownsample, GaussianBlur, Inpainting, ShapeError
 from restoreflow.operators.registry import NOISES, OPERATORS, REQUIRED, Entry, Param
-from restoreflow.spec import DegradationSpec, SpecError, Term, make_generator, seed_for
 
 parse = DegradationSpec.parse
 

@@ -194,8 +194,20 @@ def test_help_lists_the_formats_and_the_samplers():
         assert "ddpg|ddnm|dps|diffpir" in _help(verb)
 
 
+def test_help_lists_the_verbs_in_their_order():
+    """The modules of restoreflow.cli add their verbs to the app as its __init__ imports
+    them: --help lists the verbs in this order."""
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    assert group.list_commands(click.Context(group)) == [
+        "simulate", "ingest", "export", "ls", "serve-s3", "train-prior", "run", "rerun",
+        "restore", "calibrate", "report", "demo", "serve", "index"]
+
+
 def test_sampler_choices_are_the_registry():
-    from restoreflow.cli import _SAMPLER_NAMES
+    from restoreflow.cli.options import _SAMPLER_NAMES
     from restoreflow.samplers import SAMPLERS
 
     assert _SAMPLER_NAMES == tuple(SAMPLERS)
@@ -222,7 +234,7 @@ def test_format_is_case_insensitive(tmp_path):
 def test_every_store_option_has_one_help_text():
     import typer
 
-    from restoreflow.cli import _STORE_HELP
+    from restoreflow.cli.options import _STORE_HELP
     from restoreflow.settings import Settings
 
     assert Settings.model_fields["store"].default == "restoreflow-store"

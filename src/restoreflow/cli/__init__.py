@@ -1,0 +1,16 @@
+"""The ``restoreflow`` command line (typer). Every verb calls a flow or a core function.
+
+Heavy libraries are imported inside the commands so that ``restoreflow --help`` is fast.
+The app is defined in ``typer_app``; importing the verb modules here adds their commands
+to it, and the order of these imports is the order ``restoreflow --help`` lists them in.
+"""
+
+from restoreflow.cli.typer_app import app
+
+# isort: off
+from restoreflow.cli import store_verbs  # noqa: F401  simulate ingest export ls serve-s3
+from restoreflow.cli import model_verbs  # noqa: F401  train-prior index
+from restoreflow.cli import run_verbs  # noqa: F401  run rerun restore calibrate report demo serve
+# isort: on
+
+__all__ = ["app"]

@@ -1,0 +1,67 @@
+"""What several verbs share: the sampler and format choices, the wording of --store and
+--option, and turning flags into validated settings (``--option KEY=VALUE`` parsed, a
+bad value reported by the flag that set it)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from restoreflow.cli.runtime import _fail
+
+# the sampler registry's names as a typer choice, without importing torch for --help
+# (tests/flows/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
+SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir"]
+_SAMPLER_NAMES = get_args(SamplerName)
+ExportFormat = Literal["png", "tiff", "fits"]
+# the one wording of every --store option (restoreflow.settings.Settings.store)
+_STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
+_OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
+                "refused with the sampler's options.")
+
+
+# fields of RestoreConfig and CalibrationOptions -> the flag that sets them
+_CONFIG_FLAGS = {"degradation": "--degradation", "seed": "--seed", "prior": "--prior",
+                 "restore.sampler": "--sampler", "restore.steps": "--steps",
+                 "restore.options": "--option", "restore.posterior_samples": "--samples",
+                 "adapt.enabled": "--adapt", "adapt.neighbours": "--neighbours",
+                 "adapt.steps": "--adapt-steps", "clean": "--clean", "alpha": "--alpha"}
+
+
+def _sampler_options(items: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` (repeatable) as a dict: ``8`` an int, ``0.5`` or ``1e-5`` a
+    float, ``true``/``false`` a bool, anything else the text (as a run spec's YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            _fail(f"--option: expected KEY=VALUE, got {item!r}")
+        if key in out:
+            _fail(f"--option: {key!r} given twice")
+        out[key] = _option_value(text)
+    return out
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _validated(model, **fields):
+    """``model(**fields)`` (the restore settings, the calibration options): a bad value is
+    one line naming its flag, before anything is opened or written."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
+        _fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {msg}")

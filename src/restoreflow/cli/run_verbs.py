@@ -1,0 +1,245 @@
+"""The verbs that restore: run (a spec end to end), rerun (a manifest's spec), restore,
+calibrate, report, demo, and serve (the pipeline on a schedule)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from restoreflow.cli.flow_runs import (
+    _flow_failed,
+    _image_names,
+    _log_to_file,
+    _on_dask,
+    print_summary,
+)
+from restoreflow.cli.options import (
+    _OPTION_HELP,
+    _STORE_HELP,
+    SamplerName,
+    _sampler_options,
+    _validated,
+)
+from restoreflow.cli.runtime import _error_line, _fail, _preflight
+from restoreflow.cli.store_checks import _need_images, _no_collection, _open_store
+from restoreflow.cli.typer_app import app
+
+
+def _run_spec(spec, verb: str) -> dict:
+    """Check the spec (one line and nothing created on a failure), then run it."""
+    from restoreflow.preflight import check_run
+    from restoreflow.settings import get_settings
+
+    _preflight(check_run, spec, get_settings(), "spec")
+    _log_to_file(verb)
+    uri = spec.store or get_settings().store
+    before = _image_names(uri)
+    from restoreflow.flows.pipeline import pipeline_flow
+
+    try:
+        summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed(f"run {spec.name!r}", exc, uri, before, "run the same spec again")
+    print_summary(summary)
+    return summary
+
+
+@app.command("run")
+def run_cmd(spec_path: str = typer.Argument(..., metavar="SPEC.yaml")) -> None:
+    """Run a pipeline spec end to end (ingest, simulate, adapt, restore, score, export)."""
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        spec = RunSpec.from_yaml(spec_path)
+    except SpecError as exc:
+        _fail(str(exc))
+    _run_spec(spec, "run")
+
+
+@app.command("rerun")
+def rerun_cmd(
+    manifest: str = typer.Argument(..., help="A run manifest (runs/<id>/manifest.json)"),
+    store: str = typer.Option(None, "--store", help="Run into this store instead"),
+) -> None:
+    """Run the spec recorded in a manifest again (bit-identical outputs on the same device)."""
+    import json
+
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        data = json.loads(open(manifest, encoding="utf-8").read())
+        spec = RunSpec.from_dict({**data["spec"], **({"store": store} if store else {})})
+        # manifests record absolute paths; those of older ones (and --store) are taken
+        # against the current directory, and recorded absolute in the new manifest
+        spec = spec.resolved(os.getcwd(), where=manifest, degradation_files=False)
+    except (OSError, ValueError, KeyError, TypeError, SpecError) as exc:
+        _fail(f"{manifest}: not a run manifest ({_error_line(exc)})")
+    _run_spec(spec, "rerun")
+
+
+@app.command("restore")
+def restore_cmd(
+    degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
+    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    seed: int = typer.Option(0, "--seed"),
+    collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
+    out: str = typer.Option("restored", "--out", help="Output collection"),
+    samples_: int = typer.Option(1, "--samples", min=1, max=64, help="Posterior samples J"),
+    adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
+    neighbours: int = typer.Option(8, "--neighbours", min=1),
+    adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
+    prior: str = typer.Option(None, "--prior", help="diffusers model dir or hub id"),
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                     help=_OPTION_HELP),
+) -> None:
+    """Restore a degraded collection (one model task per image; reruns skip done images)."""
+    from restoreflow.preflight import check_degradation_files, check_prior, check_store
+    from restoreflow.settings import get_settings
+    from restoreflow.spec import DegradationSpec, SpecError
+    from restoreflow.stages.config import RestoreConfig
+
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        _fail(str(exc))
+    cfg = _validated(
+        RestoreConfig, degradation=spec.text, seed=seed, prior=prior,
+        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
+                 "options": _sampler_options(option)},
+        adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
+    settings = get_settings()
+    _preflight(check_degradation_files, "--degradation", spec.text)
+    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+               else "the shipped prior", prior or settings.prior)
+    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+               store or settings.store, settings)
+    ts = _open_store(store)
+    _need_images(ts)
+    if collection not in ts.collections():
+        _no_collection(ts, collection)
+    _log_to_file("restore")
+    before = _image_names(ts.uri)
+    from restoreflow.flows.restore import restore_flow
+
+    try:
+        res = _on_dask(restore_flow)(store=ts.uri, cfg=cfg, y_collection=collection, out=out,
+                                     progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed("restore", exc, ts.uri, before, "run the same command again")
+    typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
+    degradation: str = typer.Option(..., "--degradation", "-d"),
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
+    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    samples_: int = typer.Option(4, "--samples", min=1, max=64),
+    alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
+    prior: str = typer.Option(None, "--prior"),
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                     help=_OPTION_HELP),
+) -> None:
+    """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
+    from restoreflow.preflight import (
+        check_degradation_files,
+        check_prior,
+        check_sources,
+        check_store,
+    )
+    from restoreflow.settings import get_settings
+    from restoreflow.spec import CalibrationOptions, DegradationSpec, SpecError
+    from restoreflow.stages.config import RestoreConfig
+
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        _fail(str(exc))
+    cfg = _validated(
+        RestoreConfig, degradation=spec.text, prior=prior,
+        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
+                 "options": _sampler_options(option)})
+    calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha)
+    settings = get_settings()
+    _preflight(check_degradation_files, "--degradation", spec.text)
+    _preflight(check_sources, "--clean", clean, settings, False)
+    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+               else "the shipped prior", prior or settings.prior)
+    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+               store or settings.store, settings)
+    ts = _open_store(store)
+    _log_to_file("calibrate")
+    before = _image_names(ts.uri)
+    from restoreflow.flows.pipeline import calibrate_flow
+
+    try:
+        res = _on_dask(calibrate_flow)(store=ts.uri, cfg=cfg, calibration=calibration,
+                                       progress=True)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        _flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
+    typer.echo(f"calibration {res['settings_hash']}: n={res['n']}, alpha={res['alpha']}, "
+               f"coverage on calibration images {res['coverage']}")
+
+
+@app.command("report")
+def report_cmd(
+    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    run: str = typer.Option(None, "--run", help="Run id (default: the latest)"),
+    out: str = typer.Option("report.html", "--out", help="Output HTML file"),
+) -> None:
+    """Write a static, self-contained HTML report of a run."""
+    from restoreflow.report.html import build_report
+
+    ts = _open_store(store)
+    _need_images(ts)
+    path = build_report(ts, out, run)
+    typer.echo(f"report: {path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: str = typer.Option("restoreflow-demo", "--dir", help="Working directory"),
+) -> None:
+    """The main job on embedded defaults: bundled photos, blur+noise, adapt, restore,
+    calibrated bounds, report (local store, in-process Prefect, local Dask cluster)."""
+    from restoreflow.demo import prepare_demo
+    from restoreflow.spec import RunSpec
+
+    spec = RunSpec.from_dict(prepare_demo(workdir))
+    typer.echo(f"demo: {len(spec.sources)} source folder(s), store {spec.store}, "
+               f"{spec.degradation}")
+    _run_spec(spec, "demo")
+
+
+@app.command("serve")
+def serve_cmd(
+    spec_path: str = typer.Argument(..., metavar="SPEC.yaml"),
+    cron: str = typer.Option("0 2 * * *", "--cron", help="When to run (cron, UTC)"),
+    name: str = typer.Option(None, "--name", help="Deployment name (default: the spec's)"),
+) -> None:
+    """Serve the pipeline on a schedule from this host (Prefect deployment + runner).
+
+    Needs a Prefect server (PREFECT_API_URL), e.g. `prefect server start --host 127.0.0.1`.
+    """
+    from restoreflow.spec import RunSpec, SpecError
+
+    try:
+        spec = RunSpec.from_yaml(spec_path)
+    except SpecError as exc:
+        _fail(str(exc))
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except ValueError as exc:
+        _fail(f"--cron {cron!r}: {exc}")
+    from restoreflow.flows.pipeline import pipeline_flow
+
+    typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")
+    _on_dask(pipeline_flow).serve(name=name or spec.name, cron=cron,
+                                  parameters={"spec": spec.model_dump(mode="json")})

@@ -1,0 +1,96 @@
+"""What every verb runs in: the process's Prefect settings (quiet, offline, and a private
+ephemeral database unless the user chose their own), and the one-line error a verb exits
+with (a failed preflight check included)."""
+
+from __future__ import annotations
+
+import typer
+
+# where a user's own Prefect setup is named; with none of these, each process gets a
+# private ephemeral database (two verbs at once would lock a shared ~/.prefect/prefect.db)
+_PREFECT_USER_SETTINGS = ("PREFECT_API_URL", "PREFECT_HOME",
+                          "PREFECT_API_DATABASE_CONNECTION_URL",
+                          "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def _profile_settings() -> dict:
+    """The settings of the active Prefect profile in the user's profiles.toml ({} if
+    none); read as TOML, without importing Prefect."""
+    import os
+    import tomllib
+    from pathlib import Path
+
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    name = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    settings = (data.get("profiles") or {}).get(name) or {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _private_prefect_db() -> None:
+    """A temporary SQLite database for this process's ephemeral Prefect server, removed
+    at exit, unless the user chose a server, a home or a database (env or profile)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    profile = _profile_settings()
+    if any(os.environ.get(k) or profile.get(k) for k in _PREFECT_USER_SETTINGS):
+        return
+    tmp = tempfile.mkdtemp(prefix=f"restoreflow-prefect-{os.getpid()}-")
+    # registered before Prefect's own atexit hooks, so it runs after its server stopped
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+        f"sqlite+aiosqlite:///{os.path.join(tmp, 'prefect.db')}")
+
+
+def _prefect_env() -> None:
+    """Quiet, offline Prefect settings for every verb (the user's env wins): no
+    analytics (offline they log telemetry errors), WARNING logs, and a private
+    ephemeral database per process (see ``_private_prefect_db``)."""
+    import os
+
+    level = os.environ.get("RESTOREFLOW_LOG_LEVEL", "WARNING").upper()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    # the private ephemeral server gets 20 s to start by default: a loaded machine (two
+    # verbs at once beside a busy CPU) took longer and the verb failed
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # the embedded Dask cluster logs every worker start/stop at INFO; workers inherit this
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level.lower())
+    _private_prefect_db()
+    import logging
+
+    logging.getLogger("distributed").setLevel(level)
+
+
+def _preflight(check, *args) -> None:
+    """Run a restoreflow.preflight check; a failure is one line naming the field."""
+    from restoreflow.preflight import PreflightError
+
+    try:
+        check(*args)
+    except PreflightError as exc:
+        _fail(str(exc))
+
+
+def _fail(msg: str, code: int = 2):
+    """Print the one-line error and exit. asyncio's "exception was never retrieved"
+    reports of the same failure (e.g. zarr's other writes when the disk is full) would
+    only repeat it as tracebacks at exit, so they are silenced."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (the flow's log above holds the traceback)."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__

@@ -120,6 +120,19 @@ def _one_line_error(stderr: str) -> str:
     return lines[0]
 
 
+def _wait_for_objects(store, path: str, n: int, proc, timeout: float) -> None:
+    """Wait until ``path`` in the store lists ``n`` entries (or ``proc`` ends)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        store.fs.invalidate_cache()
+        try:
+            if len(store.fs.ls(path, detail=False)) >= n:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_server_stops_mid_ingest_and_comes_back(server, tmp_path, down_s=3.0):
     """The outage (a few seconds plus the server's restart) is either ridden out by the
@@ -137,16 +150,7 @@ def test_server_stops_mid_ingest_and_comes_back(server, tmp_path, down_s=3.0):
     env = _env(server, RESTOREFLOW_TILE_SIZE="16")
     proc = _ingest([str(tmp_path / "src"), "--store", uri], env, tmp_path)
     # stop the server once a few images are in, while the rest are being written
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        store.fs.invalidate_cache()
-        try:
-            n = len(store.fs.ls(f"{prefix}/input", detail=False))
-        except FileNotFoundError:
-            n = 0
-        if n >= 5:
-            break
-        time.sleep(0.1)
+    _wait_for_objects(store, f"{prefix}/input", 5, proc, 120)
     assert proc.poll() is None, "ingest finished before the outage"
     server.stop()
     t_down = time.monotonic()
@@ -245,16 +249,7 @@ def test_server_stops_mid_run_one_line_then_resumes(server, prefect_server, tmp_
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     store = TileStore(uri, _settings(server))
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        store.fs.invalidate_cache()
-        try:
-            n = len(store.fs.ls(f"{prefix}/restored", detail=False))
-        except FileNotFoundError:
-            n = 0
-        if n >= 2:  # the restore stage is under way
-            break
-        time.sleep(0.1)
+    _wait_for_objects(store, f"{prefix}/restored", 2, proc, 300)  # restoring under way
     assert proc.poll() is None, "the run finished before the outage"
     server.stop()
     t_down = time.monotonic()

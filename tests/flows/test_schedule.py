@@ -41,7 +41,15 @@ def _wait(pred, timeout, what):
 
 
 def _run_and_wait(api, dep_id):
-    run = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={}).json()
+    def create():
+        # a busy server (SQLite) may answer 5xx for a moment: ask again, say what it said
+        r = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={}, timeout=30)
+        if r.status_code >= 500:
+            return None
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    run = _wait(create, 60, "the flow run to be created")
 
     def finished():
         st = httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"]["type"]

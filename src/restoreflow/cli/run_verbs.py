@@ -236,8 +236,9 @@ def serve_cmd(
         from prefect.client.schemas.schedules import CronSchedule
 
         CronSchedule(cron=cron)
-    except ValueError as exc:
-        _fail(f"--cron {cron!r}: {exc}")
+    except ValueError as exc:  # pydantic's ValidationError is one; its first message
+        errors = getattr(exc, "errors", None)
+        _fail(f"--cron {cron!r}: {errors()[0]['msg'] if errors else exc}")
     from restoreflow.flows.pipeline import pipeline_flow
 
     typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")

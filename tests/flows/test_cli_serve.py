@@ -1,0 +1,25 @@
+"""`restoreflow serve` refuses a bad --cron in one line, before it contacts Prefect."""
+
+from __future__ import annotations
+
+import numpy as np
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+
+def test_bad_cron_is_one_line(tmp_path, monkeypatch):
+    from restoreflow.cli import app
+
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "src" / "a.png")
+    spec = {"name": "n", "sources": ["src"], "store": "st", "report": None,
+            "degradation": "gaussian_noise(sigma=0.1)"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["serve", "s.yaml", "--cron", "61 * * * *"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines == ["error: --cron '61 * * * *': Value error, Invalid cron string: "
+                     "\"61 * * * *\""], r.output
+    assert not (tmp_path / "st").exists()

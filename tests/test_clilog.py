@@ -41,3 +41,24 @@ def test_user_logging_config_is_kept(monkeypatch, tmp_path):
     assert clilog.configure("run") is None
     monkeypatch.delenv("PREFECT_LOGGING_SETTINGS_PATH")
     assert clilog.configure("run", {"PREFECT_LOGGING_SETTINGS_PATH": "x"}) is None
+
+
+def test_unretrieved_asyncio_exceptions_stay_off_the_terminal(capsys, monkeypatch):
+    """An S3 request dropped mid-write during an outage: asyncio logs 'Task exception was
+    never retrieved' with a traceback after the CLI's one-line error (seen in the S3
+    outage test). Demoted to DEBUG, it no longer reaches the terminal; other asyncio
+    errors still do."""
+    logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", list(logger.filters))
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # lastResort: stderr
+    clilog.quiet_asyncio_leftovers()
+    clilog.quiet_asyncio_leftovers()  # once
+    assert sum(isinstance(f, clilog.AsyncioLeftovers) for f in logger.filters) == 1
+    try:
+        raise ConnectionResetError("Cannot write to closing transport")
+    except ConnectionResetError as exc:
+        logger.error("Task exception was never retrieved", exc_info=exc)
+    assert capsys.readouterr().err == ""
+    logger.error("something else")
+    assert "something else" in capsys.readouterr().err

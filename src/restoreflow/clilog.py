@@ -36,6 +36,25 @@ class ConsoleFilter(logging.Filter):
                     and record.name.startswith(_FAILURE_LOGGERS))
 
 
+class AsyncioLeftovers(logging.Filter):
+    """asyncio reports the exception of a request that nobody awaited any more (an S3
+    connection dropped mid-write while the verb was already failing) as an ERROR with a
+    traceback, after the CLI's one-line error. Such records are demoted to DEBUG: the log
+    file (at DEBUG) may keep them, the terminal never shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).endswith("exception was never retrieved"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_asyncio_leftovers() -> None:
+    """Install :class:`AsyncioLeftovers` on the ``asyncio`` logger once (every verb)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, AsyncioLeftovers) for f in logger.filters):
+        logger.addFilter(AsyncioLeftovers())
+
+
 def log_dir() -> str:
     """``RESTOREFLOW_LOG_DIR``, else ``<tmp>/restoreflow-logs-<uid>`` (one per user: the
     temporary folder is shared)."""

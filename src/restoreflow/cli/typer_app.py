@@ -8,6 +8,7 @@ import typer
 
 from restoreflow import __version__
 from restoreflow.cli.runtime import _prefect_env
+from restoreflow.clilog import quiet_asyncio_leftovers
 
 app = typer.Typer(
     name="restoreflow",
@@ -32,6 +33,7 @@ def main(
 ) -> None:
     """restoreflow: ingest, degrade, adapt, restore, score and export images."""
     _prefect_env()  # every verb, before anything imports Prefect
+    quiet_asyncio_leftovers()
 
 
 index_app = typer.Typer(help="The reference index used to retrieve neighbours.",

@@ -17,6 +17,7 @@ from restoreflow.quality.rcps import (
     base_intervals,
     calibrate_lambda,
     excess,
+    group_mean_losses,
     hb_pvalue,
     hb_ucb,
     loss_matrix,
@@ -197,8 +198,13 @@ def test_pixel_calibration_fit_round_trip():
     assert hb_ucb(float(L[:, int(np.searchsorted(lams, cal.lam))].mean()), 100, 0.1) <= 0.1
     # the stored form: the ``pixel`` entry of calibrations/<hash>.json
     d = json.loads(json.dumps(cal.to_dict(), allow_nan=False))
-    assert list(d) == ["lam", "epsilon", "delta", "lower_q", "upper_q", "n"]
+    assert list(d) == ["lam", "epsilon", "delta", "lower_q", "upper_q", "n", "scale", "floor",
+                       "n_sources", "mean_width"]
     assert PixelCalibration.from_dict(d) == cal
+    # a calibration stored before the spread scale existed reads as a constant band
+    old = {k: d[k] for k in ("lam", "epsilon", "delta", "lower_q", "upper_q", "n")}
+    assert PixelCalibration.from_dict(old).scale == "constant"
+    assert PixelCalibration.from_dict(old).floor == 0.0
     with pytest.raises(ValueError, match="lacks lower_q"):
         PixelCalibration.from_dict({k: v for k, v in d.items() if k != "lower_q"})
     with pytest.raises(ValueError, match="invalid"):
@@ -251,4 +257,67 @@ def test_pipeline_lambda_is_pinned(epsilon, delta, lam):
             fit()
         return
     assert calibrate_lambda(L, LAMBDA_GRID, epsilon, delta) == lam
-    assert fit() == PixelCalibration(lam, epsilon, delta, 0.05, 0.95, 60)
+    got = fit()
+    assert (got.lam, got.epsilon, got.delta, got.lower_q, got.upper_q, got.n, got.scale) == (
+        lam, epsilon, delta, 0.05, 0.95, 60, "constant")
+
+
+# --------------------------------------------------------------------------- spread scale
+
+
+def test_spread_scale_excess_and_widen():
+    iv = Intervals(np.array([[0.4, 0.1]]), np.array([[0.6, 0.1]]))  # spreads 0.2 and 0
+    truth = np.array([[0.9, 0.2]])
+    # w = u - l + floor = 0.25 and 0.05
+    np.testing.assert_allclose(excess(iv, truth, "spread", 0.05), [[0.3 / 0.25, 0.1 / 0.05]])
+    cal = PixelCalibration(lam=2.0, epsilon=0.1, delta=0.1, lower_q=0.05, upper_q=0.95, n=1,
+                           scale="spread", floor=0.05)
+    lo, hi = cal.widen(iv)
+    np.testing.assert_allclose(lo, [[0.4 - 0.5, 0.1 - 0.1]])
+    np.testing.assert_allclose(hi, [[0.6 + 0.5, 0.1 + 0.1]])
+    with pytest.raises(ValueError, match="floor > 0"):
+        excess(iv, truth, "spread", 0.0)
+    with pytest.raises(ValueError, match="scale must be"):
+        excess(iv, truth, "wide", 0.1)
+
+
+def test_group_mean_losses_one_row_per_source():
+    L = np.array([[1.0, 0.5], [0.0, 0.5], [0.4, 0.2]])
+    np.testing.assert_allclose(group_mean_losses(L, ["a", "a", "b"]), [[0.5, 0.5], [0.4, 0.2]])
+    assert group_mean_losses(L, None) is L
+    with pytest.raises(ValueError, match="2 groups for 3"):
+        group_mean_losses(L, ["a", "b"])
+
+
+def test_spread_intervals_control_risk_and_track_the_error_scale():
+    """Heteroscedastic, overconfident posterior (as diffusion samplers are: J = 4 samples
+    spread a third of the error): the error scale varies per pixel and the sample spread
+    tracks it. Both families control the risk on fresh images; the spread family's widths
+    follow the error scale, the constant band's barely do."""
+    rng = np.random.default_rng(11)
+
+    def draw(n):
+        ivs, truths, sds = [], [], []
+        for _ in range(n):
+            sd = np.exp(rng.normal(-3.5, 0.8, (1, 16, 16)))  # per-pixel error scale
+            truth = rng.uniform(0, 1, sd.shape)
+            mean = truth + sd * rng.normal(size=sd.shape)
+            samples = mean + sd / 3 * rng.normal(size=(4, *sd.shape))
+            ivs.append(base_intervals(samples))
+            truths.append(truth)
+            sds.append(sd)
+        return ivs, truths, sds
+
+    cal_iv, cal_t, _ = draw(200)
+    test_iv, test_t, test_sd = draw(200)
+    const = PixelCalibration.fit(cal_iv, cal_t, LAMBDA_GRID, 0.1, 0.1)
+    spread = PixelCalibration.fit(cal_iv, cal_t, np.linspace(0, 10, 501), 0.1, 0.1,
+                                  scale="spread", floor=0.005)
+    sd = np.concatenate([x.ravel() for x in test_sd])
+    corr = {}
+    for cal in (const, spread):
+        risk = np.mean([miscoverage(cal.widen(iv), t) for iv, t in zip(test_iv, test_t)])
+        assert risk <= 0.1
+        width = np.concatenate([(hi - lo).ravel() for lo, hi in map(cal.widen, test_iv)])
+        corr[cal.scale] = np.corrcoef(np.log(width), np.log(sd))[0, 1]
+    assert corr["spread"] > corr["constant"] + 0.05

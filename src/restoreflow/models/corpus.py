@@ -73,6 +73,9 @@ HELD_OUT_OPENCV: tuple[str, ...] = (
 STELLARIUM_DIR = "stellarium-data/usr/share/stellarium/nebulae/default"
 
 
+GCOMPRIS_PHOTOS_DIR = "gcompris-photos"
+
+
 def corpus_dir() -> Path:
     """Where scripts/fetch-corpus.sh put the Debian packages' files."""
     env = os.environ.get("RESTOREFLOW_CORPUS_DIR")
@@ -108,6 +111,17 @@ def held_out_photos(root: Path | None = None) -> list[Path]:
     root = root or corpus_dir()
     return (_existing(HELD_OUT_WALLPAPERS, root) + samples.sample_paths(samples.HELD_OUT)
             + _existing(HELD_OUT_OPENCV, root))
+
+
+def benchmark_photos(root: Path | None = None) -> list[Path]:
+    """More photos never trained on (monuments, animals, landscapes, musicians), extracted
+    from gcompris-qt-data by ``scripts/fetch-corpus.sh``: sources for the source-grouped
+    conformal benchmark, which needs more distinct photos than the held-out set. Sorted."""
+    root = root or corpus_dir()
+    d = root / GCOMPRIS_PHOTOS_DIR
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: missing; run scripts/fetch-corpus.sh")
+    return sorted(d.glob("*.png"))
 
 
 def astronomy_images(root: Path | None = None) -> list[Path]:

@@ -45,7 +45,7 @@ from .linear import LinearModel, features_2d
 from .quantiles import (
     check_alpha,
     conformal_lower_quantile,
-    finite_quantile,
+    grouped_conformal_quantile,
     scores_1d,
 )
 from .quantreg import fit_quantile_regression
@@ -53,6 +53,8 @@ from .ridge import fit_ridge
 
 __all__ = [
     "ConformalLowerBound",
+    "min_sources",
+    "split_by_group",
     "Method",
     "TrivialLowerBound",
     "calibration_from_dict",
@@ -98,20 +100,38 @@ def _check_rng(rng: Any) -> None:
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
-def _split(
-    X: np.ndarray, v: np.ndarray, rng: np.random.Generator, fit_fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_by_group(groups: np.ndarray, rng: np.random.Generator, fit_fraction: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the fit fold and of the calibration fold: ``round(fit_fraction G)``
+    of the ``G`` groups (in a random order drawn with ``rng``) go to the fit fold, the
+    others to the calibration fold, so no group is in both. With one row per group this
+    is a random split of the rows."""
     if not 0.0 < fit_fraction < 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
-    n = X.shape[0]
-    if v.size != n:
-        raise ValueError(f"{n} feature rows but {v.size} true values")
-    n_fit = int(round(fit_fraction * n))
-    if n_fit < 2 or n - n_fit < 1:
-        raise ValueError(f"cannot split {n} calibration images with fit_fraction {fit_fraction}")
-    perm = rng.permutation(n)
-    i_fit, i_cal = perm[:n_fit], perm[n_fit:]
-    return X[i_fit], v[i_fit], X[i_cal], v[i_cal]
+    uniq, codes = np.unique(groups, return_inverse=True)
+    n_fit = int(round(fit_fraction * uniq.size))
+    if n_fit < 2 or uniq.size - n_fit < 1:
+        raise ValueError(f"cannot split {uniq.size} calibration sources with fit_fraction "
+                         f"{fit_fraction}")
+    is_fit = np.zeros(uniq.size, bool)
+    is_fit[rng.permutation(uniq.size)[:n_fit]] = True
+    return np.flatnonzero(is_fit[codes]), np.flatnonzero(~is_fit[codes])
+
+
+def _groups(groups: Any, n: int) -> np.ndarray:
+    """Each row's source as an array (default: every row its own source)."""
+    if groups is None:
+        return np.arange(n)
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"{g.size} groups for {n} rows")
+    return g
+
+
+def min_sources(alpha: float) -> int:
+    """Fewest calibration-fold sources with a finite bound at ``alpha``:
+    the smallest ``G`` with ``ceil((1 - alpha)(G + 1)) <= G``."""
+    return math.ceil((1.0 - alpha) / alpha - 1e-9)
 
 
 def _names(names: Sequence[str] | None, d: int) -> tuple[str, ...]:
@@ -145,6 +165,7 @@ class ConformalLowerBound:
     n_cal: int
     target: str = "psnr"
     settings_hash: str = ""
+    n_cal_sources: int | None = None
 
     @classmethod
     def fit(
@@ -159,17 +180,21 @@ class ConformalLowerBound:
         ridge: float | str = "auto",
         target: str = "psnr",
         settings_hash: str = "",
+        groups: Any = None,
     ) -> ConformalLowerBound:
         """Split ``(features (n, d), true_values (n,))`` at random with ``rng`` into a fit
-        fold (``round(fit_fraction n)`` images) and a calibration fold, then
-        :meth:`fit_split`. ``feature_names`` defaults to ``x0, x1, ...``."""
+        fold and a calibration fold by :func:`split_by_group` (``groups``: each row's
+        source; default one source per row), then :meth:`fit_split`.
+        ``feature_names`` defaults to ``x0, x1, ...``."""
         _check_rng(rng)
         X = features_2d(features)
         v = scores_1d(true_values, "true_values")
-        Xf, vf, Xc, vc = _split(X, v, rng, fit_fraction)
-        return cls.fit_split(
-            Xf, vf, Xc, vc, alpha, method, feature_names, ridge, target, settings_hash
-        )
+        if v.size != X.shape[0]:
+            raise ValueError(f"{X.shape[0]} feature rows but {v.size} true values")
+        g = _groups(groups, v.size)
+        i_fit, i_cal = split_by_group(g, rng, fit_fraction)
+        return cls.fit_split(X[i_fit], v[i_fit], X[i_cal], v[i_cal], alpha, method,
+                             feature_names, ridge, target, settings_hash, g[i_cal])
 
     @classmethod
     def fit_split(
@@ -184,9 +209,11 @@ class ConformalLowerBound:
         ridge: float | str = "auto",
         target: str = "psnr",
         settings_hash: str = "",
+        cal_groups: Any = None,
     ) -> ConformalLowerBound:
         """Fit the predictor on the fit fold and the conformal quantile on the given
-        calibration fold (which must not overlap the fit fold)."""
+        calibration fold (which must not share a source with the fit fold), every source
+        of ``cal_groups`` weighing one (:func:`grouped_conformal_quantile`)."""
         a = check_alpha(alpha)
         _check_method(method)
         Xf = features_2d(fit_features)
@@ -198,7 +225,13 @@ class ConformalLowerBound:
             model = fit_ridge(Xf, fit_values, ridge)
         else:
             model = fit_quantile_regression(Xf, fit_values, a)
-        q = finite_quantile(model.predict(Xc) - vc, a)
+        gc = _groups(cal_groups, vc.size)
+        n_sources = int(np.unique(gc).size)
+        q = grouped_conformal_quantile(model.predict(Xc) - vc, gc, a)
+        if math.isinf(q):
+            raise ValueError(
+                f"the calibration fold has {n_sources} sources; alpha={a} needs at least "
+                f"{min_sources(a)} for a finite bound")
         return cls(
             method=method,
             alpha=a,
@@ -209,6 +242,7 @@ class ConformalLowerBound:
             n_cal=int(Xc.shape[0]),
             target=target,
             settings_hash=settings_hash,
+            n_cal_sources=n_sources,
         )
 
     def predict(self, features: Any) -> np.ndarray:
@@ -240,7 +274,7 @@ def _fitted_to_dict(obj, kind: str, **models: dict) -> dict[str, Any]:
             "alpha": obj.alpha, "target": obj.target,
             "feature_names": list(obj.feature_names), **models,
             "quantile": _enc(obj.quantile), "n_fit": obj.n_fit, "n_cal": obj.n_cal,
-            "settings_hash": obj.settings_hash}
+            "n_cal_sources": obj.n_cal_sources, "settings_hash": obj.settings_hash}
 
 
 def _fitted_from_dict(d: Mapping[str, Any], kind: str, *model_keys: str) -> dict[str, Any]:
@@ -253,7 +287,8 @@ def _fitted_from_dict(d: Mapping[str, Any], kind: str, *model_keys: str) -> dict
             "feature_names": _names(d["feature_names"], n_features),
             "quantile": _dec(d["quantile"]), "n_fit": int(d["n_fit"]),
             "n_cal": int(d["n_cal"]), "target": str(d["target"]),
-            "settings_hash": str(d["settings_hash"])}
+            "settings_hash": str(d["settings_hash"]),
+            "n_cal_sources": None if d.get("n_cal_sources") is None else int(d["n_cal_sources"])}
 
 
 @dataclass(frozen=True)
@@ -270,13 +305,18 @@ class TrivialLowerBound:
 
     @classmethod
     def fit(
-        cls, true_values: Any, alpha: float, target: str = "psnr", settings_hash: str = ""
+        cls, true_values: Any, alpha: float, target: str = "psnr", settings_hash: str = "",
+        groups: Any = None,
     ) -> TrivialLowerBound:
+        """``groups``: each value's source; every source then weighs one (the mirror
+        image of :func:`grouped_conformal_quantile`)."""
         v = scores_1d(true_values, "true_values")
         a = check_alpha(alpha)
+        value = (conformal_lower_quantile(v, a) if groups is None
+                 else -grouped_conformal_quantile(-v, _groups(groups, v.size), a))
         return cls(
             alpha=a,
-            value=conformal_lower_quantile(v, a),
+            value=value,
             n=int(v.size),
             target=target,
             settings_hash=settings_hash,

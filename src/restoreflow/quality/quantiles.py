@@ -71,14 +71,29 @@ def conformal_lower_quantile(values: Any, alpha: float) -> float:
     return float(v[k - 1])
 
 
-def finite_quantile(scores: np.ndarray, alpha: float) -> float:
-    """:func:`conformal_quantile`, or ValueError when the scores are too few for a finite
-    one at this ``alpha``."""
-    q = conformal_quantile(scores, alpha)
-    if math.isinf(q):
-        need = math.ceil((1.0 - alpha) / alpha - _RANK_EPS)
-        raise ValueError(
-            f"the calibration fold has {scores.size} images; alpha={alpha} needs at least "
-            f"{need} for a finite bound"
-        )
-    return q
+def grouped_conformal_quantile(scores: Any, groups: Any, alpha: float) -> float:
+    """Conformal quantile at level ``1 - alpha`` when the scores come in groups (several
+    crops of one source image) and the new score is from a new group:
+
+        q = min{s : sum_g F_g(s) >= (1 - alpha)(G + 1)},
+
+    ``F_g`` the empirical CDF of group g's scores, ``G`` the number of groups: every
+    group weighs one, however many scores it has (the pooled-CDF rule of Dunn, Wasserman
+    & Ramdas, "Distribution-free prediction sets for two-layer hierarchical models",
+    JASA 2022). With one score per group it is :func:`conformal_quantile`. ``+inf`` when
+    ``(1 - alpha)(G + 1) > G`` (too few groups).
+    """
+    a = check_alpha(alpha)
+    s = scores_1d(scores)
+    g = np.asarray(groups)
+    if g.shape != s.shape:
+        raise ValueError(f"{g.size} groups for {s.size} scores")
+    _, codes, counts = np.unique(g, return_inverse=True, return_counts=True)
+    n_groups = counts.size
+    need = (n_groups + 1) * (1.0 - a) - _RANK_EPS
+    if need > n_groups:
+        return math.inf
+    order = np.argsort(s, kind="stable")
+    mass = np.cumsum(1.0 / counts[codes[order]])
+    k = int(np.searchsorted(mass, need - 1e-9, side="left"))
+    return float(s[order[min(k, s.size - 1)]])

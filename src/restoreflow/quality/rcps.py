@@ -3,9 +3,15 @@
 From J posterior samples ``x^(1..J)`` of one image, per-pixel base intervals ``[l, u]``
 are either sample quantiles (``kind="quantile"``: ``l, u`` the ``lower_q`` and
 ``upper_q`` quantiles over the J samples, linear interpolation) or
-``mean +- k std`` (``kind="std"``, ``ddof = 1``). They are widened by ``lambda >= 0``:
+``mean +- k std`` (``kind="std"``, ``ddof = 1``). They are widened by ``lambda >= 0`` times
+a per-pixel scale ``w``:
 
-    T_lambda(p) = [l(p) - lambda, u(p) + lambda]      (intensity units).
+    T_lambda(p) = [l(p) - lambda w(p), u(p) + lambda w(p)]
+
+with ``w = 1`` (``scale="constant"``: a band of the same width everywhere, intensity
+units) or ``w(p) = u(p) - l(p) + floor`` (``scale="spread"``, K-RCPS-like: pixels where
+the posterior samples disagree get wider intervals; ``floor > 0`` keeps pixels where all
+samples agree from getting an empty widening).
 
 The loss of an image is its miscoverage, the fraction of pixels whose true value lies
 outside its interval, ``L(lambda) = (1/P) #{p : x(p) not in T_lambda(p)}`` in [0, 1],
@@ -27,7 +33,7 @@ matrix from them one image at a time (:func:`loss_matrix`) and keeps the result 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -38,9 +44,13 @@ __all__ = [
     "Intervals",
     "PixelCalibration",
     "RiskControlError",
+    "SCALES",
+    "Scale",
     "base_intervals",
     "calibrate_lambda",
     "excess",
+    "group_mean_losses",
+    "interval_scale",
     "hb_pvalue",
     "hb_ucb",
     "loss_matrix",
@@ -49,6 +59,8 @@ __all__ = [
 ]
 
 IntervalKind = Literal["quantile", "std"]
+Scale = Literal["constant", "spread"]
+SCALES = ("constant", "spread")
 _BISECTION_STEPS = 60  # interval length 2^-60: below float resolution of R
 
 
@@ -116,14 +128,28 @@ def pixel_intervals(
     return Intervals(lo - lam, hi + lam)
 
 
-def excess(intervals: Intervals, truth: Any) -> np.ndarray:
-    """``e(p) = max(l(p) - x(p), x(p) - u(p))``: pixel p is outside ``[l - lam, u + lam]``
-    iff ``e(p) > lam``."""
+def interval_scale(intervals: Intervals, scale: Scale = "constant", floor: float = 0.0):
+    """The per-pixel widening unit ``w`` of ``scale``: ``1.0`` (constant) or the array
+    ``u - l + floor`` (spread; ``floor > 0``)."""
+    if scale == "constant":
+        return 1.0
+    if scale != "spread":
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not floor > 0:
+        raise ValueError(f"the spread scale needs floor > 0, got {floor}")
+    lo, hi = intervals
+    return np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64) + floor
+
+
+def excess(intervals: Intervals, truth: Any, scale: Scale = "constant",
+           floor: float = 0.0) -> np.ndarray:
+    """``e(p) = max(l(p) - x(p), x(p) - u(p)) / w(p)``: pixel p is outside
+    ``[l - lam w, u + lam w]`` iff ``e(p) > lam`` (``w`` as :func:`interval_scale`)."""
     lo, hi = intervals
     t = _np(truth, "truth")
     if t.shape != np.shape(lo):
         raise ValueError(f"truth has shape {t.shape} but intervals {np.shape(lo)}")
-    e = np.maximum(lo - t, t - hi)
+    e = np.maximum(lo - t, t - hi) / interval_scale(intervals, scale, floor)
     if np.isnan(e).any():
         raise ValueError("intervals contain NaN")
     return e
@@ -134,20 +160,21 @@ def miscoverage(intervals: Intervals, truth: Any) -> float:
     return float(np.mean(excess(intervals, truth) > 0))
 
 
-def loss_matrix(intervals: Iterable[Intervals], truths: Iterable[Any], lambdas: Any) -> np.ndarray:
+def loss_matrix(intervals: Iterable[Intervals], truths: Iterable[Any], lambdas: Any,
+                scale: Scale = "constant", floor: float = 0.0) -> np.ndarray:
     """Per-image miscoverage ``L_i(lambda_j)``, shape ``(n, len(lambdas))``: the fraction
-    of image i's pixels whose truth lies outside ``[l - lambda_j, u + lambda_j]``.
-
-    ``intervals`` are the n images' base intervals (:func:`base_intervals`), ``truths`` the
-    matching true images; images may differ in size. Both are consumed one image at a
-    time, so generators that read images from a store keep one image in memory.
+    of image i's pixels whose truth lies outside ``[l - lambda_j w, u + lambda_j w]``
+    (``w`` as :func:`interval_scale`). ``intervals`` are the n images' base intervals
+    (:func:`base_intervals`), ``truths`` the matching true images; images may differ in
+    size. Both are consumed one image at a time, so generators that read images from a
+    store keep one image in memory.
     """
     lam = np.asarray(lambdas, dtype=np.float64)
     if lam.ndim != 1:
         raise ValueError("lambdas must be 1-D")
     rows = []
     for iv, t in zip(intervals, truths, strict=True):
-        e = np.sort(excess(iv, t), axis=None)
+        e = np.sort(excess(iv, t, scale, floor), axis=None)
         # #{p : e(p) > lam} / P, the same float as np.mean(e > lam)
         rows.append((e.size - np.searchsorted(e, lam, side="right")) / e.size)
     if not rows:
@@ -262,12 +289,34 @@ def calibrate_lambda(
     return float(lam[chosen])
 
 
+def group_mean_losses(L: np.ndarray, groups: Sequence[Any] | None) -> np.ndarray:
+    """Rows of ``L`` averaged within each group (source image), in order of first
+    appearance; ``L`` itself when ``groups`` is None. Crops of one source are not
+    independent; their mean loss is one draw per source, which is what the
+    Hoeffding-Bentkus bound needs (the risk is then over new sources)."""
+    if groups is None:
+        return L
+    g = list(groups)
+    if len(g) != L.shape[0]:
+        raise ValueError(f"{len(g)} groups for {L.shape[0]} images")
+    order = list(dict.fromkeys(g))
+    idx = {k: i for i, k in enumerate(order)}
+    codes = np.array([idx[k] for k in g])
+    sums = np.zeros((len(order), L.shape[1]))
+    np.add.at(sums, codes, L)
+    return sums / np.bincount(codes)[:, None]
+
+
 @dataclass(frozen=True)
 class PixelCalibration:
-    """A calibrated per-pixel interval rule ``[l - lam, u + lam]`` (``l``, ``u`` the
-    ``lower_q``/``upper_q`` sample quantiles) with ``P(E miscoverage <= epsilon) >= 1 - delta``
-    over the n calibration images. Its dict is the ``pixel`` entry of a stored calibration
-    (``calibrations/<hash>.json``): keys ``lam, epsilon, delta, lower_q, upper_q, n``."""
+    """A calibrated per-pixel interval rule ``[l - lam w, u + lam w]`` (``l``, ``u`` the
+    ``lower_q``/``upper_q`` sample quantiles, ``w`` the ``scale``'s unit, see
+    :func:`interval_scale`) with ``P(E miscoverage <= epsilon) >= 1 - delta`` over the
+    calibration sources. Its dict is the ``pixel`` entry of a stored calibration
+    (``calibrations/<hash>.json``): keys ``lam, epsilon, delta, lower_q, upper_q, n``,
+    ``scale``, ``floor``, ``n_sources`` and ``mean_width`` (mean interval width on the
+    calibration images at ``lam``; older calibrations lack the last four and are
+    constant bands)."""
 
     lam: float
     epsilon: float
@@ -275,6 +324,10 @@ class PixelCalibration:
     lower_q: float
     upper_q: float
     n: int
+    scale: Scale = "constant"
+    floor: float = 0.0
+    n_sources: int | None = None
+    mean_width: float | None = None
 
     @classmethod
     def fit(
@@ -286,27 +339,48 @@ class PixelCalibration:
         delta: float,
         lower_q: float = 0.05,
         upper_q: float = 0.95,
+        scale: Scale = "constant",
+        floor: float = 0.0,
+        groups: Sequence[Any] | None = None,
     ) -> PixelCalibration:
         """Calibrate ``lam`` by RCPS on the calibration images' base intervals and truths
-        (as in :func:`loss_matrix`); ``lower_q``/``upper_q`` record the quantiles those
-        intervals were made with. Raises :class:`RiskControlError` as
+        (as in :func:`loss_matrix`), one loss per source when ``groups`` names each
+        image's source (:func:`group_mean_losses`); ``lower_q``/``upper_q`` record the
+        quantiles those intervals were made with. Raises :class:`RiskControlError` as
         :func:`calibrate_lambda`."""
-        L = loss_matrix(intervals, truths, lambdas)
-        return cls(lam=calibrate_lambda(L, lambdas, epsilon, delta), epsilon=float(epsilon),
-                   delta=float(delta), lower_q=float(lower_q), upper_q=float(upper_q),
-                   n=int(L.shape[0]))
+        ivs = list(intervals)
+        L = group_mean_losses(loss_matrix(ivs, truths, lambdas, scale, floor), groups)
+        lam = calibrate_lambda(L, lambdas, epsilon, delta)
+        widths = [float(np.mean(iv.upper - iv.lower + 2 * lam * interval_scale(iv, scale, floor)))
+                  for iv in ivs]
+        return cls(lam=lam, epsilon=float(epsilon), delta=float(delta),
+                   lower_q=float(lower_q), upper_q=float(upper_q), n=len(ivs),
+                   scale=scale, floor=float(floor), n_sources=int(L.shape[0]),
+                   mean_width=float(np.mean(widths)))
+
+    def widen(self, intervals: Intervals) -> Intervals:
+        """The calibrated intervals ``[l - lam w, u + lam w]`` from base intervals."""
+        w = self.lam * interval_scale(intervals, self.scale, self.floor)
+        return Intervals(intervals.lower - w, intervals.upper + w)
 
     def to_dict(self) -> dict[str, Any]:
         return {"lam": self.lam, "epsilon": self.epsilon, "delta": self.delta,
-                "lower_q": self.lower_q, "upper_q": self.upper_q, "n": self.n}
+                "lower_q": self.lower_q, "upper_q": self.upper_q, "n": self.n,
+                "scale": self.scale, "floor": self.floor, "n_sources": self.n_sources,
+                "mean_width": self.mean_width}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PixelCalibration:
         missing = [k for k in ("lam", "epsilon", "delta", "lower_q", "upper_q", "n") if k not in d]
         if missing:
             raise ValueError(f"pixel calibration lacks {', '.join(missing)}")
+        opt = {k: d.get(k) for k in ("n_sources", "mean_width")}
         cal = cls(lam=float(d["lam"]), epsilon=float(d["epsilon"]), delta=float(d["delta"]),
-                  lower_q=float(d["lower_q"]), upper_q=float(d["upper_q"]), n=int(d["n"]))
-        if not (cal.lam >= 0 and 0 < cal.epsilon < 1 and 0 < cal.delta < 1 and cal.n >= 1):
+                  lower_q=float(d["lower_q"]), upper_q=float(d["upper_q"]), n=int(d["n"]),
+                  scale=d.get("scale", "constant"), floor=float(d.get("floor", 0.0)),
+                  n_sources=None if opt["n_sources"] is None else int(opt["n_sources"]),
+                  mean_width=None if opt["mean_width"] is None else float(opt["mean_width"]))
+        if not (cal.lam >= 0 and 0 < cal.epsilon < 1 and 0 < cal.delta < 1 and cal.n >= 1
+                and cal.scale in SCALES and (cal.scale == "constant" or cal.floor > 0)):
             raise ValueError(f"invalid pixel calibration {dict(d)!r}")
         return cal

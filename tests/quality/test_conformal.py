@@ -14,8 +14,14 @@ from restoreflow.quality.conformal import (
     TrivialLowerBound,
     calibration_from_dict,
     flag,
+    min_sources,
+    split_by_group,
 )
-from restoreflow.quality.quantiles import conformal_lower_quantile, conformal_quantile
+from restoreflow.quality.quantiles import (
+    conformal_lower_quantile,
+    conformal_quantile,
+    grouped_conformal_quantile,
+)
 from restoreflow.quality.quantreg import fit_quantile_regression, pinball_loss
 from restoreflow.quality.ridge import fit_ridge
 
@@ -244,3 +250,64 @@ def test_auto_ridge_shrinks_noise_features_and_keeps_signal():
     y = X @ np.arange(1.0, 9.0) + 0.01 * noise
     m_sig = fit_ridge(X, y, ridge="auto")
     np.testing.assert_allclose(m_sig.predict(X), y, atol=0.5)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_grouped_quantile_is_the_textbook_rule_with_one_score_per_source():
+    rng = np.random.default_rng(5)
+    for n in (9, 10, 19, 20, 57):
+        s = rng.normal(size=n)
+        for alpha in (0.05, 0.1, 0.2):
+            assert grouped_conformal_quantile(s, np.arange(n), alpha) == \
+                conformal_quantile(s, alpha)
+    # two sources of three scores each: every source weighs one -> too few for alpha 0.3
+    assert grouped_conformal_quantile([1, 2, 3, 10, 11, 12], [0, 0, 0, 1, 1, 1], 0.3) == math.inf
+
+
+def test_split_by_group_keeps_sources_apart():
+    g = np.repeat(np.arange(10), 3)
+    fit, cal = split_by_group(g, np.random.default_rng(0), 0.5)
+    assert set(g[fit]).isdisjoint(g[cal]) and len(set(g[fit])) == 5
+    assert sorted(np.concatenate([fit, cal]).tolist()) == list(range(30))
+
+
+def _sourced(rng, n_sources, per_source):
+    """PSNR = 25 + 2 f1 + a source effect (sd 2) + crop noise (sd 0.3): crops of one
+    source agree much more than sources do, as crops of one photo do."""
+    src = np.repeat(np.arange(n_sources), per_source)
+    effect = 2.0 * rng.normal(size=n_sources)[src]
+    f1 = rng.normal(size=src.size)
+    v = 25.0 + 2.0 * f1 + effect + 0.3 * rng.normal(size=src.size)
+    return np.stack([f1, rng.normal(size=src.size)], axis=-1), v, src
+
+
+def test_bounds_hold_on_new_sources_only_when_split_by_source():
+    """Many crops of few sources (as the old demo calibrated): a split by crop learns the
+    within-source spread and under-covers new sources. Split by source, each source
+    weighing one, the bound covers new sources."""
+    rng = np.random.default_rng(8)
+    by_crop, by_source, trivial = [], [], []
+    for _ in range(300):
+        X, v, _ = _sourced(rng, 6, 20)
+        a = ConformalLowerBound.fit(X, v, 0.1, rng)  # every crop its own source
+        X, v, src = _sourced(rng, 40, 6)
+        b = ConformalLowerBound.fit(X, v, 0.1, rng, groups=src)
+        Xt, vt, _ = _sourced(rng, 40, 1)
+        by_crop.append(np.mean(vt >= a.bound(Xt)))
+        by_source.append(np.mean(vt >= b.bound(Xt)))
+        trivial.append(np.mean(vt >= TrivialLowerBound.fit(v, 0.1, groups=src).value))
+    assert np.mean(by_crop) < 0.875  # 0.86 here; the bar of issue 17 is 0.87
+    assert np.mean(by_source) >= 0.9 - 0.01
+    assert np.mean(trivial) >= 0.9 - 0.01
+    assert b.n_cal_sources == 20 and b.n_cal == 120
+    assert ConformalLowerBound.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+
+
+def test_too_few_sources_give_no_bound():
+    rng = np.random.default_rng(9)
+    X, v, src = _sourced(rng, 12, 5)  # 6 calibration-fold sources, alpha 0.1 needs 9
+    with pytest.raises(ValueError, match="6 sources; alpha=0.1 needs at least 9"):
+        ConformalLowerBound.fit(X, v, 0.1, rng, groups=src)
+    assert min_sources(0.1) == 9 and min_sources(0.05) == 19

@@ -131,6 +131,15 @@ class CalibrationOptions(_Strict):
     method: Literal["residual", "cqr"] = "residual"
     pixel_epsilon: float = Field(0.1, gt=0, lt=1)
     pixel_delta: float = Field(0.1, gt=0, lt=1)
+    pixel_scale: Literal["constant", "spread"] = Field(
+        "constant", description="per-pixel intervals widened by a constant, or by lambda "
+        "times the posterior samples' spread (u - l + pixel_floor)")
+    pixel_floor: float = Field(0.02, gt=0, lt=1)
+    group_by: str = Field(
+        "image", pattern=r"^(image|folder|metadata:.+)$",
+        description="what makes calibration images exchangeable units (sources): each "
+        "image, the folder it came from (several crops of one photo in one folder), or a "
+        "metadata key (metadata:OBJECT, a FITS header keyword)")
 
     _clean_without_credentials = field_validator("clean")(_no_credentials)
 

@@ -127,23 +127,35 @@ def test_calibrate_and_score(store, prior_dir):
     save_calibration(store, cal)
     loaded = load_calibration(store, shash)
     assert loaded["n"] == 10 and 0 <= loaded["pixel"]["lam"] <= 1
-    assert loaded["pixel"] == {"lam": _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2),
-                               "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05,
-                               "upper_q": 0.95, "n": 10}
+    pixel = {k: loaded["pixel"][k] for k in ("lam", "epsilon", "delta", "lower_q", "upper_q",
+                                              "n")}
+    assert pixel == {"lam": _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2), "epsilon": 0.25,
+                     "delta": 0.2, "lower_q": 0.05, "upper_q": 0.95, "n": 10}
+    assert loaded["pixel"]["scale"] == "constant" and loaded["pixel"]["n_sources"] == 10
     old = json.loads(OLD_CALIBRATION.read_text())
-    assert list(loaded) == list(old) and list(loaded["pixel"]) == list(old["pixel"])
+    assert set(old) <= set(loaded) and set(old["pixel"]) <= set(loaded["pixel"])
+    # folds by source, out-of-sample bounds and coverage (leave one source out)
+    assert loaded["sources"] == 10 and {r["fold"] for r in loaded["rows"]} == {"fit",
+                                                                                 "calibration"}
+    assert loaded["coverage"]["method"] == "leave one source out"
+    assert any("fewer than 20" in w for w in loaded["warnings"])
     # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
     strict = fit_calibration(store, rows, c, shash, alpha=0.3)
     assert strict.pixel is None and "more calibration images" in strict.coverage["pixel_note"]
     s = score(rows[0]["features"], loaded, shash, min_psnr=99)
-    assert s["psnr_lower"] is not None and s["flagged"] is True and s["warning"] is None
-    assert s["psnr_lower"] < 99
+    assert s["psnr_lower"] is not None and s["flagged"] is True
+    assert s["psnr_lower"] < 99 and s["out_of_calibration"] in (True, False)
     other = score(rows[0]["features"], loaded, "another-hash")
     assert other["psnr_lower"] is None and "other restore settings" in other["warning"]
-    prepare_intervals(store, ids[0], s["lambda"])
-    write_intervals(store, ids[0], s["lambda"])
+    prepare_intervals(store, ids[0], s["pixel"])
+    write_intervals(store, ids[0], s["pixel"])
     lo, hi = store.read(INTERVAL_LO, ids[0]), store.read(INTERVAL_HI, ids[0])
     assert np.all(hi - lo >= 2 * s["lambda"] - 1e-6)
+    # alpha 0.1 needs 17 sources (9 in the calibration fold): no bound, and it says why
+    few = fit_calibration(store, rows, c, shash, alpha=0.1)
+    assert few.psnr is None and any("needs at least 17" in w for w in few.warnings)
+    s = score(rows[0]["features"], few.to_dict(), shash)
+    assert s["psnr_lower"] is None and "needs at least 17" in s["warning"]
 
 
 OLD_CALIBRATION = Path(__file__).parent / "data" / "calibration-edcd80a.json"
@@ -173,4 +185,8 @@ def test_calibration_file_from_edcd80a_loads_and_scores(store):
     s = score(loaded["rows"][0]["features"], loaded, shash, min_psnr=20)
     assert s == {"psnr_lower": pytest.approx(7.7835087452458485, rel=1e-12),
                  "ssim_lower": pytest.approx(0.0890629997669869, rel=1e-12), "alpha": 0.3,
-                 "flagged": True, "lambda": 0.835, "warning": None}
+                 "flagged": True, "lambda": 0.835, "warning": None,
+                 "out_of_calibration": None, "novelty_pvalue": None,  # no guard then
+                 "pixel": {"lam": 0.835, "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05,
+                           "upper_q": 0.95, "n": 10, "scale": "constant", "floor": 0.0,
+                           "n_sources": None, "mean_width": None}}

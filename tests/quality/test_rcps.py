@@ -316,7 +316,8 @@ def test_spread_intervals_control_risk_and_track_the_error_scale():
     sd = np.concatenate([x.ravel() for x in test_sd])
     corr = {}
     for cal in (const, spread):
-        risk = np.mean([miscoverage(cal.widen(iv), t) for iv, t in zip(test_iv, test_t)])
+        risk = np.mean([miscoverage(cal.widen(iv), t)
+                        for iv, t in zip(test_iv, test_t, strict=True)])
         assert risk <= 0.1
         width = np.concatenate([(hi - lo).ravel() for lo, hi in map(cal.widen, test_iv)])
         corr[cal.scale] = np.corrcoef(np.log(width), np.log(sd))[0, 1]

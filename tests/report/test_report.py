@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from restoreflow.report import build_report, render_report, select_run, thumbs
-from restoreflow.report.plots import MISSED, calibration_png
+from restoreflow.report.plots import MISSED, calibration_png, coverage_title
 from restoreflow.storage.ingest import ingest_array
 from restoreflow.storage.store import TileStore
 
@@ -262,6 +262,18 @@ def test_calibration_plot_marks_misses():
         r["psnr_bound"] = min(r["psnr_bound"], r["psnr_true"])
         r["ssim_bound"] = min(r["ssim_bound"], r["ssim_true"])
     assert has_colour(calibration_png(cal), miss) == 0
+
+
+def test_calibration_plot_claims_only_out_of_sample_coverage():
+    """An old calibration's stored coverage was in-sample (fit rows included): the plot
+    claims no figure for it. A leave-one-source-out calibration shows its stored
+    out-of-sample coverage, not the coverage of the rows' in-sample bounds."""
+    cal = calibration_json(np.random.default_rng(2))
+    cal["coverage"]["psnr"] = 1.0  # what the in-sample figure looked like in the demo
+    assert "n/a" in coverage_title(cal, "psnr") and "100.0" not in coverage_title(cal, "psnr")
+    cal["coverage"] = {"psnr": 0.875, "ssim": 0.9, "method": "leave one source out"}
+    assert coverage_title(cal, "psnr") == "out-of-sample coverage 87.5% (target 90%)"
+    calibration_png(cal)  # draws every row as an out-of-sample point
 
 
 def test_large_and_bottom_up_images(tmp_path):

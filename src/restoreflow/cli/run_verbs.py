@@ -141,6 +141,11 @@ def calibrate_cmd(
     steps: int = typer.Option(100, "--steps", min=1, max=1000),
     samples_: int = typer.Option(4, "--samples", min=1, max=64),
     alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
+    group_by: str = typer.Option(
+        "image", "--group-by", help="Calibration sources: image, folder (crops of one "
+        "photo in one folder) or metadata:KEY (e.g. metadata:OBJECT)"),
+    pixel_scale: str = typer.Option(
+        "constant", "--pixel-scale", help="Per-pixel intervals: constant or spread"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=_OPTION_HELP),
@@ -164,7 +169,8 @@ def calibrate_cmd(
         RestoreConfig, degradation=spec.text, prior=prior,
         restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
                  "options": _sampler_options(option)})
-    calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha)
+    calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha, group_by=group_by,
+                             pixel_scale=pixel_scale)
     settings = get_settings()
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)
@@ -182,8 +188,20 @@ def calibrate_cmd(
                                        progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         _flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
-    typer.echo(f"calibration {res['settings_hash']}: n={res['n']}, alpha={res['alpha']}, "
-               f"coverage on calibration images {res['coverage']}")
+    typer.echo(calibration_line(res))
+    for w in res.get("warnings") or []:
+        typer.echo(f"warning: {w}", err=True)
+
+
+def calibration_line(res: dict) -> str:
+    """One line: the calibration's size and its out-of-sample coverage (each source's
+    images bounded by a calibration without that source), never in-sample figures."""
+    cov = res.get("coverage") or {}
+    fig = ", ".join(f"{t.upper()} {100 * cov[t]:.1f}%" for t in ("psnr", "ssim")
+                    if cov.get(t) is not None) or "n/a"
+    return (f"calibration {res['settings_hash']}: {res['n']} images from "
+            f"{res.get('sources', res['n'])} sources, alpha={res['alpha']}; out-of-sample "
+            f"coverage (leave one source out) {fig} (target {100 * (1 - res['alpha']):.0f}%)")
 
 
 @app.command("report")

@@ -60,7 +60,7 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
                     calibration: CalibrationOptions, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
-    from restoreflow.stages.calibrate import fit_calibration, save_calibration
+    from restoreflow.stages.calibrate import fit_calibration, save_calibration, source_of
     from restoreflow.stages.models import prior_hash
     from restoreflow.tasks.common import open_store
 
@@ -71,11 +71,12 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
     simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
     restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
     truths = _truth(uri, store, clean_ids, out)
-    rows = [{"image_id": i, "features": store.attrs(out, i)["features"], **truths[i]}
-            for i in clean_ids]
     c = calibration
+    rows = [{"image_id": i, "features": store.attrs(out, i)["features"],
+             "source": source_of(store.attrs(layout.INPUT, i), c.group_by), **truths[i]}
+            for i in clean_ids]
     cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
-                          c.pixel_delta, out)
+                          c.pixel_delta, out, c.pixel_scale, c.pixel_floor)
     save_calibration(store, cal)
     return cal.to_dict()
 
@@ -93,7 +94,8 @@ def calibrate_flow(store: str, cfg: RestoreConfig, calibration: CalibrationOptio
         _require_images(_ids(rep), [r for r in rep["rows"] if r["status"] == "rejected"],
                         "clean")
         cal = run_calibration(store, cfg, _ids(rep), calibration, progress)
-    return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n")}
+    return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n", "sources",
+                                "warnings")}
 
 
 @flow(name="pipeline", flow_run_name=names.pipeline_run_name)
@@ -241,9 +243,10 @@ def _score(uri: str, store, run, cfg: RestoreConfig, ids: list[str], run_id: str
         s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
         if s["warning"]:
             log.warning("%s: %s", i, s["warning"])
-        if s.get("lambda") is not None and cfg.restore.posterior_samples >= 2:
-            calibrate.prepare_intervals(store, i, s["lambda"])
-            interval_futures.append(intervals_task.submit(uri, i, s["lambda"]))
+        pixel = s.pop("pixel")
+        if pixel is not None and cfg.restore.posterior_samples >= 2:
+            calibrate.prepare_intervals(store, i, pixel)
+            interval_futures.append(intervals_task.submit(uri, i, pixel))
         rows.append(records.quality_row(i, attrs, run_id, shash, min_psnr, s, truth.get(i)))
     for f in interval_futures:
         i = f.result()

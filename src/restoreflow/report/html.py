@@ -263,6 +263,8 @@ def _card(store: TileStore, idx: int, row: Mapping, alpha: float | None,
     flagged = bool(row.get("flagged"))
     if flagged:
         badge = '<span class="badge flagged">FLAGGED</span>'
+    elif row.get("out_of_calibration"):
+        badge = '<span class="badge flagged">OUT OF CALIBRATION</span>'
     elif number(row.get("psnr_lower")) is not None:
         badge = '<span class="badge ok">OK</span>'
     else:
@@ -291,8 +293,11 @@ def _summary(rows: Sequence[Mapping], alpha: float | None) -> str:
     p_tr = [number(r.get("psnr_true")) for r in rows]
     s_tr = [number(r.get("ssim_true")) for r in rows]
     nb = sum(v is not None for v in p_lo)
+    shifted = sum(bool(r.get("out_of_calibration")) for r in rows)
     body = [("images", str(n)),
             ("flagged", f'<b style="color:var(--bad)">{len(flagged)}</b>' if flagged else "0"),
+            ("out of calibration (bound not guaranteed)",
+             f'<b style="color:var(--bad)">{shifted}</b>' if shifted else "0"),
             ("with a bound", f"{nb} of {n}" + (f" (probability {_prob(alpha)})" if nb else "")),
             ("mean PSNR bound", _fmt(_mean(p_lo), 2, "dB")),
             ("mean SSIM bound", _fmt(_mean(s_lo), 3))]

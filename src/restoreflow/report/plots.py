@@ -2,8 +2,11 @@
 
 A conformal lower bound ``b(x)`` at level ``alpha`` promises ``P(true >= b) >= 1 - alpha``
 over exchangeable images. The plot puts each calibration image at ``(bound, true)``: a
-point on or above the line ``true = bound`` is covered, a point below it is a miss. The
-title gives the empirical coverage of the calibration fold next to the target ``1 - alpha``.
+point on or above the line ``true = bound`` is covered, a point below it is a miss. In a
+calibration with out-of-sample bounds (``coverage.method`` "leave one source out") each
+image's bound comes from a calibration fitted without its source, and the title gives
+their coverage next to the target ``1 - alpha``. Older calibrations stored in-sample
+bounds: their points are drawn (fit fold grey) but no coverage figure is claimed.
 """
 
 from __future__ import annotations
@@ -39,11 +42,27 @@ def _pairs(rows: Sequence[Mapping], target: str, bound_key: str) -> list[tuple[f
     return out
 
 
-def coverage_of(pairs: Sequence[tuple[float, float]]) -> float | None:
-    """Fraction of ``(bound, true)`` pairs with ``true >= bound`` (None when empty)."""
-    if not pairs:
-        return None
-    return sum(t >= b for b, t in pairs) / len(pairs)
+LOSO = "leave one source out"
+
+
+def out_of_sample(calibration: Mapping[str, Any]) -> bool:
+    """Whether the calibration's row bounds and coverage are out of sample."""
+    cov = calibration.get("coverage")
+    return isinstance(cov, Mapping) and cov.get("method") == LOSO
+
+
+def coverage_title(calibration: Mapping[str, Any], target: str) -> str:
+    """The coverage part of a panel's title: the stored out-of-sample coverage, or "n/a"
+    for calibrations that only have in-sample figures (those are never shown)."""
+    cov = _num((calibration.get("coverage") or {}).get(target)) \
+        if out_of_sample(calibration) else None
+    text = (f"out-of-sample coverage {100 * cov:.1f}%" if cov is not None
+            else "coverage n/a (in-sample calibration: recalibrate)"
+            if not out_of_sample(calibration) else "coverage n/a")
+    alpha = _num(calibration.get("alpha"))
+    if alpha is not None:
+        text += f" (target {100 * (1 - alpha):.0f}%)"
+    return text
 
 
 def calibration_png(calibration: Mapping[str, Any],
@@ -52,8 +71,9 @@ def calibration_png(calibration: Mapping[str, Any],
 
     ``calibration``: the stored calibration JSON (``rows`` with ``psnr_true``,
     ``psnr_bound``, ``ssim_true``, ``ssim_bound``, ``fold``; ``alpha``; ``coverage``).
-    Calibration-fold points are blue when covered and red when missed; fit-fold points
-    (used to fit the score model, not for coverage) are light grey. ``test_rows`` (the
+    Out-of-sample points (every row of a leave-one-source-out calibration; the
+    calibration fold of an older one) are blue when covered and red when missed; in-sample
+    fit-fold points of older calibrations are light grey. ``test_rows`` (the
     report's quality rows with ``psnr_true`` / ``psnr_lower``) are drawn as diamonds,
     green when covered and orange when missed.
     """
@@ -61,8 +81,7 @@ def calibration_png(calibration: Mapping[str, Any],
     from matplotlib.figure import Figure
 
     rows = list(calibration.get("rows") or [])
-    alpha = _num(calibration.get("alpha"))
-    stored_cov = calibration.get("coverage") or {}
+    oos = out_of_sample(calibration)
     targets = [t for t in TARGETS if _pairs(rows, t, f"{t}_bound")
                or _pairs(test_rows, t, f"{t}_lower")]
     if not targets:
@@ -73,8 +92,9 @@ def calibration_png(calibration: Mapping[str, Any],
         ax = fig.add_subplot(1, len(targets), k + 1)
         label, unit = TARGETS[target]
         bkey = f"{target}_bound"
-        fit = _pairs([r for r in rows if r.get("fold") == "fit"], target, bkey)
-        cal = _pairs([r for r in rows if r.get("fold") != "fit"], target, bkey)
+        fit = [] if oos else _pairs([r for r in rows if r.get("fold") == "fit"], target, bkey)
+        cal = _pairs([r for r in rows if oos or r.get("fold") != "fit"], target, bkey)
+        cal_label = "calibration (bound without its source)" if oos else "calibration"
         test = _pairs(test_rows, target, f"{target}_lower")
         everything = fit + cal + test
         if fit:
@@ -86,7 +106,7 @@ def calibration_png(calibration: Mapping[str, Any],
         ):
             if pts:
                 ax.scatter(*zip(*pts, strict=True), s=22, c=colour, zorder=3, linewidths=0,
-                           label=f"calibration, {name} ({len(pts)})")
+                           label=f"{cal_label}, {name} ({len(pts)})")
         for pts, colour, name in (
             ([p for p in test if p[1] >= p[0]], TEST_COVERED, "covered"),
             ([p for p in test if p[1] < p[0]], TEST_MISSED, "missed"),
@@ -109,13 +129,7 @@ def calibration_png(calibration: Mapping[str, Any],
         else:
             ax.text(0.5, 0.5, "no calibration points", ha="center", va="center",
                     transform=ax.transAxes)
-        cov = _num(stored_cov.get(target)) if isinstance(stored_cov, Mapping) else None
-        if cov is None:
-            cov = coverage_of(cal)
-        title = f"{label}: empirical coverage "
-        title += f"{100 * cov:.1f}%" if cov is not None else "n/a"
-        if alpha is not None:
-            title += f" (target {100 * (1 - alpha):.0f}%)"
+        title = f"{label}: {coverage_title(calibration, target)}"
         ax.set_title(title, fontsize=10)
         u = f" [{unit}]" if unit else ""
         ax.set_xlabel(f"conformal lower bound{u}")

@@ -18,6 +18,8 @@ from restoreflow.storage.layout import INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED
 from restoreflow.storage.store import TileStore
 
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 201), 6)  # pixel values lie in [0, 1]
+SPREAD_GRID = np.round(np.linspace(0.0, 20.0, 401), 6)  # multiples of u - l + floor
+NOVELTY_K = 3
 
 
 def truth_metrics(store: TileStore, image_id: str, out: str = RESTORED) -> dict:
@@ -36,16 +38,24 @@ def feature_names(posterior_samples: int) -> list[str]:
     return names
 
 
+#: Fewer calibration sources than this: a warning (the bound holds but is loose and
+#: unstable, and the shift guard cannot flag at its level).
+FEW_SOURCES = 20
+
+
 @dataclass
 class Calibration:
     settings_hash: str
     alpha: float
-    psnr: dict
-    ssim: dict
+    psnr: dict | None
+    ssim: dict | None
     pixel: PixelCalibration | None
     rows: list[dict] = field(default_factory=list)
     coverage: dict = field(default_factory=dict)
     trivial: dict = field(default_factory=dict)
+    guard: dict | None = None
+    sources: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self) | {"n": len(self.rows)}
@@ -53,46 +63,130 @@ class Calibration:
         return d
 
 
+def source_of(attrs: dict, group_by: str) -> str:
+    """The calibration image's source (exchangeability group) from its input attrs:
+    ``image`` (each image its own source), ``folder`` (the folder of the file it came
+    from) or ``metadata:KEY`` (a key of the file's metadata, e.g. a FITS header
+    keyword). ValueError naming the image when the key is missing."""
+    src = str(attrs.get("source", attrs.get("image_id")))
+    if group_by == "image":
+        return src
+    if group_by == "folder":
+        return src.rsplit("/", 1)[0] if "/" in src else "."
+    key = group_by.removeprefix("metadata:")
+    meta = attrs.get("source_metadata") or {}
+    if key not in meta:
+        raise ValueError(f"{src}: no metadata key {key!r} to group calibration images by")
+    return f"{key}={meta[key]}"
+
+
+def _loso_bounds(X, v, groups, alpha, method, names, seed) -> np.ndarray | None:
+    """Each row's bound from a calibration fitted without the row's source (leave one
+    source out), or None when some calibration without one source has no finite
+    bound."""
+    from restoreflow.quality.conformal import ConformalLowerBound
+
+    out = np.empty(v.size)
+    for k, g in enumerate(np.unique(groups)):
+        rest = groups != g
+        try:
+            m = ConformalLowerBound.fit(X[rest], v[rest], alpha, np.random.default_rng([seed, k]),
+                                        method=method, feature_names=names,
+                                        groups=groups[rest])
+        except ValueError:
+            return None
+        out[~rest] = m.bound(X[~rest])
+    return out
+
+
+def _source_mean(hit: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over sources of the mean of ``hit`` within each source."""
+    return float(np.mean([hit[groups == g].mean() for g in np.unique(groups)]))
+
+
 def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shash: str,
                     alpha: float, method: str = "residual", pixel_epsilon: float = 0.1,
-                    pixel_delta: float = 0.1, out: str = RESTORED) -> Calibration:
-    """Fit conformal lower bounds on PSNR and SSIM (and the per-pixel lambda) from the
-    calibration rows ``{image_id, psnr_true, ssim_true, features}``."""
-    from restoreflow.quality.conformal import ConformalLowerBound, TrivialLowerBound
+                    pixel_delta: float = 0.1, out: str = RESTORED,
+                    pixel_scale: str = "constant", pixel_floor: float = 0.02) -> Calibration:
+    """Fit conformal lower bounds on PSNR and SSIM, the shift guard and the per-pixel
+    interval rule from the calibration rows ``{image_id, source, psnr_true, ssim_true,
+    features}`` (``source`` defaults to the image). Folds are split by source and every
+    source weighs one. Each row gets its ``fold`` and its out-of-sample bounds
+    ``{target}_bound`` (from a calibration without its source); ``coverage`` is their
+    coverage (mean over sources), never that of the rows a model was fitted on.
+    Too few sources for a finite bound: no bound (``psnr``/``ssim`` None) and a warning."""
+    from restoreflow.quality.conformal import (
+        ConformalLowerBound,
+        TrivialLowerBound,
+        min_sources,
+        split_by_group,
+    )
     from restoreflow.quality.features import feature_vector
-    from restoreflow.quality.rcps import Intervals, RiskControlError
+    from restoreflow.quality.novelty import NoveltyGuard
 
     names = feature_names(cfg.restore.posterior_samples)
     X = np.stack([feature_vector(r["features"], names) for r in rows])
+    groups = np.array([str(r.get("source", r["image_id"])) for r in rows])
+    n_sources = int(np.unique(groups).size)
+    warnings = []
+    if n_sources < FEW_SOURCES:
+        warnings.append(f"{n_sources} calibration sources (fewer than {FEW_SOURCES}): bounds "
+                        "are loose and the shift guard cannot flag; calibrate on more "
+                        "distinct images")
+    seed = seed_for(shash, cfg.seed, "calibration/folds")
+    i_fit, i_cal = split_by_group(groups, np.random.default_rng(seed), 0.5) \
+        if n_sources >= 3 else (np.arange(0), np.arange(len(rows)))
+    fold = np.full(len(rows), "calibration", dtype=object)
+    fold[i_fit] = "fit"
     models, trivial, coverage = {}, {}, {}
     for target in ("psnr", "ssim"):
         v = np.array([r[f"{target}_true"] for r in rows])
-        rng = np.random.default_rng(seed_for(shash, cfg.seed, f"calibration/{target}"))
-        m = ConformalLowerBound.fit(X, v, alpha, rng, method=method, feature_names=names,
-                                    target=target, settings_hash=shash)
-        models[target] = m
-        trivial[target] = TrivialLowerBound.fit(v, alpha, target, shash).to_dict()
-        b = m.bound(X)
-        for r, bi in zip(rows, b, strict=True):
-            r[f"{target}_bound"] = float(bi)
-        coverage[target] = float(np.mean(v >= b))
-    pixel = None
-    if cfg.restore.posterior_samples < 2:
-        pixel_note = "no per-pixel intervals: restore with posterior_samples >= 2"
-    else:
-        lo_c, hi_c = restore_outputs(cfg, out)[1:]
-        ids = [r["image_id"] for r in rows]
+        trivial[target] = TrivialLowerBound.fit(v, alpha, target, shash, groups=groups).to_dict()
         try:
-            pixel = PixelCalibration.fit(
-                (Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids),
-                (np.clip(store.read(INPUT, i, normalised=True), 0, 1) for i in ids),
-                LAMBDA_GRID, pixel_epsilon, pixel_delta, cfg.lower_q, cfg.upper_q)
-            pixel_note = None
-        except RiskControlError as exc:
-            pixel_note = f"no per-pixel intervals: {exc}"
-    coverage["pixel_note"] = pixel_note
-    return Calibration(shash, alpha, models["psnr"].to_dict(), models["ssim"].to_dict(), pixel,
-                       rows, coverage, trivial)
+            m = ConformalLowerBound.fit_split(X[i_fit], v[i_fit], X[i_cal], v[i_cal], alpha,
+                                              method, names, target=target,
+                                              settings_hash=shash, cal_groups=groups[i_cal])
+        except ValueError:
+            models[target] = None
+            coverage[target] = None
+            continue
+        models[target] = m.to_dict()
+        b = _loso_bounds(X, v, groups, alpha, method, names, seed)
+        coverage[target] = None if b is None else _source_mean(v >= b, groups)
+        for r, bi in zip(rows, b if b is not None else [None] * len(rows), strict=True):
+            r[f"{target}_bound"] = None if bi is None else float(bi)
+    if models["psnr"] is None:
+        warnings.append(f"no bound: {n_sources} calibration sources; alpha={alpha} needs at "
+                        f"least {2 * min_sources(alpha) - 1}")
+    for r, f in zip(rows, fold, strict=True):
+        r["fold"] = f
+        r["source"] = str(r.get("source", r["image_id"]))
+    guard = (NoveltyGuard.fit(X, groups, names).to_dict()
+             if n_sources > NOVELTY_K else None)
+    coverage["method"] = "leave one source out"
+    pixel, coverage["pixel_note"] = _fit_pixel(store, rows, cfg, out, pixel_epsilon,
+                                               pixel_delta, pixel_scale, pixel_floor)
+    return Calibration(shash, alpha, models["psnr"], models["ssim"], pixel, rows, coverage,
+                       trivial, guard, n_sources, warnings)
+
+
+def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor):
+    """The RCPS per-pixel rule (one loss per source) and a note when there is none."""
+    from restoreflow.quality.rcps import Intervals, RiskControlError
+
+    if cfg.restore.posterior_samples < 2:
+        return None, "no per-pixel intervals: restore with posterior_samples >= 2"
+    lo_c, hi_c = restore_outputs(cfg, out)[1:]
+    ids = [r["image_id"] for r in rows]
+    grid = LAMBDA_GRID if scale == "constant" else SPREAD_GRID
+    try:
+        return PixelCalibration.fit(
+            [Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids],
+            (np.clip(store.read(INPUT, i, normalised=True), 0, 1) for i in ids),
+            grid, epsilon, delta, cfg.lower_q, cfg.upper_q, scale,
+            floor if scale == "spread" else 0.0, [r["source"] for r in rows]), None
+    except RiskControlError as exc:
+        return None, f"no per-pixel intervals: {exc}"
 
 
 def calibration_path(shash: str) -> str:
@@ -111,39 +205,58 @@ def load_calibration(store: TileStore, shash: str) -> dict | None:
 
 def score(features: dict, calibration: dict | None, shash: str,
           min_psnr: float | None = None) -> dict:
-    """Conformal lower bounds for one image; no bound (and a warning) when the
-    calibration was made with other settings."""
+    """Conformal lower bounds for one image and its shift check; no bound (and a
+    warning) when the calibration was made with other settings or has too few sources.
+    An image unlike the calibration images is ``out_of_calibration``: its bound is not
+    guaranteed (warning)."""
     from restoreflow.quality.conformal import calibration_from_dict
+    from restoreflow.quality.novelty import NoveltyGuard
 
+    none = {"psnr_lower": None, "ssim_lower": None, "flagged": False, "lambda": None,
+            "pixel": None, "out_of_calibration": None, "novelty_pvalue": None}
     if calibration is None:
-        return {"psnr_lower": None, "ssim_lower": None, "alpha": None, "flagged": False,
-                "warning": "not calibrated: no bound"}
+        return none | {"alpha": None, "warning": "not calibrated: no bound"}
     if calibration["settings_hash"] != shash:
-        return {"psnr_lower": None, "ssim_lower": None, "alpha": calibration["alpha"],
-                "flagged": False,
-                "warning": f"calibration {calibration['settings_hash']} was made with other "
-                           f"restore settings than {shash}: no bound"}
+        return none | {"alpha": calibration["alpha"],
+                       "warning": f"calibration {calibration['settings_hash']} was made with "
+                                  f"other restore settings than {shash}: no bound"}
+    pixel = calibration.get("pixel")
+    pixel = PixelCalibration.from_dict(pixel).to_dict() if pixel else None
+    out = none | {"alpha": calibration["alpha"], "pixel": pixel,
+                  "lambda": pixel["lam"] if pixel else None, "warning": None}
+    if calibration.get("guard"):
+        out |= NoveltyGuard.from_dict(calibration["guard"]).check(features)
+    if calibration.get("psnr") is None:
+        return out | {"warning": "; ".join(calibration.get("warnings") or ["no bound"])}
     p = calibration_from_dict(calibration["psnr"]).bound_features(features)
     s = calibration_from_dict(calibration["ssim"]).bound_features(features)
     flagged = bool(min_psnr is not None and not p >= min_psnr)
-    pixel = calibration.get("pixel")
-    lam = PixelCalibration.from_dict(pixel).lam if pixel else None
-    return {"psnr_lower": p, "ssim_lower": s, "alpha": calibration["alpha"], "flagged": flagged,
-            "lambda": lam, "warning": None}
+    warning = None
+    if out["out_of_calibration"]:
+        warning = (f"out of calibration (novelty p-value {out['novelty_pvalue']:.3f}): unlike "
+                   "the calibration images, the bound is not guaranteed")
+    return out | {"psnr_lower": p, "ssim_lower": s, "flagged": flagged, "warning": warning}
 
 
-def prepare_intervals(store: TileStore, image_id: str, lam: float) -> None:
-    """Driver: create the calibrated per-pixel interval images."""
+def prepare_intervals(store: TileStore, image_id: str, pixel: dict) -> None:
+    """Driver: create the calibrated per-pixel interval images (``pixel``: the
+    calibration's per-pixel rule)."""
     shape = store.shape(RESTORED, image_id)
+    attrs = {k: pixel[k] for k in ("lam", "scale", "floor", "epsilon", "delta")}
+    attrs["lambda"] = attrs.pop("lam")
     for coll in (INTERVAL_LO, INTERVAL_HI):
         store.create_image(coll, image_id, shape, np.float32,
-                           attrs={"collection_attrs": {"lambda": lam}}, overwrite=True)
+                           attrs={"collection_attrs": attrs}, overwrite=True)
 
 
-def write_intervals(store: TileStore, image_id: str, lam: float) -> None:
-    """Worker: [l - lambda, u + lambda] tile by tile (RCPS-calibrated pixel intervals)."""
+def write_intervals(store: TileStore, image_id: str, pixel: dict) -> None:
+    """Worker: the calibrated intervals ``[l - lambda w, u + lambda w]`` tile by tile."""
+    from restoreflow.quality.rcps import Intervals
+
+    rule = PixelCalibration.from_dict(pixel)
     for _, _, y0, y1, x0, x1 in store.tiles(RESTORED, image_id):
         lo = store.read_region(f"{RESTORED}.samples_lower", image_id, y0, y1, x0, x1)
         hi = store.read_region(f"{RESTORED}.samples_upper", image_id, y0, y1, x0, x1)
-        store.write_region(INTERVAL_LO, image_id, lo - lam, y0, x0)
-        store.write_region(INTERVAL_HI, image_id, hi + lam, y0, x0)
+        wide = rule.widen(Intervals(lo, hi))
+        store.write_region(INTERVAL_LO, image_id, wide.lower.astype(np.float32), y0, x0)
+        store.write_region(INTERVAL_HI, image_id, wide.upper.astype(np.float32), y0, x0)

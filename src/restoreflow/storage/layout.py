@@ -119,6 +119,9 @@ class QualityRow(_Row):
     lambda_: float | None = Field(None, alias="lambda",
                                   description="RCPS per-pixel lambda of the calibration")
     warning: str | None
+    out_of_calibration: bool | None = Field(
+        None, description="unlike the calibration images (shift guard): bound not guaranteed")
+    novelty_pvalue: float | None = None
     psnr_true: float | None = None
     ssim_true: float | None = None
     features: dict[str, float]

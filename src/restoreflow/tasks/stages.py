@@ -74,10 +74,10 @@ def metrics_task(store_uri: str, image_ids: list[str], out: str) -> dict[str, di
 
 @task(name="write-intervals", task_run_name=names.intervals_task_name, cache_policy=NO_CACHE,
       **RETRY)
-def intervals_task(store_uri: str, image_id: str, lam: float) -> str:
+def intervals_task(store_uri: str, image_id: str, pixel: dict) -> str:
     from restoreflow.stages.calibrate import write_intervals
 
-    write_intervals(open_store(store_uri), image_id, lam)
+    write_intervals(open_store(store_uri), image_id, pixel)
     return image_id
 
 

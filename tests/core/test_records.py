@@ -99,7 +99,7 @@ def test_run_summary(monkeypatch):
         "degradation": RUN.degradation, "sampler": "ddnm", "steps": 5, "adapt": False,
         "settings_hash": "h", "calibration": "h",
         "counts": {"images": 3, "restored": 2, "skipped": 1, "rejected": 1, "flagged": 1,
-                   "exported": 4},
+                   "exported": 4, "out_of_calibration": 0},
         "mean_psnr_lower": 22.5, "mean_psnr_true": 25.0,
         "timings": {"ingest": 1.0, "restore": 6.0, "retrieve_compute": 0.5,
                     "adapt_compute": 0.0, "restore_compute": 5.0},
@@ -129,8 +129,17 @@ def test_manifest_and_finish(store, monkeypatch):
         "restore_config": CFG.model_dump(mode="json"), "prior_hash": "p" * 12,
         "versions": records.versions(), "host": m["host"], "platform": m["platform"],
         "device": "auto", "worker_devices": ["cpu", "cuda:0"], "seeds": {"run": 3},
-        "rejected": rejected, "adapters": ["k1"]}
+        "rejected": rejected, "adapters": ["k1"], "calibration_summary": None}
     assert m["status"] == "complete" and set(records.versions()) == set(records.PACKAGES)
+    # the calibration it was scored with: out-of-sample coverage only
+    cal = {"settings_hash": "h", "alpha": 0.1, "n": 60, "sources": 30, "warnings": [],
+           "coverage": {"psnr": 0.9, "ssim": 0.93, "method": "leave one source out"}}
+    m2 = records.run_manifest(summary, RUN, CFG, "p" * 12, _Settings(), results, rejected, cal)
+    assert m2["calibration_summary"] == {
+        "settings_hash": "h", "alpha": 0.1, "images": 60, "sources": 30, "warnings": [],
+        "coverage_out_of_sample": {"psnr": 0.9, "ssim": 0.93}}
+    old = {**cal, "coverage": {"psnr": 1.0, "ssim": 1.0}}  # in-sample figures: not repeated
+    assert records.calibration_summary(old)["coverage_out_of_sample"] is None
 
     records.record_run(store, _start())
     done = records.finish_run(store, summary, m)
@@ -190,9 +199,9 @@ def test_prefect_artifact_forms(monkeypatch):
         "| report | 0.2 |"])
     assert records.quality_table(rows) == [
         {"image": "a.png", "image_id": "img1", "psnr_lower": 21.5, "ssim_lower": 0.6,
-         "psnr_true": 24.0, "flagged": True},
+         "psnr_true": 24.0, "flagged": True, "out_of_calibration": None},
         {"image": "img2", "image_id": "img2", "psnr_lower": None, "ssim_lower": None,
-         "psnr_true": None, "flagged": False}]
+         "psnr_true": None, "flagged": False, "out_of_calibration": None}]
 
 
 def test_row_types_forbid_unknown_fields():

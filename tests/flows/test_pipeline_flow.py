@@ -56,7 +56,7 @@ def test_pipeline_end_to_end_and_resume(prefect_api, dirs, monkeypatch, tmp_path
     }
     s1 = pipeline_flow(spec)
     assert s1["counts"] == {"images": 3, "restored": 3, "skipped": 0, "rejected": 1,
-                            "flagged": 3, "exported": 3}
+                            "flagged": 3, "exported": 3, "out_of_calibration": 0}
     assert s1["calibration"] == s1["settings_hash"] and s1["mean_psnr_lower"] is not None
     store = TileStore(dirs["store"])
     q = [r for r in store.read_table("quality") if r["run_id"] == s1["run_id"]]

@@ -100,8 +100,9 @@ def print_summary(summary: dict) -> None:
     t = Table(title=f"run {summary['run_id']}")
     t.add_column("what")
     t.add_column("value", justify="right")
-    for k in ("images", "restored", "skipped", "rejected", "flagged", "exported"):
-        t.add_row(k, str(c.get(k, 0)))
+    for k in ("images", "restored", "skipped", "rejected", "flagged", "out_of_calibration",
+              "exported"):
+        t.add_row(k.replace("_", " "), str(c.get(k, 0)))
     for k, label in (("mean_psnr_true", "mean PSNR (true, dB)"),
                      ("mean_psnr_lower", "mean PSNR lower bound (dB)")):
         if summary.get(k) is not None:

@@ -175,6 +175,8 @@ def _pipeline(spec: dict, progress: bool) -> dict:
     if run.calibration and calibration is None:
         with _timed(timings, "calibrate"):
             calibration = _calibrate(uri, run, cfg, ids, progress)
+            for w in calibration.get("warnings", []):
+                log.warning("calibration: %s", w)
     with _timed(timings, "restore"):
         done = restore_images(uri, ids, cfg, y_coll, layout.RESTORED, progress)
     with _timed(timings, "score"):
@@ -188,7 +190,8 @@ def _pipeline(spec: dict, progress: bool) -> dict:
                                   rows, len(exported), truth, timings)
     if run.report:
         summary = _report(store, run, summary)
-    manifest = records.run_manifest(summary, run, cfg, prior_hash, settings, done, rejected)
+    manifest = records.run_manifest(summary, run, cfg, prior_hash, settings, done, rejected,
+                                    calibration)
     summary = records.finish_run(store, summary, manifest)
     _artifacts(run.name, summary, rows)
     return summary.to_row()

@@ -118,7 +118,8 @@ def run_summary(start: RunRow, cfg: RestoreConfig, settings_hash: str,
         calibration=settings_hash if certified else None,
         counts=RunCounts(images=len(image_ids), restored=len(results),
                          skipped=len(image_ids) - len(results), rejected=rejected,
-                         flagged=sum(r.flagged for r in rows), exported=exported),
+                         flagged=sum(r.flagged for r in rows), exported=exported,
+                         out_of_calibration=sum(bool(r.out_of_calibration) for r in rows)),
         mean_psnr_lower=_mean(bounds),
         mean_psnr_true=_mean([v["psnr_true"] for v in truth.values()]),
         timings={**timings, **compute}, started=start.started, finished=time.time(),
@@ -144,11 +145,26 @@ def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
+def calibration_summary(calibration: Mapping | None) -> dict | None:
+    """What a manifest says of the calibration the run was scored with: its size, its
+    out-of-sample coverage (never the in-sample figure) and its warnings."""
+    if not calibration:
+        return None
+    cov = calibration.get("coverage") or {}
+    oos = cov.get("method") == "leave one source out"
+    return {"settings_hash": calibration["settings_hash"], "alpha": calibration["alpha"],
+            "images": calibration.get("n"), "sources": calibration.get("sources"),
+            "coverage_out_of_sample": {t: cov.get(t) for t in ("psnr", "ssim")} if oos
+            else None, "warnings": calibration.get("warnings", [])}
+
+
 def run_manifest(summary: RunRow, run: RunSpec, cfg: RestoreConfig, prior_hash: str,
-                 settings, results: Mapping[str, Mapping], rejected: list[dict]) -> dict:
+                 settings, results: Mapping[str, Mapping], rejected: list[dict],
+                 calibration: Mapping | None = None) -> dict:
     """The manifest of a complete run: its summary, the spec, the settings without
     credentials, the restore config, versions, host and devices, seeds, the rejected
-    sources and the adapters used. ``results``: the restore task results of this run."""
+    sources, the adapters used and the calibration (:func:`calibration_summary`).
+    ``results``: the restore task results of this run."""
     import platform
     import socket
 
@@ -160,6 +176,7 @@ def run_manifest(summary: RunRow, run: RunSpec, cfg: RestoreConfig, prior_hash: 
         "worker_devices": sorted({r["device"] for r in results.values() if r.get("device")}),
         "seeds": {"run": run.seed}, "rejected": rejected,
         "adapters": sorted({r["adapter"] for r in results.values() if r.get("adapter")}),
+        "calibration_summary": calibration_summary(calibration),
         "status": "complete",
     }
 
@@ -195,5 +212,6 @@ def summary_markdown(summary: RunRow) -> str:
 def quality_table(rows: Iterable[QualityRow]) -> list[dict]:
     """The per-image bounds as a table (a Prefect artifact)."""
     return [{"image": r.name or r.image_id, "image_id": r.image_id, "psnr_lower": r.psnr_lower,
-             "ssim_lower": r.ssim_lower, "psnr_true": r.psnr_true, "flagged": r.flagged}
+             "ssim_lower": r.ssim_lower, "psnr_true": r.psnr_true, "flagged": r.flagged,
+             "out_of_calibration": r.out_of_calibration}
             for r in rows]

@@ -77,6 +77,7 @@ class RunCounts(_Row):
     rejected: int
     flagged: int
     exported: int
+    out_of_calibration: int = 0
 
 
 class RunRow(_Row):

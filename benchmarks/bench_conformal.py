@@ -490,9 +490,11 @@ def bars(res: dict, args) -> dict:
     for task, tr in res["tasks"].items():
         for dom, d in tr["domains"].items():
             psnr = d["bounds"]["psnr"]
-            covs = {n: b["residual"]["coverage_mean"] for n, b in psnr.items()}
-            row = {"task": task, "domain": dom,
-                   "coverage": covs, "coverage_ok": all(0.87 <= c <= 1 for c in covs.values())}
+            covs = {n: b["residual"]["coverage_mean"] for n, b in psnr.items()
+                    if not b["residual"]["infinite_bounds"]}
+            row = {"task": task, "domain": dom, "coverage": covs,
+                   "no_bound_at": [n for n, b in psnr.items() if b["residual"]["infinite_bounds"]],
+                   "coverage_ok": bool(covs) and all(0.87 <= c <= 1 for c in covs.values())}
             if n_max in psnr:
                 row["gap_vs_trivial"] = psnr[n_max]["residual"]["gap_vs_trivial"]
                 row["tighter_ok"] = row["gap_vs_trivial"] <= -1.0
@@ -582,6 +584,11 @@ def markdown(res: dict, args) -> str:
             for n, b in d["bounds"]["psnr"].items():
                 for method in ("trivial", *METHODS):
                     s = b[method]
+                    if s["infinite_bounds"]:
+                        lines.append(f"| {task} | {dom} | {n} | {method} | no bound in "
+                                     f"{s['infinite_bounds']} of {s['splits']} splits (too "
+                                     "few sources in the calibration fold) | - | - |")
+                        continue
                     lines.append(
                         f"| {task} | {dom} | {n} | {method} | {s['coverage_mean']:.3f} "
                         f"({s['coverage_p5']:.3f}) | {_f(s['gap_mean'])} | "
@@ -643,7 +650,8 @@ def markdown(res: dict, args) -> str:
             lines.append(f"- {r['task']} shift {r['shift']}: {r['flagged']:.1%} flagged "
                          f"(>= 80%: {_ok(r['shift_ok'])})")
             continue
-        covs = ", ".join(f"n={n}: {c:.3f}" for n, c in r["coverage"].items())
+        covs = ", ".join([f"n={n}: {c:.3f}" for n, c in r["coverage"].items()]
+                         + [f"n={n}: no bound" for n in r["no_bound_at"]])
         lines.append(
             f"- {r['task']} {r['domain']}: residual coverage {covs} ([0.87, 1]: "
             f"{_ok(r['coverage_ok'])}); gap vs trivial at n={n_max} "

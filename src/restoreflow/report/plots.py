@@ -94,7 +94,7 @@ def calibration_png(calibration: Mapping[str, Any],
         bkey = f"{target}_bound"
         fit = [] if oos else _pairs([r for r in rows if r.get("fold") == "fit"], target, bkey)
         cal = _pairs([r for r in rows if oos or r.get("fold") != "fit"], target, bkey)
-        cal_label = "calibration (bound without its source)" if oos else "calibration"
+        cal_label = "left-out source" if oos else "calibration"
         test = _pairs(test_rows, target, f"{target}_lower")
         everything = fit + cal + test
         if fit:
@@ -130,6 +130,8 @@ def calibration_png(calibration: Mapping[str, Any],
             ax.text(0.5, 0.5, "no calibration points", ha="center", va="center",
                     transform=ax.transAxes)
         title = f"{label}: {coverage_title(calibration, target)}"
+        if oos:
+            title += "\neach point bounded by a calibration without its source"
         ax.set_title(title, fontsize=10)
         u = f" [{unit}]" if unit else ""
         ax.set_xlabel(f"conformal lower bound{u}")

@@ -19,6 +19,10 @@ Features (names as in :data:`FEATURE_NAMES`):
   mean gradient magnitude and high-frequency energy fraction of ``x_hat`` and ``A^+ y``.
 - ``noise_sigma_y``: noise standard deviation of ``y`` estimated from its finest wavelet
   coefficients (``skimage.restoration.estimate_sigma``; intensity units).
+- ``y_mean``, ``y_std``, ``y_dark_fraction``, ``y_colour_spread``, ``y_p99``
+  (:data:`GUARD_FEATURES`, :func:`measurement_statistics`): what the measurement looks
+  like (brightness, contrast, share of dark pixels, colourfulness, highlights), the
+  covariates of the shift guard (:mod:`restoreflow.quality.novelty`), not of the bounds.
 
 Infinite PSNRs (identical images) are capped at :data:`PSNR_CAP` so features stay finite.
 """
@@ -35,6 +39,7 @@ from .metrics import psnr_from_mse
 
 __all__ = [
     "FEATURE_NAMES",
+    "GUARD_FEATURES",
     "PSNR_CAP",
     "SIGMA_FLOOR",
     "compute_features",
@@ -42,6 +47,7 @@ __all__ = [
     "gradient_magnitude_mean",
     "high_frequency_energy",
     "measurement_consistency",
+    "measurement_statistics",
     "noise_level",
     "posterior_spread",
     "rca_feature",
@@ -63,7 +69,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "grad_mean_ydagger",
     "hf_energy_ydagger",
     "noise_sigma_y",
+    "y_mean",
+    "y_std",
+    "y_dark_fraction",
+    "y_colour_spread",
+    "y_p99",
 )
+#: Features of the shift guard (what the measurement looks like).
+GUARD_FEATURES: tuple[str, ...] = ("y_mean", "y_std", "y_dark_fraction", "y_colour_spread",
+                                   "y_p99")
+DARK_LEVEL = 0.1
 
 
 def _as_batch_tensor(x: Any, name: str):
@@ -255,6 +270,20 @@ def noise_level(y: Any) -> float:
     return float(np.mean(sigmas))
 
 
+def measurement_statistics(y: Any) -> dict[str, float]:
+    """:data:`GUARD_FEATURES` of a measurement ``y`` ((C, H, W) or (1, C, H, W), values
+    clipped to [0, 1]): mean and standard deviation of the luminance (channel mean), the
+    fraction of pixels darker than :data:`DARK_LEVEL`, the mean spread between channels
+    (0 for grey) and the 99th percentile of the luminance."""
+    t = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+    a = np.clip(t.reshape(t.shape[-3:]) if t.ndim >= 3 else t[None], 0, 1).astype(np.float32)
+    lum = a.mean(axis=0)
+    return {"y_mean": float(lum.mean()), "y_std": float(lum.std()),
+            "y_dark_fraction": float((lum < DARK_LEVEL).mean()),
+            "y_colour_spread": float((a.max(axis=0) - a.min(axis=0)).mean()),
+            "y_p99": float(np.percentile(lum, 99))}
+
+
 def compute_features(
     A: Any,
     x_hat: Any,
@@ -273,6 +302,7 @@ def compute_features(
         "grad_mean_xhat": gradient_magnitude_mean(x_hat),
         "hf_energy_xhat": high_frequency_energy(x_hat),
         "noise_sigma_y": noise_level(y),
+        **measurement_statistics(y),
     }
     if y_dagger is None:  # A^+ y one channel at a time for a channel-wise operator
         import torch

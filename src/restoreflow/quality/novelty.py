@@ -1,8 +1,10 @@
 """Shift guard: is a new image like the calibration images?
 
 A conformal bound holds for images exchangeable with the calibration images. This
-guard tests that for one image at a time from its no-reference features (the
-covariates of the bound). Features that are positive on every calibration image are
+guard tests that for one image at a time from features of its measurement (the
+pipeline uses :data:`~restoreflow.quality.features.GUARD_FEATURES`: brightness,
+contrast, dark share, colourfulness, highlights of ``y``; the bound's own covariates
+hardly tell photos from star fields, benchmarks/results/conformal.md). Features that are positive on every calibration image are
 log-transformed; all are then robustly standardised (median, and the interquartile range
 over 1.349, of the calibration images). The novelty score of an image is its mean
 Euclidean distance to the ``k`` nearest calibration *sources* (a source's distance is
@@ -35,7 +37,7 @@ __all__ = ["NoveltyGuard"]
 _IQR_TO_SD = 1.349
 _SCALE_FLOOR = 1e-12
 DEFAULT_LEVEL = 0.05
-DEFAULT_K = 3
+DEFAULT_K = 3  # nearest calibration sources averaged
 
 
 def _pooled_tail(scores: np.ndarray, codes: np.ndarray, s: np.ndarray) -> np.ndarray:

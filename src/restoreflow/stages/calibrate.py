@@ -121,7 +121,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
         min_sources,
         split_by_group,
     )
-    from restoreflow.quality.features import feature_vector
+    from restoreflow.quality.features import GUARD_FEATURES, feature_vector
     from restoreflow.quality.novelty import NoveltyGuard
 
     names = feature_names(cfg.restore.posterior_samples)
@@ -161,8 +161,10 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     for r, f in zip(rows, fold, strict=True):
         r["fold"] = f
         r["source"] = str(r.get("source", r["image_id"]))
-    guard = (NoveltyGuard.fit(X, groups, names).to_dict()
-             if n_sources > NOVELTY_K else None)
+    guard = None
+    if n_sources > NOVELTY_K and all(set(GUARD_FEATURES) <= set(r["features"]) for r in rows):
+        Xg = np.stack([feature_vector(r["features"], GUARD_FEATURES) for r in rows])
+        guard = NoveltyGuard.fit(Xg, groups, GUARD_FEATURES, k=NOVELTY_K).to_dict()
     coverage["method"] = "leave one source out"
     pixel, coverage["pixel_note"] = _fit_pixel(store, rows, cfg, out, pixel_epsilon,
                                                pixel_delta, pixel_scale, pixel_floor)
@@ -224,8 +226,9 @@ def score(features: dict, calibration: dict | None, shash: str,
     pixel = PixelCalibration.from_dict(pixel).to_dict() if pixel else None
     out = none | {"alpha": calibration["alpha"], "pixel": pixel,
                   "lambda": pixel["lam"] if pixel else None, "warning": None}
-    if calibration.get("guard"):
-        out |= NoveltyGuard.from_dict(calibration["guard"]).check(features)
+    guard = calibration.get("guard")
+    if guard and set(guard["feature_names"]) <= set(features):  # older restorations lack them
+        out |= NoveltyGuard.from_dict(guard).check(features)
     if calibration.get("psnr") is None:
         return out | {"warning": "; ".join(calibration.get("warnings") or ["no bound"])}
     p = calibration_from_dict(calibration["psnr"]).bound_features(features)

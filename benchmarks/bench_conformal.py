@@ -32,10 +32,14 @@ source; no test crop shares a source with a calibration crop. On the calibration
 source, each source weighing one in the quantile) and the trivial bound (a source-pooled
 order statistic of the calibration PSNRs); on the test part the coverage
 ``mean(psnr_true >= bound)`` (mean over splits, and its 5th percentile) and the mean gap
-``psnr_true - bound``. Shift guard (``NoveltyGuard`` at its default level): fraction of
-test images flagged ``out_of_calibration`` in distribution and when the calibration
-domain differs from the test domain (photos -> astronomy and the reverse), with the
-coverage of the bound under that shift. Pixel intervals (RCPS, ``--epsilon``,
+``psnr_true - bound``. In-context references (at the largest n): the residual bound
+with one more feature, the mean true PSNR of the 5 calibration sources whose
+measurements look most like the image's (cosine similarity of EfficientNet-Lite0
+embeddings of y, the retrieval embedder; a calibration image's own source is skipped),
+and that feature alone. Shift guard (``NoveltyGuard`` on ``GUARD_FEATURES``, levels 0.05
+and 0.1): fraction of test images flagged ``out_of_calibration`` in distribution and when
+the calibration domain differs from the test domain (photos -> astronomy and the
+reverse), with the coverage of the bound under that shift. Pixel intervals (RCPS, ``--epsilon``,
 ``--delta``, one loss per calibration source): the test risk, the fraction of splits
 with test risk <= epsilon, and the mean interval width of the constant band and of the
 spread-scaled intervals.
@@ -76,9 +80,11 @@ TASKS: dict[str, str] = {
 }
 DOMAINS = ("photo", "astro")
 METHODS = ("residual", "cqr")
+REF_METHODS = ("residual+refs", "refs only")  # with the in-context reference feature
 SAMPLER = "ddpg"
 CACHE_DIR = RESULTS / "tmp"
 FLOORS = (0.005, 0.01, 0.02, 0.05)
+REFERENCES = 5  # in-context reference sources per image
 GUARD_LEVELS = (0.05, 0.1)  # the guard's default level, and the issue's in-distribution bar
 SPREAD_GRID = np.round(np.linspace(0.0, 20.0, 401), 6)
 QUICK = dict(sources=12, crops=2, crop=64, steps=8, splits=50, cal_sources=(8,))
@@ -285,7 +291,7 @@ def run_restore(args, st: dict, path: Path, items: list[dict]) -> dict:
 class Domain:
     """The records of one task and domain as arrays; ``src`` the source codes."""
 
-    def __init__(self, recs: list[dict], names: list[str]):
+    def __init__(self, recs: list[dict], names: list[str], emb: dict | None = None):
         from restoreflow.quality.features import GUARD_FEATURES, feature_vector
 
         self.recs = recs
@@ -300,6 +306,8 @@ class Domain:
         for f in FLOORS:
             self.L[f"spread {f}"] = np.array([p["spread"][str(f)] for p in px])
         self.base_width = np.array([p["base_width"] for p in px])
+        self.E = (np.array([emb[f"{r['task']}/{r['id']}"] for r in recs]) if emb is not None
+                  else None)
 
     def rows(self, source_codes: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.src, source_codes))
@@ -370,6 +378,8 @@ def _guard(d: Domain, cal: np.ndarray):
 
 
 def analyse_domain(d: Domain, args) -> dict:
+    from restoreflow.quality.conformal import ConformalLowerBound
+
     n_max = max(args.cal_sources)
     acc: dict = {}
     flags, pix = [], []
@@ -394,6 +404,20 @@ def analyse_domain(d: Domain, args) -> dict:
                                np.random.default_rng([args.seed, s, 1]), method)
                     add((target, n_cal, method), float(np.mean(vt >= b)),
                         float(np.mean(vt - b)))
+            if n_cal == n_max and d.E is not None:
+                v = d.v["psnr"]
+                ref_cal = reference_psnr(d.E[cal], v[cal], d.src[cal], d.E[cal], d.src[cal])
+                ref_test = reference_psnr(d.E[cal], v[cal], d.src[cal], d.E[test],
+                                          np.full(test.size, -1))
+                X2 = np.column_stack([d.X, np.zeros(len(v))])
+                X2[cal, -1], X2[test, -1] = ref_cal, ref_test
+                for method, Xm in (("residual+refs", X2), ("refs only", X2[:, -1:])):
+                    m = ConformalLowerBound.fit(Xm[cal], v[cal], args.alpha,
+                                                np.random.default_rng([args.seed, s, 1]),
+                                                groups=d.src[cal])
+                    b = m.bound(Xm[test])
+                    add(("psnr", n_cal, method), float(np.mean(v[test] >= b)),
+                        float(np.mean(v[test] - b)))
             if n_cal == n_max:
                 p = _guard(d, cal).pvalue(d.G[test])
                 flags.append([float(np.mean(p <= lev)) for lev in GUARD_LEVELS])
@@ -477,19 +501,67 @@ def backfill_guard_features(data: dict, items: list[dict], args, path: Path) -> 
         print(f"guard features added to {len(todo)} cached records", flush=True)
 
 
+def embeddings(data: dict, items: list[dict], args, path: Path) -> dict[str, list[float]]:
+    """EfficientNet-Lite0 embeddings (the retrieval embedder) of every record's
+    measurement, regenerated as ``restore_record`` made it; cached beside the pool."""
+    import torch
+
+    from restoreflow.degradation import DegradationSpec, make_generator
+    from restoreflow.models.embedders import DEFAULT_EMBEDDER, get_embedder
+
+    epath = path.with_name(path.stem + "_embeddings.json")
+    emb = json.loads(epath.read_text()) if epath.exists() else {}
+    by_id = {it["id"]: it for it in items}
+    todo = [(k, r) for k, r in data["records"].items() if k not in emb and r["id"] in by_id]
+    if todo:
+        model = get_embedder(DEFAULT_EMBEDDER)
+        for k, r in todo:
+            spec = DegradationSpec.parse(TASKS[r["task"]])
+            g = make_generator(spec, args.seed, r["id"])
+            x = load_crop(by_id[r["id"]], args.crop, args.short_side, args.seed)
+            deg = spec.build(tuple(x.shape), generator=g)
+            y = deg.apply(x[None], g)[0].float().clamp(0, 1)
+            with torch.no_grad():
+                emb[k] = [round(float(v), 5) for v in model.embed(y[None])[0]]
+        tmp = epath.with_suffix(".part")
+        tmp.write_text(json.dumps(emb))
+        os.replace(tmp, epath)
+        print(f"embedded {len(todo)} measurements", flush=True)
+    return emb
+
+
+def reference_psnr(E_ref, v_ref, g_ref, E_q, g_q, k: int = REFERENCES) -> np.ndarray:
+    """In-context references: for each query, the mean true PSNR of the ``k``
+    calibration sources whose measurements look most like it (cosine similarity of the
+    embeddings; a source counts once, by its most similar crop; the query's own source is
+    skipped)."""
+    S = E_q @ E_ref.T
+    out = np.empty(len(E_q))
+    for i in range(len(E_q)):
+        best: dict = {}
+        for j in np.argsort(-S[i]):
+            if g_ref[j] != g_q[i] and g_ref[j] not in best:
+                best[g_ref[j]] = v_ref[j]
+                if len(best) == k:
+                    break
+        out[i] = np.mean(list(best.values()))
+    return out
+
+
 def run_analyse(args, data: dict, items: list[dict], path: Path) -> dict:
     from restoreflow.quality.features import GUARD_FEATURES
     from restoreflow.stages.calibrate import feature_names
 
     backfill_guard_features(data, items, args, path)
+    emb = embeddings(data, items, args, path)
     names = feature_names(args.samples)
     res: dict = {"feature_names": names, "guard_features": list(GUARD_FEATURES),
                  "guard_levels": list(GUARD_LEVELS), "tasks": {}}
     ids = {it["id"] for it in items}
     for task in TASKS:
         recs = [r for r in data["records"].values() if r["task"] == task and r["id"] in ids]
-        doms = {dom: Domain([r for r in recs if r["domain"] == dom], names) for dom in DOMAINS
-                if sum(r["domain"] == dom for r in recs) >= 8}
+        doms = {dom: Domain([r for r in recs if r["domain"] == dom], names, emb)
+                for dom in DOMAINS if sum(r["domain"] == dom for r in recs) >= 8}
         if not doms:
             print(f"{task}: only {len(recs)} restorations cached; skipped", flush=True)
             continue
@@ -610,7 +682,7 @@ def markdown(res: dict, args) -> str:
     for task, tr in res["tasks"].items():
         for dom, d in tr["domains"].items():
             for n, b in d["bounds"]["psnr"].items():
-                for method in ("trivial", *METHODS):
+                for method in [m for m in ("trivial", *METHODS, *REF_METHODS) if m in b]:
                     s = b[method]
                     if s["infinite_bounds"]:
                         lines.append(f"| {task} | {dom} | {n} | {method} | no bound in "

@@ -132,8 +132,8 @@ class CalibrationOptions(_Strict):
     pixel_epsilon: float = Field(0.1, gt=0, lt=1)
     pixel_delta: float = Field(0.1, gt=0, lt=1)
     pixel_scale: Literal["constant", "spread"] = Field(
-        "constant", description="per-pixel intervals widened by a constant, or by lambda "
-        "times the posterior samples' spread (u - l + pixel_floor)")
+        "spread", description="per-pixel intervals widened by lambda times the posterior "
+        "samples' spread (u - l + pixel_floor), or by a constant")
     pixel_floor: float = Field(0.02, gt=0, lt=1)
     group_by: str = Field(
         "image", pattern=r"^(image|folder|metadata:.+)$",

@@ -145,7 +145,8 @@ def calibrate_cmd(
         "image", "--group-by", help="Calibration sources: image, folder (crops of one "
         "photo in one folder) or metadata:KEY (e.g. metadata:OBJECT)"),
     pixel_scale: str = typer.Option(
-        "constant", "--pixel-scale", help="Per-pixel intervals: constant or spread"),
+        "spread", "--pixel-scale", help="Per-pixel intervals widened by a multiple of the "
+        "samples' spread (spread) or by a constant (constant)"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=_OPTION_HELP),

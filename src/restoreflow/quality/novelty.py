@@ -4,9 +4,10 @@ A conformal bound holds for images exchangeable with the calibration images. Thi
 guard tests that for one image at a time from features of its measurement (the
 pipeline uses :data:`~restoreflow.quality.features.GUARD_FEATURES`: brightness,
 contrast, dark share, colourfulness, highlights of ``y``; the bound's own covariates
-hardly tell photos from star fields, benchmarks/results/conformal.md). Features that are positive on every calibration image are
-log-transformed; all are then robustly standardised (median, and the interquartile range
-over 1.349, of the calibration images). The novelty score of an image is its mean
+hardly tell photos from star fields, benchmarks/results/conformal.md). Features that
+are positive on every calibration image are log-transformed; all are then robustly
+standardised (median, and the interquartile range over 1.349, of the calibration
+images). The novelty score of an image is its mean
 Euclidean distance to the ``k`` nearest calibration *sources* (a source's distance is
 that of its nearest crop). Each calibration image gets the same score computed without
 its own source, and the conformal p-value of a new image is

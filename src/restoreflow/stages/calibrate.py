@@ -18,7 +18,14 @@ from restoreflow.storage.layout import INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED
 from restoreflow.storage.store import TileStore
 
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 201), 6)  # pixel values lie in [0, 1]
-SPREAD_GRID = np.round(np.linspace(0.0, 20.0, 401), 6)  # multiples of u - l + floor
+
+
+def spread_grid(floor: float) -> np.ndarray:
+    """Lambdas of the spread scale: 0 to 1 / floor (there every interval spans the whole
+    [0, 1] range, as lambda = 1 does for the constant band), 1001 values."""
+    return np.round(np.linspace(0.0, 1.0 / floor, 1001), 6)
+
+
 NOVELTY_K = 3
 
 
@@ -180,7 +187,7 @@ def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor):
         return None, "no per-pixel intervals: restore with posterior_samples >= 2"
     lo_c, hi_c = restore_outputs(cfg, out)[1:]
     ids = [r["image_id"] for r in rows]
-    grid = LAMBDA_GRID if scale == "constant" else SPREAD_GRID
+    grid = LAMBDA_GRID if scale == "constant" else spread_grid(floor)
     try:
         return PixelCalibration.fit(
             [Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids],

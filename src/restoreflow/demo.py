@@ -87,7 +87,7 @@ def prepare_demo(workdir: str | Path, seed: int = 0, adapt: bool = False) -> dic
         "degradation": "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.03)",
         "simulate": True,
         "seed": seed,
-        "restore": {"sampler": "ddpg", "steps": 30, "posterior_samples": 2},
+        "restore": {"sampler": "ddpg", "steps": 30, "posterior_samples": 4},
         "calibration": {"clean": [str(dirs["calibration"])], "alpha": DEMO_ALPHA,
                         "min_psnr": 24.0, "pixel_epsilon": 0.2, "pixel_delta": 0.1,
                         "group_by": "folder"},

@@ -45,8 +45,9 @@ def test_round_trip_and_check():
     assert back == guard
     far = {"a": 1e6, "b": 50.0, "c": -50.0}
     assert back.check(far) == {"novelty_pvalue": pytest.approx(1 / 11),
-                               "out_of_calibration": False}  # 10 sources: p >= 1/11 > 0.05
-    assert NoveltyGuard.fit(X, g, NAMES, level=0.1).check(far)["out_of_calibration"]
+                               "out_of_calibration": True}  # the smallest p: 1/11 <= 0.1
+    strict = NoveltyGuard.fit(X, g, NAMES, level=0.05)
+    assert not strict.check(far)["out_of_calibration"]  # 10 sources: p >= 1/11 > 0.05
     assert not back.check(dict(zip(NAMES, X[0], strict=True)))["out_of_calibration"]
 
 

@@ -45,8 +45,7 @@ def feature_names(posterior_samples: int) -> list[str]:
     return names
 
 
-#: Fewer calibration sources than this: a warning (the bound holds but is loose and
-#: unstable, and the shift guard cannot flag at its level).
+#: Fewer calibration sources than this: a warning (the bound holds but is loose).
 FEW_SOURCES = 20
 
 
@@ -137,9 +136,8 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     n_sources = int(np.unique(groups).size)
     warnings = []
     if n_sources < FEW_SOURCES:
-        warnings.append(f"{n_sources} calibration sources (fewer than {FEW_SOURCES}): bounds "
-                        "are loose and the shift guard cannot flag; calibrate on more "
-                        "distinct images")
+        warnings.append(f"{n_sources} calibration sources (fewer than {FEW_SOURCES}): the "
+                        "bounds are loose; calibrate on more distinct images")
     seed = seed_for(shash, cfg.seed, "calibration/folds")
     i_fit, i_cal = split_by_group(groups, np.random.default_rng(seed), 0.5) \
         if n_sources >= 3 else (np.arange(0), np.arange(len(rows)))

@@ -36,13 +36,13 @@ order statistic of the calibration PSNRs); on the test part the coverage
 with one more feature, the mean true PSNR of the 5 calibration sources whose
 measurements look most like the image's (cosine similarity of EfficientNet-Lite0
 embeddings of y, the retrieval embedder; a calibration image's own source is skipped),
-and that feature alone. Shift guard (``NoveltyGuard`` on ``GUARD_FEATURES``, levels 0.05
-and 0.1, its default): fraction of test images flagged ``out_of_calibration`` in distribution and when
-the calibration domain differs from the test domain (photos -> astronomy and the
-reverse), with the coverage of the bound under that shift. Pixel intervals (RCPS, ``--epsilon``,
-``--delta``, one loss per calibration source): the test risk, the fraction of splits
-with test risk <= epsilon, and the mean interval width of the constant band and of the
-spread-scaled intervals.
+and that feature alone. Shift guard (``NoveltyGuard`` on ``GUARD_FEATURES``, levels
+0.05 and 0.1, its default): fraction of test images flagged ``out_of_calibration`` in
+distribution and when the calibration domain differs from the test domain (photos ->
+astronomy and the reverse), with the coverage of the bound under that shift. Pixel
+intervals (RCPS, ``--epsilon``, ``--delta``, one loss per calibration source): the test
+risk, the fraction of splits with test risk <= epsilon, and the mean interval width of the
+constant band and of the spread-scaled intervals.
 
 Bars (issue 17), at alpha = 0.1 and n = 48 calibration sources unless said: coverage of
 the residual bound in [0.87, 1] in every row (every n); residual gap smaller than the
@@ -317,10 +317,12 @@ class Domain:
         return self.rows(perm[:n_cal]), self.rows(perm[n_cal:])
 
 
-def _bound(d: Domain, cal, test, target, alpha, rng, method, cols=None) -> np.ndarray:
+def _bound(d: Domain, cal, test, target, alpha, rng, method, X=None) -> np.ndarray:
+    """Bounds of the test rows (``-inf`` when the calibration fold has too few sources);
+    features ``X`` (default the domain's)."""
     from restoreflow.quality.conformal import ConformalLowerBound
 
-    X = d.X if cols is None else d.X[:, cols]
+    X = d.X if X is None else X
     try:
         m = ConformalLowerBound.fit(X[cal], d.v[target][cal], alpha, rng, method=method,
                                     groups=d.src[cal])
@@ -378,8 +380,6 @@ def _guard(d: Domain, cal: np.ndarray):
 
 
 def analyse_domain(d: Domain, args) -> dict:
-    from restoreflow.quality.conformal import ConformalLowerBound
-
     n_max = max(args.cal_sources)
     acc: dict = {}
     flags, pix = [], []
@@ -412,10 +412,8 @@ def analyse_domain(d: Domain, args) -> dict:
                 X2 = np.column_stack([d.X, np.zeros(len(v))])
                 X2[cal, -1], X2[test, -1] = ref_cal, ref_test
                 for method, Xm in (("residual+refs", X2), ("refs only", X2[:, -1:])):
-                    m = ConformalLowerBound.fit(Xm[cal], v[cal], args.alpha,
-                                                np.random.default_rng([args.seed, s, 1]),
-                                                groups=d.src[cal])
-                    b = m.bound(Xm[test])
+                    b = _bound(d, cal, test, "psnr", args.alpha,
+                               np.random.default_rng([args.seed, s, 1]), "residual", X=Xm)
                     add(("psnr", n_cal, method), float(np.mean(v[test] >= b)),
                         float(np.mean(v[test] - b)))
             if n_cal == n_max:
@@ -468,16 +466,19 @@ def analyse_shift(doms: dict[str, Domain], args) -> dict:
             cal, _ = da.split(n_max, np.random.default_rng([args.seed, s, n_max]))
             p = _guard(da, cal).pvalue(db.G)
             flagged.append([float(np.mean(p <= lev)) for lev in GUARD_LEVELS])
-            m = ConformalLowerBound.fit(da.X[cal], da.v["psnr"][cal], args.alpha,
-                                        np.random.default_rng([args.seed, s, 1]),
-                                        groups=da.src[cal])
+            try:
+                m = ConformalLowerBound.fit(da.X[cal], da.v["psnr"][cal], args.alpha,
+                                            np.random.default_rng([args.seed, s, 1]),
+                                            groups=da.src[cal])
+            except ValueError:  # too few sources for a bound
+                continue
             cov.append(float(np.mean(db.v["psnr"] >= m.bound(db.X))))
         f = np.array(flagged)
         out[f"{a}->{b}"] = {"flagged_mean": {str(lev): float(x) for lev, x in
                                              zip(GUARD_LEVELS, f.mean(0), strict=True)},
                             "flagged_min": {str(lev): float(x) for lev, x in
                                             zip(GUARD_LEVELS, f.min(0), strict=True)},
-                            "coverage_mean": float(np.mean(cov))}
+                            "coverage_mean": float(np.mean(cov)) if cov else None}
     return out
 
 

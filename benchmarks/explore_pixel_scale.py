@@ -1,0 +1,103 @@
+"""Exploration (issue 17): does smoothing the per-pixel spread narrow the spread-scaled
+RCPS intervals? 30 photo and 30 astronomy sources of bench_conformal's pool (first crop
+each), DDPG 25 steps, J = 4; families: constant band, spread w = u - l + 0.02, and w from
+the spread smoothed (Gaussian sigma 1 and 2 px, 3x3 maximum, channel-mean Gaussian);
+100 random splits 20 calibrate / 10 test, epsilon 0.2 (20 images cannot certify 0.1),
+delta 0.1. Prints mean width (and vs constant) and test risk per family.
+Results of 2026-12-03: benchmarks/results/explore_pixel_scale.md.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.explore_pixel_scale
+"""
+
+import time
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter, maximum_filter
+
+from benchmarks.bench_conformal import SAMPLER, SPREAD_GRID, TASKS, load_crop, pool_items
+from restoreflow.degradation import DegradationSpec, make_generator, seed_for
+from restoreflow.models.prior import DiffusionPrior
+from restoreflow.quality.rcps import base_intervals, calibrate_lambda
+from restoreflow.stages.calibrate import LAMBDA_GRID
+from restoreflow.stages.restore import default_options, restore_image
+
+torch.set_num_threads(1)
+items = [it for it in pool_items(120, 2, 64, 512, 0) if it["k"] == 0]
+ph = [it for it in items if it["domain"] == "photo"][:30]
+ast = [it for it in items if it["domain"] == "astro"][:30]
+prior = DiffusionPrior.load(None)
+FAM = {
+    "constant": None,
+    "spread": lambda d: d,
+    "gauss1": lambda d: gaussian_filter(d, (0, 1, 1)),
+    "gauss2": lambda d: gaussian_filter(d, (0, 2, 2)),
+    "max3": lambda d: maximum_filter(d, (1, 3, 3)),
+    "gauss1_chan": lambda d: np.repeat(
+        gaussian_filter(d.mean(0, keepdims=True), (0, 1, 1)), d.shape[0], 0
+    ),
+}
+F = 0.02
+res = {}
+t0 = time.time()
+for task in TASKS:
+    spec = DegradationSpec.parse(TASKS[task])
+    opts = default_options(SAMPLER, task, spec.sigma_y)
+    for dom, its in (("photo", ph), ("astro", ast)):
+        curves = {f: [] for f in FAM}
+        bw = {f: [] for f in FAM}
+        for it in its:
+            x = load_crop(it, 64, 512, 0)
+            g = make_generator(spec, 0, it["id"])
+            deg = spec.build(tuple(x.shape), generator=g)
+            y = deg.apply(x[None], g)[0].float()
+            gr = torch.Generator().manual_seed(seed_for(spec.hash, 0, f"{it['id']}/restore"))
+            s = restore_image(
+                prior,
+                deg.operator,
+                y,
+                deg.sigma_y,
+                sampler=SAMPLER,
+                steps=25,
+                generator=gr,
+                num_samples=4,
+                options=dict(opts),
+            ).numpy()
+            lo, hi = base_intervals(s)
+            t = x.clamp(0, 1).double().numpy()
+            e0 = np.maximum(lo - t, t - hi)
+            for f, fn in FAM.items():
+                if fn is None:
+                    w = np.ones_like(lo)
+                    grid = LAMBDA_GRID
+                else:
+                    w = fn(hi - lo) + F
+                    grid = SPREAD_GRID
+                e = np.sort((e0 / w).ravel())
+                curves[f].append(1 - np.searchsorted(e, grid, side="right") / e.size)
+                # width at lambda j: mean(hi-lo) + 2*lam*mean(w)
+                bw[f].append((float((hi - lo).mean()), float(w.mean())))
+        n = len(its)
+        out = {}
+        for f in FAM:
+            L = np.array(curves[f])
+            grid = LAMBDA_GRID if f == "constant" else SPREAD_GRID
+            W = np.array(bw[f])
+            ws = []
+            rs = []
+            for sp in range(100):
+                perm = np.random.default_rng([sp]).permutation(n)
+                cal, test = perm[:20], perm[20:]
+                lam = calibrate_lambda(L[cal], grid, 0.2, 0.1)
+                j = int(np.flatnonzero(grid == lam)[0])
+                ws.append(np.mean(W[test, 0] + 2 * lam * W[test, 1]))
+                rs.append(L[test, j].mean())
+            out[f] = (round(float(np.mean(ws)), 4), round(float(np.mean(rs)), 4))
+        c = out["constant"][0]
+        print(
+            task,
+            dom,
+            {f: (v[0], f"{100 * (v[0] / c - 1):+.1f}%", v[1]) for f, v in out.items()},
+            f"{time.time() - t0:.0f}s",
+            flush=True,
+        )

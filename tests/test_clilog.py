@@ -70,3 +70,23 @@ def test_unretrieved_asyncio_exceptions_stay_off_the_terminal(monkeypatch):
     logger.error("something else")
     assert [r.getMessage() for r in seen] == ["something else"]
     logger.manager._clear_cache()
+
+
+def test_worker_heartbeat_noise_loses_its_traceback():
+    import logging
+
+    from restoreflow.tasks.worker_logging import HEARTBEAT, HeartbeatNoise
+
+    try:
+        raise OSError("Stream is closed")
+    except OSError:
+        import sys
+
+        exc = sys.exc_info()
+    rec = logging.LogRecord("distributed.worker", logging.WARNING, __file__, 1,
+                            HEARTBEAT + ".", None, exc)
+    assert HeartbeatNoise().filter(rec) and rec.levelno == logging.DEBUG
+    assert rec.exc_info is None
+    other = logging.LogRecord("distributed.worker", logging.WARNING, __file__, 1,
+                              "Memory use is high", None, None)
+    assert HeartbeatNoise().filter(other) and other.levelno == logging.WARNING

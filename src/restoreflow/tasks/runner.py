@@ -58,6 +58,7 @@ def local_cluster(**kwargs):
 
         server = SubprocessASGIServer()  # the driver's ephemeral server (one per process)
         url = server.api_url if server.server_process is not None else None
+    kwargs["preload"] = [*kwargs.get("preload", []), "restoreflow.tasks.worker_logging"]
     return LocalCluster(env={"PREFECT_API_URL": url} if url else {}, **kwargs)
 
 

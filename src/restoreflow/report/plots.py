@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from restoreflow.storage.layout import out_of_sample_coverage
+
 COVERED = "#1f77b4"
 MISSED = "#d62728"
 FIT = "#b0b0b0"
@@ -42,23 +44,14 @@ def _pairs(rows: Sequence[Mapping], target: str, bound_key: str) -> list[tuple[f
     return out
 
 
-LOSO = "leave one source out"
-
-
-def out_of_sample(calibration: Mapping[str, Any]) -> bool:
-    """Whether the calibration's row bounds and coverage are out of sample."""
-    cov = calibration.get("coverage")
-    return isinstance(cov, Mapping) and cov.get("method") == LOSO
-
-
 def coverage_title(calibration: Mapping[str, Any], target: str) -> str:
     """The coverage part of a panel's title: the stored out-of-sample coverage, or "n/a"
     for calibrations that only have in-sample figures (those are never shown)."""
-    cov = _num((calibration.get("coverage") or {}).get(target)) \
-        if out_of_sample(calibration) else None
+    oos = out_of_sample_coverage(calibration)
+    cov = _num(oos.get(target)) if oos else None
     text = (f"out-of-sample coverage {100 * cov:.1f}%" if cov is not None
-            else "coverage n/a (in-sample calibration: recalibrate)"
-            if not out_of_sample(calibration) else "coverage n/a")
+            else "coverage n/a (in-sample calibration: recalibrate)" if oos is None
+            else "coverage n/a")
     alpha = _num(calibration.get("alpha"))
     if alpha is not None:
         text += f" (target {100 * (1 - alpha):.0f}%)"
@@ -81,7 +74,7 @@ def calibration_png(calibration: Mapping[str, Any],
     from matplotlib.figure import Figure
 
     rows = list(calibration.get("rows") or [])
-    oos = out_of_sample(calibration)
+    oos = out_of_sample_coverage(calibration) is not None
     targets = [t for t in TARGETS if _pairs(rows, t, f"{t}_bound")
                or _pairs(test_rows, t, f"{t}_lower")]
     if not targets:

@@ -14,7 +14,13 @@ from restoreflow.degradation import seed_for
 from restoreflow.quality.rcps import PixelCalibration
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import restore_outputs
-from restoreflow.storage.layout import INPUT, INTERVAL_HI, INTERVAL_LO, RESTORED
+from restoreflow.storage.layout import (
+    COVERAGE_METHOD,
+    INPUT,
+    INTERVAL_HI,
+    INTERVAL_LO,
+    RESTORED,
+)
 from restoreflow.storage.store import TileStore
 
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 201), 6)  # pixel values lie in [0, 1]
@@ -170,7 +176,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     if n_sources > NOVELTY_K and all(set(GUARD_FEATURES) <= set(r["features"]) for r in rows):
         Xg = np.stack([feature_vector(r["features"], GUARD_FEATURES) for r in rows])
         guard = NoveltyGuard.fit(Xg, groups, GUARD_FEATURES, k=NOVELTY_K).to_dict()
-    coverage["method"] = "leave one source out"
+    coverage["method"] = COVERAGE_METHOD
     pixel, coverage["pixel_note"] = _fit_pixel(store, rows, cfg, out, pixel_epsilon,
                                                pixel_delta, pixel_scale, pixel_floor)
     return Calibration(shash, alpha, models["psnr"], models["ssim"], pixel, rows, coverage,

@@ -17,7 +17,14 @@ from collections.abc import Iterable, Mapping
 
 from restoreflow.spec import RunSpec
 from restoreflow.stages.config import RestoreConfig
-from restoreflow.storage.layout import QUALITY_TABLE, RUNS_TABLE, QualityRow, RunCounts, RunRow
+from restoreflow.storage.layout import (
+    QUALITY_TABLE,
+    RUNS_TABLE,
+    QualityRow,
+    RunCounts,
+    RunRow,
+    out_of_sample_coverage,
+)
 from restoreflow.storage.store import TileStore
 
 #: packages whose versions a manifest records
@@ -150,12 +157,10 @@ def calibration_summary(calibration: Mapping | None) -> dict | None:
     out-of-sample coverage (never the in-sample figure) and its warnings."""
     if not calibration:
         return None
-    cov = calibration.get("coverage") or {}
-    oos = cov.get("method") == "leave one source out"
     return {"settings_hash": calibration["settings_hash"], "alpha": calibration["alpha"],
             "images": calibration.get("n"), "sources": calibration.get("sources"),
-            "coverage_out_of_sample": {t: cov.get(t) for t in ("psnr", "ssim")} if oos
-            else None, "warnings": calibration.get("warnings", [])}
+            "coverage_out_of_sample": out_of_sample_coverage(calibration),
+            "warnings": calibration.get("warnings", [])}
 
 
 def run_manifest(summary: RunRow, run: RunSpec, cfg: RestoreConfig, prior_hash: str,

@@ -19,7 +19,8 @@ the simulated measurements y; ``restored`` the restorations (with
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,3 +128,17 @@ class QualityRow(_Row):
     ssim_true: float | None = None
     features: dict[str, float]
     neighbours: list[str]
+
+
+#: ``coverage.method`` of a calibration whose row bounds and coverage are out of sample
+#: (each source bounded by a calibration made without it); older calibrations lack it.
+COVERAGE_METHOD = "leave one source out"
+
+
+def out_of_sample_coverage(calibration: Mapping[str, Any]) -> dict | None:
+    """The calibration's out-of-sample PSNR/SSIM coverage, or None when it only has
+    in-sample figures (those are never shown)."""
+    cov = calibration.get("coverage")
+    if not isinstance(cov, Mapping) or cov.get("method") != COVERAGE_METHOD:
+        return None
+    return {t: cov.get(t) for t in ("psnr", "ssim")}

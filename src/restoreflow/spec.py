@@ -131,10 +131,14 @@ class CalibrationOptions(_Strict):
     method: Literal["residual", "cqr"] = "residual"
     pixel_epsilon: float = Field(0.1, gt=0, lt=1)
     pixel_delta: float = Field(0.1, gt=0, lt=1)
-    pixel_scale: Literal["constant", "spread"] = Field(
-        "spread", description="per-pixel intervals widened by lambda times the posterior "
-        "samples' spread (u - l + pixel_floor), or by a constant")
-    pixel_floor: float = Field(0.02, gt=0, lt=1)
+    pixel_scale: Literal["local", "spread", "constant"] = Field(
+        "local", description="per-pixel intervals widened by lambda times: the posterior "
+        "samples' spread around the pixel and over the image (local, sqrt(G*(u - l) * "
+        "mean(u - l)) + pixel_floor), their spread at the pixel (spread, u - l + "
+        "pixel_floor), or a constant")
+    pixel_floor: float | None = Field(
+        None, gt=0, lt=1, description="the spread and local scales' floor (default 0.02 "
+        "for spread, 0.001 for local)")
     group_by: str = Field(
         "image", pattern=r"^(image|folder|metadata:.+)$",
         description="what makes calibration images exchangeable units (sources): each "

@@ -190,3 +190,30 @@ def test_calibration_file_from_edcd80a_loads_and_scores(store):
                  "pixel": {"lam": 0.835, "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05,
                            "upper_q": 0.95, "n": 10, "scale": "constant", "floor": 0.0,
                            "n_sources": None, "mean_width": None}}
+
+
+def test_local_intervals_tile_by_tile_equal_the_whole_image(tmp_path):
+    """The local scale smooths the spread and uses the image's mean spread: written tile
+    by tile (16 px tiles, halo read around each) the intervals are the whole image's."""
+    from restoreflow.quality.rcps import Intervals, PixelCalibration
+
+    store = TileStore(str(tmp_path / "store"), tile_size=16)
+    rng = np.random.default_rng(3)
+    lo = rng.uniform(0, 0.5, (3, 45, 38)).astype(np.float32)
+    hi = (lo + rng.exponential(0.05, lo.shape)).astype(np.float32)
+    hi[:, :20, :20] += 0.3  # a region of doubt
+    for coll, arr in ((RESTORED, (lo + hi) / 2), (f"{RESTORED}.samples_lower", lo),
+                      (f"{RESTORED}.samples_upper", hi)):
+        store.create_image(coll, "im", arr.shape, np.float32)
+        store.write_region(coll, "im", arr, 0, 0)
+    rule = PixelCalibration(lam=1.5, epsilon=0.1, delta=0.1, lower_q=0.05, upper_q=0.95, n=20,
+                            scale="local", floor=0.001)
+    pixel = rule.to_dict()
+    prepare_intervals(store, "im", pixel)
+    write_intervals(store, "im", pixel)
+    want = rule.widen(Intervals(lo.astype(np.float64), hi.astype(np.float64)))
+    got_lo, got_hi = store.read(INTERVAL_LO, "im"), store.read(INTERVAL_HI, "im")
+    np.testing.assert_allclose(got_lo, want.lower, atol=2e-6)
+    np.testing.assert_allclose(got_hi, want.upper, atol=2e-6)
+    width = got_hi - got_lo
+    assert width[:, :15, :15].mean() > 2 * width[:, 30:, 25:].mean()  # wider where in doubt

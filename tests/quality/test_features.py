@@ -16,6 +16,7 @@ from restoreflow.quality.features import (
     gradient_magnitude_mean,
     high_frequency_energy,
     measurement_consistency,
+    measurement_statistics,
     noise_level,
     posterior_spread,
     rca_feature,
@@ -132,3 +133,23 @@ def test_compute_features_and_vector():
     assert feature_vector(g, ["noise_sigma_y", "measurement_consistency"]).shape == (2,)
     with pytest.raises(ValueError, match="non-finite"):
         feature_vector({"a": math.nan}, ["a"])
+
+
+def test_measurement_statistics_known_values():
+    """The shift guard's covariates on a star field (dark sky, a few bright grey stars)
+    and a colourful photo-like image: dark floor (10th percentile) and saturation."""
+    from restoreflow.quality.features import GUARD_FEATURES
+
+    sky = np.full((3, 10, 10), 0.02)
+    sky[:, :2, :5] = 1.0  # 10 grey stars of 100 pixels
+    f = measurement_statistics(sky)
+    assert tuple(f) == GUARD_FEATURES
+    assert f["y_p10"] == pytest.approx(0.02) and f["y_saturation"] == pytest.approx(0.0)
+    assert f["y_dark_fraction"] == pytest.approx(0.9) and f["y_p99"] == pytest.approx(1.0)
+    photo = np.zeros((3, 10, 10))
+    photo[0] = 0.8
+    photo[1] = np.linspace(0.2, 0.6, 10)[None, :]  # green ramp, blue 0: saturation 1
+    g = measurement_statistics(torch.from_numpy(photo)[None])
+    assert g["y_saturation"] == pytest.approx(1.0)
+    assert g["y_p10"] == pytest.approx((0.8 + 0.2 + 0.4 / 9) / 3, abs=0.01)
+    assert measurement_statistics(np.zeros((1, 4, 4)))["y_saturation"] == 0.0  # black

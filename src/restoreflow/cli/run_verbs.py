@@ -145,8 +145,9 @@ def calibrate_cmd(
         "image", "--group-by", help="Calibration sources: image, folder (crops of one "
         "photo in one folder) or metadata:KEY (e.g. metadata:OBJECT)"),
     pixel_scale: str = typer.Option(
-        "spread", "--pixel-scale", help="Per-pixel intervals widened by a multiple of the "
-        "samples' spread (spread) or by a constant (constant)"),
+        "local", "--pixel-scale", help="Per-pixel intervals widened by a multiple of the "
+        "samples' spread around the pixel and over the image (local), of their spread at "
+        "the pixel (spread) or by a constant (constant)"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=_OPTION_HELP),

@@ -9,9 +9,21 @@ a per-pixel scale ``w``:
     T_lambda(p) = [l(p) - lambda w(p), u(p) + lambda w(p)]
 
 with ``w = 1`` (``scale="constant"``: a band of the same width everywhere, intensity
-units) or ``w(p) = u(p) - l(p) + floor`` (``scale="spread"``, K-RCPS-like: pixels where
+units), ``w(p) = u(p) - l(p) + floor`` (``scale="spread"``, K-RCPS-like: pixels where
 the posterior samples disagree get wider intervals; ``floor > 0`` keeps pixels where all
-samples agree from getting an empty widening).
+samples agree from getting an empty widening) or (``scale="local"``)
+
+    w(p) = sqrt(G_4 * (u - l)(p) * mean(u - l)) + floor,
+
+the geometric mean of the spread around the pixel (Gaussian, sigma :data:`LOCAL_SIGMA`
+px, per channel) and the image's mean spread: an image whose samples disagree more gets
+wider intervals everywhere, and within an image the regions where they disagree get the
+wider ones. On real restorations most of the gain over a constant band comes from the
+image level, and the smoothing makes the per-pixel part a steadier estimate than the
+raw spread of J samples (benchmarks/results/explore_pixel_scale.md, conformal.md). A
+tile needs a halo of :data:`LOCAL_HALO` px and the image's mean spread
+(:meth:`PixelCalibration.widen`'s ``image_spread``) to get exactly the whole image's
+intervals.
 
 The loss of an image is its miscoverage, the fraction of pixels whose true value lies
 outside its interval, ``L(lambda) = (1/P) #{p : x(p) not in T_lambda(p)}`` in [0, 1],
@@ -44,6 +56,9 @@ __all__ = [
     "Intervals",
     "PixelCalibration",
     "RiskControlError",
+    "DEFAULT_FLOORS",
+    "LOCAL_HALO",
+    "LOCAL_SIGMA",
     "SCALES",
     "Scale",
     "base_intervals",
@@ -59,8 +74,13 @@ __all__ = [
 ]
 
 IntervalKind = Literal["quantile", "std"]
-Scale = Literal["constant", "spread"]
-SCALES = ("constant", "spread")
+Scale = Literal["constant", "spread", "local"]
+SCALES = ("constant", "spread", "local")
+#: Floors used when a setting leaves them open (intensity units).
+DEFAULT_FLOORS = {"constant": 0.0, "spread": 0.02, "local": 0.001}
+LOCAL_SIGMA = 4.0  # px: Gaussian smoothing of the spread of the "local" scale
+_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default support, in sigmas
+LOCAL_HALO = int(_TRUNCATE * LOCAL_SIGMA + 0.5)  # its kernel radius
 _BISECTION_STEPS = 60  # interval length 2^-60: below float resolution of R
 
 
@@ -128,17 +148,29 @@ def pixel_intervals(
     return Intervals(lo - lam, hi + lam)
 
 
-def interval_scale(intervals: Intervals, scale: Scale = "constant", floor: float = 0.0):
-    """The per-pixel widening unit ``w`` of ``scale``: ``1.0`` (constant) or the array
-    ``u - l + floor`` (spread; ``floor > 0``)."""
+def interval_scale(intervals: Intervals, scale: Scale = "constant", floor: float = 0.0,
+                   image_spread: float | None = None):
+    """The per-pixel widening unit ``w`` of ``scale``: ``1.0`` (constant), the array
+    ``u - l + floor`` (spread) or ``sqrt(G * (u - l) * s) + floor`` (local; ``s`` =
+    ``image_spread``, by default the mean of ``u - l`` over the given intervals, which
+    must then be the whole image; ``G`` smooths each channel, reflecting at the edges).
+    ``floor > 0`` for spread and local."""
     if scale == "constant":
         return 1.0
-    if scale != "spread":
+    if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if not floor > 0:
-        raise ValueError(f"the spread scale needs floor > 0, got {floor}")
+        raise ValueError(f"the {scale} scale needs floor > 0, got {floor}")
     lo, hi = intervals
-    return np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64) + floor
+    d = np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64)
+    if scale == "spread":
+        return d + floor
+    from scipy.ndimage import gaussian_filter
+
+    s = float(d.mean()) if image_spread is None else float(image_spread)
+    sig = (0,) * (d.ndim - 2) + (LOCAL_SIGMA, LOCAL_SIGMA)
+    smooth = np.maximum(gaussian_filter(d, sig, truncate=_TRUNCATE), 0.0)
+    return np.sqrt(smooth * max(s, 0.0)) + floor
 
 
 def excess(intervals: Intervals, truth: Any, scale: Scale = "constant",
@@ -358,9 +390,17 @@ class PixelCalibration:
                    scale=scale, floor=float(floor), n_sources=int(L.shape[0]),
                    mean_width=float(np.mean(widths)))
 
-    def widen(self, intervals: Intervals) -> Intervals:
-        """The calibrated intervals ``[l - lam w, u + lam w]`` from base intervals."""
-        w = self.lam * interval_scale(intervals, self.scale, self.floor)
+    @property
+    def halo(self) -> int:
+        """Pixels of context a tile needs on each side to get the whole image's
+        intervals (:data:`LOCAL_HALO` for the local scale, else 0)."""
+        return LOCAL_HALO if self.scale == "local" else 0
+
+    def widen(self, intervals: Intervals, image_spread: float | None = None) -> Intervals:
+        """The calibrated intervals ``[l - lam w, u + lam w]`` from base intervals (the
+        whole image, or a tile with :attr:`halo` and the image's mean spread
+        ``image_spread``, see :func:`interval_scale`)."""
+        w = self.lam * interval_scale(intervals, self.scale, self.floor, image_spread)
         return Intervals(intervals.lower - w, intervals.upper + w)
 
     def to_dict(self) -> dict[str, Any]:

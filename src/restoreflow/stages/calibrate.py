@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from restoreflow.degradation import seed_for
-from restoreflow.quality.rcps import PixelCalibration
+from restoreflow.quality.rcps import DEFAULT_FLOORS, PixelCalibration
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import restore_outputs
 from restoreflow.storage.layout import (
@@ -30,6 +30,19 @@ def spread_grid(floor: float) -> np.ndarray:
     """Lambdas of the spread scale: 0 to 1 / floor (there every interval spans the whole
     [0, 1] range, as lambda = 1 does for the constant band), 1001 values."""
     return np.round(np.linspace(0.0, 1.0 / floor, 1001), 6)
+
+
+def local_grid(floor: float) -> np.ndarray:
+    """Lambdas of the local scale: 0, then 2000 values spaced geometrically from 0.001 to
+    1 / floor (steps of under 0.7%: the local unit spans orders of magnitude)."""
+    return np.concatenate([[0.0], np.geomspace(1e-3, 1.0 / floor, 2000)])
+
+
+def lambda_grid(scale: str, floor: float) -> np.ndarray:
+    """The RCPS lambda grid of a pixel scale."""
+    if scale == "constant":
+        return LAMBDA_GRID
+    return spread_grid(floor) if scale == "spread" else local_grid(floor)
 
 
 NOVELTY_K = 3
@@ -119,7 +132,8 @@ def _source_mean(hit: np.ndarray, groups: np.ndarray) -> float:
 def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shash: str,
                     alpha: float, method: str = "residual", pixel_epsilon: float = 0.1,
                     pixel_delta: float = 0.1, out: str = RESTORED,
-                    pixel_scale: str = "constant", pixel_floor: float = 0.02) -> Calibration:
+                    pixel_scale: str = "constant",
+                    pixel_floor: float | None = None) -> Calibration:
     """Fit conformal lower bounds on PSNR and SSIM, the shift guard and the per-pixel
     interval rule from the calibration rows ``{image_id, source, psnr_true, ssim_true,
     features}`` (``source`` defaults to the image). Folds are split by source and every
@@ -191,13 +205,14 @@ def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor):
         return None, "no per-pixel intervals: restore with posterior_samples >= 2"
     lo_c, hi_c = restore_outputs(cfg, out)[1:]
     ids = [r["image_id"] for r in rows]
-    grid = LAMBDA_GRID if scale == "constant" else spread_grid(floor)
+    floor = DEFAULT_FLOORS[scale] if floor is None or scale == "constant" else floor
+    grid = lambda_grid(scale, floor)
     try:
         return PixelCalibration.fit(
             [Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids],
             (np.clip(store.read(INPUT, i, normalised=True), 0, 1) for i in ids),
             grid, epsilon, delta, cfg.lower_q, cfg.upper_q, scale,
-            floor if scale == "spread" else 0.0, [r["source"] for r in rows]), None
+            floor, [r["source"] for r in rows]), None
     except RiskControlError as exc:
         return None, f"no per-pixel intervals: {exc}"
 
@@ -268,9 +283,22 @@ def write_intervals(store: TileStore, image_id: str, pixel: dict) -> None:
     from restoreflow.quality.rcps import Intervals
 
     rule = PixelCalibration.from_dict(pixel)
-    for _, _, y0, y1, x0, x1 in store.tiles(RESTORED, image_id):
-        lo = store.read_region(f"{RESTORED}.samples_lower", image_id, y0, y1, x0, x1)
-        hi = store.read_region(f"{RESTORED}.samples_upper", image_id, y0, y1, x0, x1)
-        wide = rule.widen(Intervals(lo, hi))
-        store.write_region(INTERVAL_LO, image_id, wide.lower.astype(np.float32), y0, x0)
-        store.write_region(INTERVAL_HI, image_id, wide.upper.astype(np.float32), y0, x0)
+    lo_c, hi_c = f"{RESTORED}.samples_lower", f"{RESTORED}.samples_upper"
+    tiles = store.tiles(RESTORED, image_id)
+    spread = None
+    if rule.scale == "local":  # the image's mean spread, one tile at a time
+        total = 0.0
+        for _, _, y0, y1, x0, x1 in tiles:
+            total += float(np.sum(store.read_region(hi_c, image_id, y0, y1, x0, x1)
+                                  - store.read_region(lo_c, image_id, y0, y1, x0, x1),
+                                  dtype=np.float64))
+        spread = total / float(np.prod(store.shape(RESTORED, image_id)))
+    _, h, w = store.shape(RESTORED, image_id)
+    m = rule.halo
+    for _, _, y0, y1, x0, x1 in tiles:
+        ya, yb, xa, xb = max(y0 - m, 0), min(y1 + m, h), max(x0 - m, 0), min(x1 + m, w)
+        wide = rule.widen(Intervals(store.read_region(lo_c, image_id, ya, yb, xa, xb),
+                                    store.read_region(hi_c, image_id, ya, yb, xa, xb)), spread)
+        crop = (slice(None), slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+        store.write_region(INTERVAL_LO, image_id, wide.lower[crop].astype(np.float32), y0, x0)
+        store.write_region(INTERVAL_HI, image_id, wide.upper[crop].astype(np.float32), y0, x0)

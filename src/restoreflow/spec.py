@@ -114,6 +114,11 @@ class AdaptSettings(_Strict):
     max_t: int | None = Field(None, ge=1, le=100000,
                               description="adapter only for timesteps below max_t")
     embedder: str = "efficientnet-lite0"
+    match_degradation: bool = Field(
+        True, description="retrieve against the corpus degraded like the image (same "
+        "operator and noise, each reference its own draw): blurred photos then find photos, "
+        "not star fields (benchmarks/results/explore_retrieval_degraded.md); false: against "
+        "the clean corpus")
 
 
 class AdaptOptions(AdaptSettings):

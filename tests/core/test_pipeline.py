@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import save_tiny_prior
 from restoreflow.degradation import DegradationSpec
-from restoreflow.retrieval.stored import build_index
+from restoreflow.retrieval.stored import build_index, load_index
+from restoreflow.stages.adapt import build_matched_index
 from restoreflow.stages.calibrate import (
     LAMBDA_GRID,
     calibration_path,
@@ -100,6 +102,16 @@ def test_adaptation_retrieves_caches_and_records(store, prior_dir):
     assert info["added"] == 4 and build_index(store, ids[1:])["added"] == 0
     simulate_image(store, ids[0], DegradationSpec.parse(SPEC), seed=0)
     c = cfg(prior_dir, adapt={"enabled": True, "neighbours": 2, "steps": 2})
+    with pytest.raises(ValueError, match="no reference index 'default@"):
+        restore_one(store, ids[0], c, DEGRADED)  # the flows build the matched index first
+    matched = build_matched_index(store, "default", c.spec, c.seed, "efficientnet-lite0", "cpu")
+    assert matched["index"] == c.retrieval_index == f"default@{c.spec.hash[:12]}"
+    assert matched["added"] == 4 and matched["size"] == 4
+    assert build_matched_index(store, "default", c.spec, c.seed, "efficientnet-lite0",
+                               "cpu")["added"] == 0
+    clean_e, deg_e = load_index(store, "default"), load_index(store, c.retrieval_index)
+    assert list(clean_e.ids) == list(deg_e.ids)
+    assert not np.allclose(clean_e.embeddings, deg_e.embeddings)  # the references degraded
     res = restore_one(store, ids[0], c, DEGRADED)
     nbrs = [n["id"] for n in res["neighbours"]]
     assert len(nbrs) == 2 and ids[0] not in nbrs and set(nbrs) <= set(ids[1:])
@@ -111,6 +123,11 @@ def test_adaptation_retrieves_caches_and_records(store, prior_dir):
     assert res2["adapter_cached"] is True and res2["adapter"] == res["adapter"]
     assert np.array_equal(first, store.read(RESTORED, ids[0]))
     assert c.settings_hash("h") != cfg(prior_dir).settings_hash("h")
+    clean = cfg(prior_dir, adapt={"enabled": True, "neighbours": 2, "steps": 2,
+                                  "match_degradation": False})
+    assert clean.retrieval_index == "default"
+    store.delete_image(RESTORED, ids[0])
+    assert len(restore_one(store, ids[0], clean, DEGRADED)["neighbours"]) == 2
 
 
 def test_calibrate_and_score(store, prior_dir):
@@ -217,3 +234,27 @@ def test_local_intervals_tile_by_tile_equal_the_whole_image(tmp_path):
     np.testing.assert_allclose(got_hi, want.upper, atol=2e-6)
     width = got_hi - got_lo
     assert width[:, :15, :15].mean() > 2 * width[:, 30:, 25:].mean()  # wider where in doubt
+
+
+def test_references_are_degraded_like_the_queries(tmp_path, caplog):
+    """degraded_like: a reference blurred and noised like the run's images (its own draw,
+    not the query's), prepared as a query; a reference the operator cannot take (a mask
+    of another size) is embedded clean, with a warning naming it."""
+    from restoreflow.stages.adapt import degraded_like
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.kron(rng.random((3, 8, 8)), np.ones((1, 4, 4)))).float()
+    prep = degraded_like(DegradationSpec.parse(SPEC), 0)
+    a, b = prep("ref1", x), prep("ref1", x)
+    assert a.shape == x.shape and torch.equal(a, b)  # deterministic per reference
+    assert not torch.equal(prep("ref2", x), a)  # each reference its own noise
+    # blurred: less high-frequency energy than the reference itself
+    assert float(torch.diff(a, dim=-1).abs().mean()) < float(torch.diff(x, dim=-1).abs().mean())
+    grey = prep("grey", x[:1])
+    assert grey.shape == (3, 32, 32)  # a grey reference is degraded as a grey RGB image
+    np.save(tmp_path / "mask.npy", np.eye(16))
+    masked = degraded_like(DegradationSpec.parse(f"inpaint_mask(path={tmp_path / 'mask.npy'})"),
+                           0)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(masked("big", x), x)
+    assert "reference big indexed clean" in caplog.text

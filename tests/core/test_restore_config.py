@@ -45,8 +45,9 @@ def test_old_flat_form_loads_and_hashes_as_before():
         degradation=D, seed=3, prior="/p",
         restore={"sampler": "ddnm", "steps": 20, "options": {"eta": 0.5},
                  "posterior_samples": 2},
-        adapt={"enabled": True, "neighbours": 4, "rank": 4, "targets": ["conv1"]})
-    assert nested == cfg
+        adapt={"enabled": True, "neighbours": 4, "rank": 4, "targets": ["conv1"],
+               "match_degradation": False})  # implied by the (old) flat form
+    assert nested == cfg and not cfg.adapt.match_degradation
 
 
 def test_one_wire_form_round_trips_through_json():

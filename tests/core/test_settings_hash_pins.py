@@ -24,17 +24,20 @@ PINS = {
                                       sampler="dps", steps=50, options=(("zeta_prime", 0.5),)),
     "e54ff9b823621db7": RestoreConfig(degradation=D, posterior_samples=4, tile=128, overlap=32,
                                       seed=7, tile_batch=2),
+    # the flat form (edcd80a's) retrieved from the clean corpus: match_degradation=False
+    # is implied there and explicit here (test_matched_retrieval_has_its_own_hash)
     "09eb07daf72e8b60": RestoreConfig(degradation=D, adapt=True, neighbours=4, adapt_steps=30,
-                                      adapt_rank=8),
+                                      adapt_rank=8, match_degradation=False),
     "018ddbaf3ed58324": RestoreConfig(degradation=D, adapt=True, adapt_alpha=16.0, adapt_lr=1e-4,
-                                      adapt_targets=("to_q", "to_v"), adapt_max_t=250),
+                                      adapt_targets=("to_q", "to_v"), adapt_max_t=250,
+                                      match_degradation=False),
     "3ab8375923047883": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
                                       sampler="dps", steps=50,
                                       options=(("eta", 0.5), ("zeta_prime", 20.0))),
     "64fd6dec93db69ef": RestoreConfig(degradation=D, options=(("gamma", 8),
                                                               ("step_size", "decay"))),
     "34e958e16ec6c2af": RestoreConfig(degradation=D, adapt=True, neighbours=2, adapt_steps=2,
-                                      prior="x"),
+                                      prior="x", match_degradation=False),
 }
 
 
@@ -63,3 +66,19 @@ def test_seed_and_tile_batch_do_not_change_the_hash():
         base.settings_hash(PRIOR_HASH)
     assert RestoreConfig(degradation=D, steps=99).settings_hash(PRIOR_HASH) != \
         base.settings_hash(PRIOR_HASH)
+
+
+def test_matched_retrieval_has_its_own_hash():
+    """Retrieving from the degraded corpus (the default) finds other neighbours than the
+    clean corpus did: its restorations and calibrations must not pass for the old ones;
+    without adaptation the setting is irrelevant and the hash stays."""
+    old = PINS["09eb07daf72e8b60"]
+    new = old.model_copy(update={"adapt": old.adapt.model_copy(
+        update={"match_degradation": True})})
+    assert new.settings_hash(PRIOR_HASH) != "09eb07daf72e8b60"
+    nested = RestoreConfig(degradation=D, adapt={"enabled": True, "neighbours": 4,
+                                                 "steps": 30, "rank": 8})
+    assert nested.adapt.match_degradation and nested.settings_hash(PRIOR_HASH) == \
+        new.settings_hash(PRIOR_HASH)
+    off = RestoreConfig(degradation=D, match_degradation=False)
+    assert off.settings_hash(PRIOR_HASH) == "ae7bc4c077c55519"

@@ -9,7 +9,7 @@ from restoreflow.settings import get_settings
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.tasks import names
 from restoreflow.tasks.runner import model_placement
-from restoreflow.tasks.stages import restore_task
+from restoreflow.tasks.stages import matched_index_task, restore_task
 
 
 def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_collection: str,
@@ -26,6 +26,10 @@ def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_c
     shash = cfg.settings_hash(prior_hash(cfg.prior))
     todo = [i for i in image_ids if prepare_restore(store, i, cfg, shash, y_collection, out)]
     device = settings.device  # "auto" is resolved by each worker
+    if todo and cfg.adapt.enabled and cfg.adapt.match_degradation:
+        with model_placement(settings):  # once, before the images retrieve from it
+            matched_index_task.submit(store_uri, cfg.index, cfg.spec.text, cfg.seed,
+                                      cfg.adapt.embedder, device).result()
     with model_placement(settings):
         futures = [restore_task.submit(store_uri, i, cfg, y_collection, out, device)
                    for i in todo]

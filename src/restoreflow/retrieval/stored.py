@@ -41,10 +41,17 @@ def load_index(store: TileStore, name: str = "default"):
     return ReferenceIndex.from_arrays({"embeddings": emb, "ids": ids}, meta)
 
 
+def matched_index_name(name: str, spec_hash: str) -> str:
+    """The index of corpus ``name`` degraded like the queries of one degradation."""
+    return f"{name}@{spec_hash[:12]}"
+
+
 def build_index(store: TileStore, image_ids: list[str], name: str = "default",
                 embedder: str = "efficientnet-lite0", device: str = "cpu",
-                progress=None) -> dict:
-    """Embed the images not yet in index ``name`` and save it (incremental)."""
+                progress=None, prepare=None) -> dict:
+    """Embed the images not yet in index ``name`` and save it (incremental).
+    ``prepare(image_id, x)`` (x a (C, H, W) tensor in [0, 1]) turns each image into what
+    is embedded (e.g. the image degraded like the queries); default the image itself."""
     from restoreflow.models.embedders import embed_images, get_embedder
     from restoreflow.retrieval.index import ReferenceIndex
 
@@ -59,6 +66,8 @@ def build_index(store: TileStore, image_ids: list[str], name: str = "default",
     for k in range(0, len(todo), 8):
         chunk = todo[k : k + 8]
         imgs = [torch.from_numpy(store.read(INPUT, i, normalised=True)) for i in chunk]
+        if prepare is not None:
+            imgs = [prepare(i, x) for i, x in zip(chunk, imgs, strict=True)]
         index.add(embed_images(emb, imgs).cpu().numpy(), chunk)
         if progress:
             progress(min(k + 8, len(todo)), len(todo))

@@ -45,7 +45,7 @@ _FLAT = {
     "embedder": ("adapt", "embedder"), "adapt_steps": ("adapt", "steps"),
     "adapt_rank": ("adapt", "rank"), "adapt_alpha": ("adapt", "alpha"),
     "adapt_lr": ("adapt", "lr"), "adapt_targets": ("adapt", "targets"),
-    "adapt_max_t": ("adapt", "max_t"),
+    "adapt_max_t": ("adapt", "max_t"), "match_degradation": ("adapt", "match_degradation"),
 }
 
 
@@ -89,6 +89,9 @@ class RestoreConfig(BaseModel):
                 v = dict(v)  # the old tuple of (name, value) pairs
             if v is not None:
                 sections[section][name] = v
+        if sections["adapt"].get("enabled") and "match_degradation" not in data:
+            # the flat form is edcd80a's, whose adaptation retrieved from the clean corpus
+            sections["adapt"]["match_degradation"] = False
         return {**out, **{s: d for s, d in sections.items() if d}}
 
     @model_validator(mode="after")
@@ -121,6 +124,16 @@ class RestoreConfig(BaseModel):
         """From the wire form, or from the flat form of older manifests."""
         return cls.model_validate(d)
 
+    @property
+    def retrieval_index(self) -> str:
+        """The index neighbours are retrieved from: the corpus degraded like this run's
+        images (``adapt.match_degradation``, the default) or the clean corpus."""
+        from restoreflow.retrieval.stored import matched_index_name
+
+        if self.adapt.match_degradation:
+            return matched_index_name(self.index, self.spec.hash)
+        return self.index
+
     def lora_settings(self):
         from restoreflow.models.lora import LoraSettings
 
@@ -144,6 +157,8 @@ class RestoreConfig(BaseModel):
             d |= {"neighbours": a.neighbours, "adapt_steps": a.steps, "adapt_rank": a.rank,
                   "embedder": a.embedder, "index": self.index,
                   "lora": self.lora_settings().to_dict() | {"seed": None}}
+            if a.match_degradation:  # other neighbours than the clean-corpus retrieval
+                d["retrieval"] = "degraded corpus"
         text = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

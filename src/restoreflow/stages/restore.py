@@ -249,8 +249,8 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     y3 = rgb_measurement(y, spec)
     r = cfg.restore
     if cfg.adapt.enabled:
-        nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.adapt.neighbours, cfg.index,
-                                   cfg.adapt.embedder, device)
+        nbrs = retrieve_neighbours(store, image_id, y3, deg, cfg.adapt.neighbours,
+                                   cfg.retrieval_index, cfg.adapt.embedder, device)
         timings["retrieve"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         prior, key, cached = adapted_prior(store, prior, image_id, [n for n, _ in nbrs], cfg,

@@ -84,6 +84,10 @@ def index_task_name(parameters: Mapping[str, Any]) -> str:
     return f"index {parameters['name']} ({len(parameters.get('image_ids') or [])} images)"
 
 
+def matched_index_task_name(parameters: Mapping[str, Any]) -> str:
+    return f"index {parameters['name']} degraded ({parameters['degradation']})"
+
+
 # --- flow runs (Prefect calls these without arguments; parameters via prefect.runtime) -
 
 

@@ -52,6 +52,17 @@ def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
     return build_index(open_store(store_uri), image_ids, name, embedder, resolve_device(device))
 
 
+@task(name="build-matched-index", task_run_name=names.matched_index_task_name,
+      cache_policy=NO_CACHE, **RETRY)
+def matched_index_task(store_uri: str, name: str, degradation: str, seed: int, embedder: str,
+                       device: str) -> dict:
+    from restoreflow.degradation import DegradationSpec
+    from restoreflow.stages.adapt import build_matched_index
+
+    return build_matched_index(open_store(store_uri), name, DegradationSpec.parse(degradation),
+                               seed, embedder, resolve_device(device))
+
+
 @task(name="restore-image", task_run_name=names.restore_task_name, cache_policy=NO_CACHE,
       **RETRY)
 def restore_task(store_uri: str, image_id: str, cfg: RestoreConfig, y_collection: str,

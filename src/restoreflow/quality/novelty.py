@@ -3,8 +3,9 @@
 A conformal bound holds for images exchangeable with the calibration images. This
 guard tests that for one image at a time from features of its measurement (the
 pipeline uses :data:`~restoreflow.quality.features.GUARD_FEATURES`: brightness,
-contrast, dark share, colourfulness, highlights of ``y``; the bound's own covariates
-hardly tell photos from star fields, benchmarks/results/conformal.md). Features that
+contrast, dark share, colourfulness, highlights, dark floor and saturation of ``y``; the
+bound's own covariates hardly tell photos from star fields,
+benchmarks/results/conformal.md). Features that
 are positive on every calibration image are log-transformed; all are then robustly
 standardised (median, and the interquartile range over 1.349, of the calibration
 images). The novelty score of an image is its mean

@@ -74,7 +74,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, write_results
-from restoreflow.quality.rcps import LOCAL_SIGMA
+from restoreflow.quality.rcps import DEFAULT_FLOORS, LOCAL_SIGMA
+from restoreflow.stages.calibrate import local_grid
 
 TASKS: dict[str, str] = {
     "deblur": "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)",
@@ -89,8 +90,8 @@ FLOORS = (0.005, 0.01, 0.02, 0.05)
 REFERENCES = 5  # in-context reference sources per image
 GUARD_LEVELS = (0.05, 0.1)  # a stricter level, and the guard's default (the bar)
 SPREAD_GRID = np.round(np.linspace(0.0, 20.0, 401), 6)
-LOCAL_FLOOR = 0.001  # the pipeline's default (rcps.DEFAULT_FLOORS["local"])
-LOCAL_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0 / LOCAL_FLOOR, 2000)])
+LOCAL_FLOOR = DEFAULT_FLOORS["local"]  # the pipeline's default and its lambda grid
+LOCAL_GRID = local_grid(LOCAL_FLOOR)
 QUICK = dict(sources=12, crops=2, crop=64, steps=8, splits=50, cal_sources=(8,))
 DEFAULTS = dict(sources=120, crops=2, crop=64, steps=25, splits=200, cal_sources=(12, 24, 48))
 

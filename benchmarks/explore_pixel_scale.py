@@ -20,8 +20,14 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 from benchmarks.bench_conformal import SAMPLER, SPREAD_GRID, TASKS, load_crop, pool_items
 from restoreflow.degradation import DegradationSpec, make_generator, seed_for
 from restoreflow.models.prior import DiffusionPrior
-from restoreflow.quality.rcps import Intervals, base_intervals, calibrate_lambda, interval_scale
-from restoreflow.stages.calibrate import LAMBDA_GRID
+from restoreflow.quality.rcps import (
+    DEFAULT_FLOORS,
+    Intervals,
+    base_intervals,
+    calibrate_lambda,
+    interval_scale,
+)
+from restoreflow.stages.calibrate import LAMBDA_GRID, local_grid
 from restoreflow.stages.restore import default_options, restore_image
 
 torch.set_num_threads(1)
@@ -30,8 +36,8 @@ ph = [it for it in items if it["domain"] == "photo"][:30]
 ast = [it for it in items if it["domain"] == "astro"][:30]
 prior = DiffusionPrior.load(None)
 F = 0.02  # floor of the first round
-F2 = 0.001  # floor of the second round (the local scale's default)
-LOCAL_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0 / F2, 2000)])
+F2 = DEFAULT_FLOORS["local"]  # floor of the second round (the local scale's default)
+LOCAL_GRID = local_grid(F2)
 FAM = {  # family: (w from the spread d = u - l, lambda grid)
     "constant": (None, LAMBDA_GRID),
     "spread": (lambda d: d + F, SPREAD_GRID),

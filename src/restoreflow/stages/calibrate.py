@@ -285,15 +285,13 @@ def write_intervals(store: TileStore, image_id: str, pixel: dict) -> None:
     rule = PixelCalibration.from_dict(pixel)
     lo_c, hi_c = f"{RESTORED}.samples_lower", f"{RESTORED}.samples_upper"
     tiles = store.tiles(RESTORED, image_id)
+    c, h, w = store.shape(RESTORED, image_id)
     spread = None
     if rule.scale == "local":  # the image's mean spread, one tile at a time
-        total = 0.0
-        for _, _, y0, y1, x0, x1 in tiles:
-            total += float(np.sum(store.read_region(hi_c, image_id, y0, y1, x0, x1)
+        spread = sum(float(np.sum(store.read_region(hi_c, image_id, y0, y1, x0, x1)
                                   - store.read_region(lo_c, image_id, y0, y1, x0, x1),
                                   dtype=np.float64))
-        spread = total / float(np.prod(store.shape(RESTORED, image_id)))
-    _, h, w = store.shape(RESTORED, image_id)
+                     for _, _, y0, y1, x0, x1 in tiles) / (c * h * w)
     m = rule.halo
     for _, _, y0, y1, x0, x1 in tiles:
         ya, yb, xa, xb = max(y0 - m, 0), min(y1 + m, h), max(x0 - m, 0), min(x1 + m, w)

@@ -45,3 +45,34 @@ def test_a_run_that_dies_stays_running_then_is_marked_interrupted(prefect_api, t
     assert runs[summary["run_id"]]["status"] == "complete"
     assert runs[summary["run_id"]]["counts"]["exported"] == 2
     assert store.exists(f"runs/{summary['run_id']}/manifest.json")
+
+
+class _Fails:
+    """Stands in for the export task: it raises an ordinary error."""
+
+    def submit(self, *a, **k):
+        raise RuntimeError("disk full\nsecond line")
+
+
+def test_a_run_that_fails_is_marked_failed_with_its_error(prefect_api, tmp_path, monkeypatch):
+    import restoreflow.flows.pipeline as F
+
+    spec = {"name": "fail", "sources": [_write_pngs(tmp_path / "src", 1, 0)],
+            "store": str(tmp_path / "store"),
+            "degradation": "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)",
+            "prior": save_tiny_prior(tmp_path / "prior"),
+            "restore": {"steps": 2, "tile": 32, "overlap": 8},
+            "export": {"format": "png", "out": str(tmp_path / "out")}, "report": None}
+    monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
+    with monkeypatch.context() as m:
+        m.setattr(F, "export_task", _Fails())
+        with pytest.raises(RuntimeError, match="disk full"):
+            F.pipeline_flow(spec)
+    (row,) = TileStore(tmp_path / "store").read_table("runs")
+    assert row["status"] == "failed"
+    assert row["error"] == "RuntimeError: disk full"
+    assert row["finished"] >= row["started"]
+    # the next run leaves it failed (it is not a killed run)
+    F.pipeline_flow(spec)
+    runs = TileStore(tmp_path / "store").read_table("runs")
+    assert [r["status"] for r in runs if r["run_id"] == row["run_id"]] == ["failed"]

@@ -139,9 +139,9 @@ def _timed(timings: dict[str, float], stage: str):
 
 def _pipeline(spec: dict, progress: bool) -> dict:
     """The run, under the store's lock: its row says "running" from here until its
-    manifest is written (see restoreflow.stages.records)."""
+    manifest is written (see restoreflow.stages.records), or "failed" when a stage raises."""
     from restoreflow.spec import RunSpec
-    from restoreflow.stages import calibrate, models, records
+    from restoreflow.stages import records
     from restoreflow.tasks.common import open_store
 
     log = get_run_logger()
@@ -157,8 +157,20 @@ def _pipeline(spec: dict, progress: bool) -> dict:
         log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
                     row["status"])
     # the row says "running" until the manifest exists; a kill leaves it so, and the
-    # next run on this store marks it "interrupted"
+    # next run on this store marks it "interrupted"; an error marks it "failed" now
     records.record_run(store, start)
+    try:
+        return _stages(store, uri, run, cfg, settings, start, log, progress)
+    except Exception as exc:
+        records.record_run(store, records.failed_row(start, exc))
+        raise
+
+
+def _stages(store, uri: str, run, cfg: RestoreConfig, settings, start, log,
+            progress: bool) -> dict:
+    """The run's stages, ingest to report, and its manifest."""
+    from restoreflow.stages import calibrate, models, records
+
     timings: dict[str, float] = {}
     with _timed(timings, "ingest"):
         ids, rejected = _sources(uri, run, log)

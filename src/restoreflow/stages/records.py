@@ -71,6 +71,14 @@ def start_row(run_id: str, run: RunSpec, store_uri: str, started: float) -> RunR
                   status="running", started=started)
 
 
+def failed_row(start: RunRow, exc: BaseException) -> RunRow:
+    """The row of a run that stopped on an error: ``failed``, with the error's first line
+    (at most 300 characters) and when it stopped."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return start.model_copy(update={"status": "failed", "error": text,
+                                    "finished": time.time()})
+
+
 def record_run(store: TileStore, row: RunRow) -> None:
     """Write (or replace) the run's row in the runs table."""
     store.upsert_row(RUNS_TABLE, row.to_row(), key=("run_id",))

@@ -60,7 +60,7 @@ def check_name(kind: str, name: str) -> str:
 # ``lambda`` only when the image was scored against its calibration and ``psnr_true`` /
 # ``ssim_true`` only when its degradation was simulated.
 
-RunStatus = Literal["running", "complete", "interrupted"]
+RunStatus = Literal["running", "complete", "interrupted", "failed"]
 
 
 class _Row(BaseModel):
@@ -103,6 +103,7 @@ class RunRow(_Row):
     finished: float | None = None
     status: RunStatus
     report: str | None = None
+    error: str | None = Field(None, description="why a failed run stopped (one line)")
 
 
 class QualityRow(_Row):

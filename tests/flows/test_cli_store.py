@@ -272,3 +272,20 @@ def test_s3_missing_prefix_fails_and_ls_sums_objects(s3_settings, s3_server, mon
     assert res.exit_code == 0, res.output
     cells = _rows(res.stdout)["input"]
     assert cells[1:4] == ["2", "2", "0"] and cells[5].endswith(("B", "KiB")), cells
+
+
+def test_export_of_a_collection_without_complete_images_fails_in_one_line(tmp_path):
+    from restoreflow.storage.store import TileStore
+
+    store = str(tmp_path / "store")
+    assert _cli("ingest", str(_pngs(tmp_path / "src", 1)), "--store", store,
+                "--no-progress").exit_code == 0
+    ts = TileStore(store)
+    (iid,) = ts.image_ids("input")
+    ts.create_image("restored", iid, (3, 24, 32), np.float32)  # never completed
+    res = _cli("export", "--store", store, "--collection", "restored", "--format", "png",
+               "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2, res.output
+    line = _one_line_error(res)
+    assert "collection 'restored' has no complete image to export" in line, line
+    assert not (tmp_path / "o").exists()

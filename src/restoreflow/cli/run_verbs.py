@@ -198,14 +198,14 @@ def calibrate_cmd(
 def calibration_line(res: dict) -> str:
     """One line: the calibration's size and its out-of-sample coverage (each source's
     images bounded by a calibration without that source), never in-sample figures."""
-    from restoreflow.storage.layout import out_of_sample_coverage
+    from restoreflow.storage.layout import COVERAGE_METHOD, out_of_sample_coverage
 
     cov = out_of_sample_coverage(res) or {}
     fig = ", ".join(f"{t.upper()} {100 * cov[t]:.1f}%" for t in ("psnr", "ssim")
                     if cov.get(t) is not None) or "n/a"
     return (f"calibration {res['settings_hash']}: {res['n']} images from "
             f"{res.get('sources', res['n'])} sources, alpha={res['alpha']}; out-of-sample "
-            f"coverage (leave one source out) {fig} (target {100 * (1 - res['alpha']):.0f}%)")
+            f"coverage ({COVERAGE_METHOD}) {fig} (target {100 * (1 - res['alpha']):.0f}%)")
 
 
 @app.command("report")

@@ -105,11 +105,15 @@ def export(
 ) -> None:
     """Export a collection as PNG / TIFF / FITS files named <image_id>_<name>.<ext>."""
     from restoreflow.storage.export import export as run_export
+    from restoreflow.storage.sources import strip_credentials
 
     ts = _open_store(store)
     _need_images(ts)
     if collection not in ts.collections():
         _no_collection(ts, collection)
+    if not image_id and not ts.image_ids(collection):
+        _fail(f"{strip_credentials(ts.uri)}: collection {collection!r} has no complete image "
+              "to export (its images are still being written, or their run failed)")
     try:
         paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
     except (KeyError, ValueError, OSError) as exc:

@@ -23,7 +23,10 @@ per-pixel spread ``u - l + floor`` (``SPREAD_GRID``, for each floor of ``FLOORS`
 by lambda times the local scale (``LOCAL_GRID``, the pipeline's default),
 with the mean base width ``u - l``. The cache is one JSON file under
 ``benchmarks/results/tmp/`` named by a hash of the settings; it is rewritten after every
-restoration, so an interrupted run resumes where it stopped.
+restoration, so an interrupted run resumes where it stopped. Beside it, a folder of the
+same name keeps one ``.npz`` per restoration (its J samples, the truth and y), so other
+interval families can be tried without restoring (``explore_pixel_family``,
+``explore_pixel_samples``).
 
 Phase 2 (``--phase analyse``, cheap). Every split is by source: per task and domain,
 ``--splits`` times, ``n`` source images (n in ``--cal-sources``, default 12, 24, 48) are
@@ -211,7 +214,8 @@ def pool_items(n_sources: int, crops: int, crop: int, short_side: int, seed: int
     return items
 
 
-def restore_record(prior, item: dict, task: str, x, st: dict) -> dict:
+def restore_record(prior, item: dict, task: str, x, st: dict,
+                   pixel_dir: Path | None = None) -> dict:
     import torch
 
     from restoreflow.degradation import DegradationSpec, make_generator, seed_for
@@ -238,7 +242,18 @@ def restore_record(prior, item: dict, task: str, x, st: dict) -> dict:
            "psnr": psnr(x_hat, truth), "ssim": ssim(x_hat, truth), "features": feats,
            "seconds": seconds}
     rec["pixel"] = pixel_curves(base_intervals(samples.numpy()), truth)
+    if pixel_dir is not None:  # the arrays, so later interval families need no restoring
+        pixel_dir.mkdir(parents=True, exist_ok=True)
+        tmp = pixel_dir / f"{_seed(task, item['id'])}.part.npz"
+        np.savez_compressed(tmp, samples=samples.numpy().astype(np.float32),
+                            truth=truth.astype(np.float32), y=y.numpy())
+        os.replace(tmp, pixel_array_path(pixel_dir, task, item["id"]))
     return rec
+
+
+def pixel_array_path(pixel_dir: Path, task: str, item_id: str) -> Path:
+    """Where phase 1 keeps a restoration's J samples, the truth and y (``.npz``)."""
+    return pixel_dir / f"{_seed(task, item_id)}.npz"
 
 
 def _curve(e: np.ndarray, grid: np.ndarray) -> list[float]:
@@ -279,7 +294,7 @@ def run_restore(args, st: dict, path: Path, items: list[dict]) -> dict:
     t_start = time.perf_counter()
     for i, (it, task) in enumerate(todo, 1):
         x = load_crop(it, args.crop, args.short_side, args.seed)
-        rec = restore_record(prior, it, task, x, st)
+        rec = restore_record(prior, it, task, x, st, pixel_dir=path.with_suffix(""))
         data["records"][f"{task}/{it['id']}"] = rec
         save_cache(path, data)
         el = time.perf_counter() - t_start

@@ -2,6 +2,8 @@
 
 - BM3D deblurring (Dabov et al.; the ``bm3d`` package, ``bm3d_deblurring`` with the true
   PSF and noise sigma), one channel at a time (bm3d 4.0.3 fails on H x W x 3).
+- BM3D denoising (``bm3d_rgb``, colour BM3D, the true sigma): the peer of the prior's
+  one-step denoising in ``bench_prior --bm3d``.
 - BM3D for SR x f: bicubic upsampling of y (torch, ``align_corners=False``) followed by
   BM3D denoising at the effective noise of the upsampled image: the noise sigma times
   the root of the sum of squared interpolation weights, measured by upsampling a
@@ -45,6 +47,13 @@ def bm3d_deblur(y: torch.Tensor, psf: torch.Tensor, sigma: float) -> torch.Tenso
     out = [np.asarray(bm3d.bm3d_deblurring(c[..., None], sigma, k)).reshape(c.shape)
            for c in _channels(y)]
     return torch.from_numpy(np.stack(out)).float().clamp(0, 1)
+
+
+def bm3d_denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Colour BM3D (CBM3D, ``bm3d.bm3d_rgb``) denoising of y with the true noise sigma."""
+    bm3d = _bm3d()
+    out = bm3d.bm3d_rgb(y.permute(1, 2, 0).double().numpy(), sigma)
+    return torch.from_numpy(np.asarray(out)).permute(2, 0, 1).float().clamp(0, 1)
 
 
 def bicubic_up(y: torch.Tensor, factor: int) -> torch.Tensor:

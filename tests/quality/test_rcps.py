@@ -272,9 +272,15 @@ def test_spread_scale_excess_and_widen():
     np.testing.assert_allclose(excess(iv, truth, "spread", 0.05), [[0.3 / 0.25, 0.1 / 0.05]])
     cal = PixelCalibration(lam=2.0, epsilon=0.1, delta=0.1, lower_q=0.05, upper_q=0.95, n=1,
                            scale="spread", floor=0.05)
-    lo, hi = cal.widen(iv)
+    lo, hi = cal.widen(iv, data_range=None)
     np.testing.assert_allclose(lo, [[0.4 - 0.5, 0.1 - 0.1]])
     np.testing.assert_allclose(hi, [[0.6 + 0.5, 0.1 + 0.1]])
+    # cut to the data range by default: the truth cannot lie outside it
+    lo, hi = cal.widen(iv)
+    np.testing.assert_allclose(lo, [[0.0, 0.0]])
+    np.testing.assert_allclose(hi, [[1.0, 0.2]])
+    assert miscoverage(cal.widen(iv), truth) == miscoverage(cal.widen(iv, data_range=None),
+                                                           truth)
     with pytest.raises(ValueError, match="floor > 0"):
         excess(iv, truth, "spread", 0.0)
     with pytest.raises(ValueError, match="scale must be"):
@@ -319,7 +325,8 @@ def test_spread_intervals_control_risk_and_track_the_error_scale():
         risk = np.mean([miscoverage(cal.widen(iv), t)
                         for iv, t in zip(test_iv, test_t, strict=True)])
         assert risk <= 0.1
-        width = np.concatenate([(hi - lo).ravel() for lo, hi in map(cal.widen, test_iv)])
+        width = np.concatenate([(hi - lo).ravel() for lo, hi in
+                                (cal.widen(iv, data_range=None) for iv in test_iv)])
         corr[cal.scale] = np.corrcoef(np.log(width), np.log(sd))[0, 1]
     assert corr["spread"] > corr["constant"] + 0.05
 
@@ -350,7 +357,7 @@ def test_local_scale_is_the_geometric_mean_of_local_and_image_spread():
     cal = PixelCalibration(lam=2.0, epsilon=0.1, delta=0.1, lower_q=0.05, upper_q=0.95, n=1,
                            scale="local", floor=0.001)
     assert cal.halo == LOCAL_HALO and PixelCalibration.from_dict(cal.to_dict()) == cal
-    wide = cal.widen(iv)
+    wide = cal.widen(iv, data_range=None)
     np.testing.assert_allclose(wide.upper - wide.lower, d + 4 * want)
 
 

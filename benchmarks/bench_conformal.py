@@ -22,8 +22,8 @@ restoration the true PSNR / SSIM of the posterior mean, every no-reference featu
 per-pixel spread ``u - l + floor`` (``SPREAD_GRID``, for each floor of ``FLOORS``) and
 by lambda times the local scale (``LOCAL_GRID``, the pipeline's default),
 with the mean base width ``u - l``. The cache is one JSON file under
-``benchmarks/results/tmp/`` named by a hash of the settings; it is rewritten after every
-restoration, so an interrupted run resumes where it stopped. Beside it, a folder of the
+``benchmarks/results/tmp/`` named by a hash of the settings; it is rewritten at least
+once a minute, so an interrupted run resumes about where it stopped. Beside it, a folder of the
 same name keeps one ``.npz`` per restoration (its J samples, the truth and y), so other
 interval families can be tried without restoring (``explore_pixel_family``,
 ``explore_pixel_samples``).
@@ -89,6 +89,7 @@ METHODS = ("residual", "cqr")
 REF_METHODS = ("residual+refs", "refs only")  # with the in-context reference feature
 SAMPLER = "ddpg"
 CACHE_DIR = RESULTS / "tmp"
+SAVE_EVERY_S = 60.0  # an interrupted phase 1 loses at most this much work
 FLOORS = (0.005, 0.01, 0.02, 0.05)
 REFERENCES = 5  # in-context reference sources per image
 GUARD_LEVELS = (0.05, 0.1)  # a stricter level, and the guard's default (the bar)
@@ -291,18 +292,21 @@ def run_restore(args, st: dict, path: Path, items: list[dict]) -> dict:
     if prior.model_hash != st["prior_hash"]:
         raise RuntimeError(f"prior changed while starting ({prior.model_hash} != "
                            f"{st['prior_hash']}); pass a fixed snapshot with --prior")
-    t_start = time.perf_counter()
+    t_start = saved = time.perf_counter()
     for i, (it, task) in enumerate(todo, 1):
         x = load_crop(it, args.crop, args.short_side, args.seed)
         rec = restore_record(prior, it, task, x, st, pixel_dir=path.with_suffix(""))
         data["records"][f"{task}/{it['id']}"] = rec
-        save_cache(path, data)
+        if time.perf_counter() - saved > SAVE_EVERY_S or i == len(todo):
+            save_cache(path, data)  # the JSON grows to tens of MB: not after every one
+            saved = time.perf_counter()
         el = time.perf_counter() - t_start
         eta = el / i * (len(todo) - i)
         print(f"[{have + i}/{len(items) * len(TASKS)}] {task:6s} {it['id']:56s} "
               f"PSNR {rec['psnr']:6.2f} dB  {rec['seconds']:5.1f}s  elapsed {_fmt_time(el)}  "
               f"ETA {_fmt_time(eta)}", flush=True)
         if args.time_limit and el > 60 * args.time_limit and i < len(todo):
+            save_cache(path, data)
             print(f"time limit reached: {len(todo) - i} restorations left; rerun to resume",
                   flush=True)
             break

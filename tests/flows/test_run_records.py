@@ -9,6 +9,29 @@ from helpers import save_tiny_prior
 from restoreflow.storage.store import TileStore
 
 
+def _spec(tmp_path, name: str, images: int) -> dict:
+    """A small run that exports PNGs (the stage the tests make fail)."""
+    return {"name": name, "sources": [_write_pngs(tmp_path / "src", images, 0)],
+            "store": str(tmp_path / "store"),
+            "degradation": "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)",
+            "prior": save_tiny_prior(tmp_path / "prior"),
+            "restore": {"steps": 2, "tile": 32, "overlap": 8},
+            "export": {"format": "png", "out": str(tmp_path / "out")}, "report": None}
+
+
+def _stop_at_export(monkeypatch, spec: dict, export_task, error, match: str):
+    """Run ``spec`` with ``export_task`` in place of the export task, expecting ``error``;
+    returns the pipeline module (export restored) for the next run."""
+    import restoreflow.flows.pipeline as F
+
+    monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
+    with monkeypatch.context() as m:
+        m.setattr(F, "export_task", export_task)
+        with pytest.raises(error, match=match):
+            F.pipeline_flow(spec)
+    return F
+
+
 class _Dies:
     """Stands in for the export task: the driver dies when it reaches export."""
 
@@ -18,19 +41,8 @@ class _Dies:
 
 def test_a_run_that_dies_stays_running_then_is_marked_interrupted(prefect_api, tmp_path,
                                                                    monkeypatch):
-    import restoreflow.flows.pipeline as F
-
-    spec = {"name": "rec", "sources": [_write_pngs(tmp_path / "src", 2, 0)],
-            "store": str(tmp_path / "store"),
-            "degradation": "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)",
-            "prior": save_tiny_prior(tmp_path / "prior"),
-            "restore": {"steps": 2, "tile": 32, "overlap": 8},
-            "export": {"format": "png", "out": str(tmp_path / "out")}, "report": None}
-    monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
-    with monkeypatch.context() as m:
-        m.setattr(F, "export_task", _Dies())
-        with pytest.raises(BaseException, match="killed during export"):
-            F.pipeline_flow(spec)
+    spec = _spec(tmp_path, "rec", 2)
+    F = _stop_at_export(monkeypatch, spec, _Dies(), BaseException, "killed during export")
     store = TileStore(tmp_path / "store")
     (dead,) = store.read_table("runs")
     assert dead["status"] == "running" and "counts" not in dead
@@ -55,19 +67,8 @@ class _Fails:
 
 
 def test_a_run_that_fails_is_marked_failed_with_its_error(prefect_api, tmp_path, monkeypatch):
-    import restoreflow.flows.pipeline as F
-
-    spec = {"name": "fail", "sources": [_write_pngs(tmp_path / "src", 1, 0)],
-            "store": str(tmp_path / "store"),
-            "degradation": "gaussian_blur(sigma=1)+gaussian_noise(sigma=0.05)",
-            "prior": save_tiny_prior(tmp_path / "prior"),
-            "restore": {"steps": 2, "tile": 32, "overlap": 8},
-            "export": {"format": "png", "out": str(tmp_path / "out")}, "report": None}
-    monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
-    with monkeypatch.context() as m:
-        m.setattr(F, "export_task", _Fails())
-        with pytest.raises(RuntimeError, match="disk full"):
-            F.pipeline_flow(spec)
+    spec = _spec(tmp_path, "fail", 1)
+    F = _stop_at_export(monkeypatch, spec, _Fails(), RuntimeError, "disk full")
     (row,) = TileStore(tmp_path / "store").read_table("runs")
     assert row["status"] == "failed"
     assert row["error"] == "RuntimeError: disk full"

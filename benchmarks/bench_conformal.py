@@ -171,6 +171,14 @@ def cache_path(st: dict) -> Path:
     return CACHE_DIR / f"conformal_v2_pool_{key}.json"
 
 
+def pool_cache(name: str | None) -> Path:
+    """The cache JSON ``name`` (a path), or by default the most recently written one."""
+    if name:
+        return Path(name)
+    return max(CACHE_DIR.glob("conformal_v2_pool_*[0-9a-f].json"),
+               key=lambda p: p.stat().st_mtime)
+
+
 def load_cache(path: Path, st: dict) -> dict:
     if path.exists():
         data = json.loads(path.read_text())
@@ -376,23 +384,34 @@ def _stats(cov: list[float], gap: list[float]) -> dict:
             "infinite_bounds": int((~np.isfinite(g)).sum())}
 
 
+def rcps_split(L: np.ndarray, codes: np.ndarray, cal, test, grid: np.ndarray,
+               epsilon: float, delta: float) -> tuple[float, float] | None:
+    """RCPS on one split: lambda from the calibration rows ``cal`` of the miscoverage
+    curves ``L`` (rows on ``grid``; one loss per source ``codes``) and the mean test risk
+    of the ``test`` rows at it; None when no lambda of the grid controls the risk."""
+    from restoreflow.quality.rcps import RiskControlError, calibrate_lambda, group_mean_losses
+
+    try:
+        lam = calibrate_lambda(group_mean_losses(L[cal], codes[cal]), grid, epsilon, delta)
+    except RiskControlError:
+        return None
+    return lam, float(L[test, int(np.flatnonzero(grid == lam)[0])].mean())
+
+
 def _pixel(d: Domain, cal, test, args) -> dict:
     """RCPS lambda on the calibration sources (one loss per source) for each interval
     family; test risk and mean width on the test crops."""
-    from restoreflow.quality.rcps import RiskControlError, calibrate_lambda, group_mean_losses
     from restoreflow.stages.calibrate import LAMBDA_GRID
 
     out = {}
     bw = d.base_width[test].mean()
     for fam, L in d.L.items():
         grid = {"constant": LAMBDA_GRID, "local": LOCAL_GRID}.get(fam, SPREAD_GRID)
-        try:
-            lam = calibrate_lambda(group_mean_losses(L[cal], d.src[cal]), grid, args.epsilon,
-                                   args.delta)
-        except RiskControlError:
+        got = rcps_split(L, d.src, cal, test, grid, args.epsilon, args.delta)
+        if got is None:
             out[fam] = None
             continue
-        j = int(np.flatnonzero(grid == lam)[0])
+        lam, risk = got
         if fam == "constant":
             width = bw + 2 * lam
         elif fam == "local":
@@ -400,7 +419,7 @@ def _pixel(d: Domain, cal, test, args) -> dict:
         else:
             f = float(fam.split()[1])
             width = bw + 2 * lam * (bw + f)
-        out[fam] = {"lam": lam, "risk": float(L[test, j].mean()), "width": float(width)}
+        out[fam] = {"lam": lam, "risk": risk, "width": float(width)}
     return out
 
 

@@ -28,19 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, sobel
 
-from benchmarks.bench_conformal import CACHE_DIR, pixel_array_path
+from benchmarks.bench_conformal import _curve, pixel_array_path, pool_cache, rcps_split
 from restoreflow.quality.features import FEATURE_NAMES, feature_vector
-from restoreflow.quality.rcps import (
-    RiskControlError,
-    base_intervals,
-    calibrate_lambda,
-    group_mean_losses,
-)
+from restoreflow.quality.rcps import base_intervals
 
 NAMES = [n for n in FEATURE_NAMES if not n.startswith("rca")]  # as bench_conformal's
 GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 3000)])
@@ -104,9 +98,7 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--min-sources", type=int, default=0)
     args = ap.parse_args()
-    path = (Path(args.cache) if args.cache else
-            max(CACHE_DIR.glob("conformal_v2_pool_*[0-9a-f].json"),
-                key=lambda p: p.stat().st_mtime))
+    path = pool_cache(args.cache)
     recs = json.loads(path.read_text())["records"]
     pdir = path.with_suffix("")
     t0 = time.time()
@@ -134,7 +126,7 @@ def main() -> None:
             u["c: local"] = u["local"]  # centred: [mean - lambda w, mean + lambda w]
             keep.append((lo, hi, u["local"]))
             for k, w in u.items():
-                e = np.sort(((errc if k.startswith("c:") else err) / w).ravel())
+                e = (errc if k.startswith("c:") else err) / w
                 fams.setdefault(k, []).append((e, float(w.mean())))
             base_w.append(float((hi - lo).mean()))
             rmse.append(float(np.sqrt(((z["samples"].mean(0) - t) ** 2).mean())))
@@ -146,8 +138,7 @@ def main() -> None:
             continue
         X, lrm, base_w = np.array(X), np.log(np.array(rmse)), np.array(base_w)
         # miscoverage of every record at every lambda (w scaled as is)
-        curves = {k: np.array([1 - np.searchsorted(e, GRID, side="right") / e.size
-                               for e, _ in v]) for k, v in fams.items()}
+        curves = {k: np.array([_curve(e, GRID) for e, _ in v]) for k, v in fams.items()}
         wmean = {k: np.array([m for _, m in v]) for k, v in fams.items()}
         res: dict[str, list] = {}
         rng = np.random.default_rng(0)
@@ -176,13 +167,10 @@ def main() -> None:
                     # per-record unit multiplies w: e / scale on the same grid
                     L = curves[k] if not isp else np.array(
                         [np.interp(GRID * scale[i], GRID, curves[k][i]) for i in range(len(X))])
-                    try:
-                        lam = calibrate_lambda(group_mean_losses(L[cset], codes[cset]), GRID,
-                                               args.epsilon, args.delta)
-                    except RiskControlError:
+                    got = rcps_split(L, codes, cset, test, GRID, args.epsilon, args.delta)
+                    if got is None:
                         continue
-                    j = int(np.flatnonzero(GRID == lam)[0])
-                    risk = float(L[test, j].mean())
+                    lam, risk = got
                     bw = 0.0 if k.startswith("c:") else base_w[test]
                     width = float((bw + 2 * lam * wmean[k][test] * scale[test]).mean())
                     res.setdefault(k + which, []).append((width, risk))

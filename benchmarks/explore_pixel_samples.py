@@ -19,21 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_conformal import (
-    CACHE_DIR,
     LOCAL_FLOOR,
     LOCAL_GRID,
     SAMPLER,
     TASKS,
+    _curve,
     pixel_array_path,
+    pool_cache,
+    rcps_split,
 )
-from restoreflow.quality.rcps import (
-    RiskControlError,
-    base_intervals,
-    calibrate_lambda,
-    excess,
-    group_mean_losses,
-    interval_scale,
-)
+from restoreflow.quality.rcps import base_intervals, excess, interval_scale
 from restoreflow.stages.calibrate import LAMBDA_GRID
 
 
@@ -54,13 +49,9 @@ def more_samples(prior, rec: dict, st: dict, y: np.ndarray, k: int):
                          options=dict(st["options"][task])).numpy()
 
 
-def curve(e: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    e = np.sort(e, axis=None)
-    return 1.0 - np.searchsorted(e, grid, side="right") / e.size
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", default=None, help="bench_conformal cache JSON (default newest)")
     ap.add_argument("--task", default="deblur")
     ap.add_argument("--domain", default="photo")
     ap.add_argument("--cal", type=int, default=48)
@@ -73,18 +64,14 @@ def main() -> None:
     from restoreflow.models.prior import DiffusionPrior
 
     torch.set_num_threads(1)
-    path = max(CACHE_DIR.glob("conformal_v2_pool_*[0-9a-f].json"),
-               key=lambda p: p.stat().st_mtime)
+    path = pool_cache(args.cache)
     data = json.loads(path.read_text())
     st, recs = data["settings"], data["records"]
     pdir, mdir = path.with_suffix(""), Path(str(path.with_suffix("")) + "_j8")
     mdir.mkdir(exist_ok=True)
     rows = [r for r in recs.values() if r["task"] == args.task and r["domain"] == args.domain
             and pixel_array_path(pdir, r["task"], r["id"]).exists()]
-    prior = DiffusionPrior.load(None)
-    if prior.model_hash != st["prior_hash"]:
-        raise SystemExit(f"the pool was restored with prior {st['prior_hash']}, not "
-                         f"{prior.model_hash}")
+    prior = None  # loaded when some crop still lacks its extra samples
     t0 = time.time()
     out = {"J=4": {}, "J=8": {}}
     src = []
@@ -94,6 +81,11 @@ def main() -> None:
         if f.exists():
             extra = np.load(f)["samples"]
         else:
+            if prior is None:
+                prior = DiffusionPrior.load(None)
+                if prior.model_hash != st["prior_hash"]:
+                    raise SystemExit(f"the pool was restored with prior {st['prior_hash']}, "
+                                     f"not {prior.model_hash}")
             extra = more_samples(prior, r, st, z["y"], 4)
             np.savez_compressed(f, samples=extra.astype(np.float32))
             print(f"[{i}/{len(rows)}] {r['id']} {time.time() - t0:.0f}s", flush=True)
@@ -101,8 +93,8 @@ def main() -> None:
         for name, s in (("J=4", z["samples"]), ("J=8", np.concatenate([z["samples"], extra]))):
             iv = base_intervals(s.astype(np.float64))
             o = out[name]
-            o.setdefault("constant", []).append(curve(excess(iv, t), LAMBDA_GRID))
-            o.setdefault("local", []).append(curve(excess(iv, t, "local", LOCAL_FLOOR),
+            o.setdefault("constant", []).append(_curve(excess(iv, t), LAMBDA_GRID))
+            o.setdefault("local", []).append(_curve(excess(iv, t, "local", LOCAL_FLOOR),
                                                    LOCAL_GRID))
             o.setdefault("base", []).append(float((iv.upper - iv.lower).mean()))
             o.setdefault("unit", []).append(float(interval_scale(iv, "local",
@@ -117,16 +109,14 @@ def main() -> None:
         test = np.flatnonzero(np.isin(codes, perm[args.cal:]))
         for name, o in out.items():
             for fam, grid in (("constant", LAMBDA_GRID), ("local", LOCAL_GRID)):
-                L = np.array(o[fam])
-                try:
-                    lam = calibrate_lambda(group_mean_losses(L[cal], codes[cal]), grid,
-                                           args.epsilon, args.delta)
-                except RiskControlError:
+                got = rcps_split(np.array(o[fam]), codes, cal, test, grid, args.epsilon,
+                                 args.delta)
+                if got is None:
                     continue
-                j = int(np.flatnonzero(grid == lam)[0])
+                lam, risk = got
                 unit = 1.0 if fam == "constant" else np.array(o["unit"])[test]
                 width = float(np.mean(np.array(o["base"])[test] + 2 * lam * unit))
-                res.setdefault((name, fam), []).append((width, float(L[test, j].mean())))
+                res.setdefault((name, fam), []).append((width, risk))
     print(f"\n{args.task} {args.domain}: {len(rows)} crops of {sources.size} sources, "
           f"{args.splits} splits, {args.cal} calibration sources, epsilon {args.epsilon}")
     c4 = np.mean([w for w, _ in res[("J=4", "constant")]])

@@ -3,6 +3,7 @@
 # apt-get download + dpkg-deb -x). Used to train the default prior and by the benchmarks.
 # Usage: scripts/fetch-corpus.sh [DEST]   (default: ~/.cache/restoreflow/corpus)
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)  # absolute: the script cds below
 dest=${1:-${RESTOREFLOW_CORPUS_DIR:-$HOME/.cache/restoreflow/corpus}}
 mkdir -p "$dest/debs"
 pkgs="stellarium-data plasma-workspace-wallpapers mate-backgrounds ukui-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 gnome-backgrounds opencv-doc gcompris-qt-data"
@@ -17,7 +18,7 @@ for p in $pkgs; do
 done
 # Photos never trained on, for the conformal benchmark (scripts/rcc_photos.py).
 if [ ! -d "$dest/gcompris-photos" ]; then
-  "${PYTHON:-$(dirname "$0")/../.venv/bin/python}" "$(dirname "$0")/rcc_photos.py" \
+  "${PYTHON:-$here/../.venv/bin/python}" "$here/rcc_photos.py" \
     "$dest/gcompris-qt-data/usr/share/gcompris-qt/rcc" "$dest/gcompris-photos.part"
   mv "$dest/gcompris-photos.part" "$dest/gcompris-photos"
 fi

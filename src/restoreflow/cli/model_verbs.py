@@ -22,6 +22,8 @@ def train_prior_cmd(
     init_from: str = typer.Option(
         None, "--init-from", help="Start from this prior's weights (same architecture)"),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: all cores)"),
+    lr: float = typer.Option(2e-4, min=0.0, help="AdamW learning rate after the warm-up "
+                             "(a lower one to fine-tune a prior with --init-from)"),
 ) -> None:
     """Train (or resume) the default diffusion prior; writes OUT/prior in diffusers format."""
     from restoreflow.flows.train_prior import train_prior_flow
@@ -30,7 +32,7 @@ def train_prior_cmd(
     path = train_prior_flow(out_dir=out, steps=steps, batch_size=batch_size,
                             device=device or get_settings().resolved_device(),
                             max_minutes=max_minutes, images=images or None,
-                            init_from=init_from, num_threads=threads)
+                            init_from=init_from, num_threads=threads, lr=lr)
     typer.echo(f"prior written to {path}")
 
 

@@ -19,6 +19,7 @@ def train_prior_flow(
     num_threads: int | None = None,
     seed: int = 0,
     init_from: str | None = None,
+    lr: float = 2e-4,
 ) -> str:
     """Train on ``images`` (default: the project's photo corpus) and export the EMA prior."""
     from restoreflow.models import corpus
@@ -27,5 +28,5 @@ def train_prior_flow(
     evals = [str(p) for p in corpus.held_out_photos()] if images is None else []
     config = dict(out_dir=out_dir, steps=steps, batch_size=batch_size, device=device,
                   max_minutes=max_minutes, num_threads=num_threads, seed=seed,
-                  init_from=init_from)
+                  init_from=init_from, lr=lr)
     return train_prior_task(config, train, evals)

@@ -144,6 +144,10 @@ class CalibrationOptions(_Strict):
     pixel_floor: float | None = Field(
         None, gt=0, lt=1, description="the spread and local scales' floor (default 0.02 "
         "for spread, 0.001 for local)")
+    pixel_bound: Literal["wsr", "hb"] = Field(
+        "wsr", description="the risk bound that certifies the per-pixel intervals: "
+        "Waudby-Smith-Ramdas betting (wsr: adapts to how much the images' miscoverage "
+        "varies, narrower intervals) or Hoeffding-Bentkus (hb: assumes the worst variance)")
     group_by: str = Field(
         "image", pattern=r"^(image|folder|metadata:.+)$",
         description="what makes calibration images exchangeable units (sources): each "

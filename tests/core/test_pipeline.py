@@ -146,9 +146,15 @@ def test_calibrate_and_score(store, prior_dir):
     assert loaded["n"] == 10 and 0 <= loaded["pixel"]["lam"] <= 1
     pixel = {k: loaded["pixel"][k] for k in ("lam", "epsilon", "delta", "lower_q", "upper_q",
                                               "n")}
-    assert pixel == {"lam": _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2), "epsilon": 0.25,
-                     "delta": 0.2, "lower_q": 0.05, "upper_q": 0.95, "n": 10}
+    assert pixel == {"lam": _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2, "wsr"),
+                     "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05, "upper_q": 0.95, "n": 10}
     assert loaded["pixel"]["scale"] == "constant" and loaded["pixel"]["n_sources"] == 10
+    assert loaded["pixel"]["bound"] == "wsr"
+    # the bound of edcd80a on request, to the same lambda as then
+    hb = fit_calibration(store, rows, c, shash, alpha=0.3, pixel_epsilon=0.25,
+                         pixel_delta=0.2, pixel_bound="hb").pixel
+    assert hb.bound == "hb" and hb.lam == _lambda_as_at_edcd80a(store, ids, c, 0.25, 0.2, "hb")
+    assert hb.lam >= loaded["pixel"]["lam"]
     old = json.loads(OLD_CALIBRATION.read_text())
     assert set(old) <= set(loaded) and set(old["pixel"]) <= set(loaded["pixel"])
     # folds by source, out-of-sample bounds and coverage (leave one source out)
@@ -180,9 +186,10 @@ def test_calibrate_and_score(store, prior_dir):
 OLD_CALIBRATION = Path(__file__).parent / "data" / "calibration-edcd80a.json"
 
 
-def _lambda_as_at_edcd80a(store, ids, c, epsilon, delta):
+def _lambda_as_at_edcd80a(store, ids, c, epsilon, delta, bound):
     """The per-pixel lambda as fit_calibration chose it at edcd80a (its own loop over
-    LAMBDA_GRID), kept here as the reference for the shipped code path."""
+    LAMBDA_GRID; then always with the Hoeffding-Bentkus bound), kept here as the
+    reference for the shipped code path."""
     from restoreflow.quality.rcps import Intervals, calibrate_lambda, excess
 
     losses = []
@@ -191,7 +198,7 @@ def _lambda_as_at_edcd80a(store, ids, c, epsilon, delta):
                              store.read("restored.samples_upper", i)),
                    np.clip(store.read(INPUT, i, normalised=True), 0, 1))
         losses.append([(e > lam).mean() for lam in LAMBDA_GRID])
-    return calibrate_lambda(np.array(losses), LAMBDA_GRID, epsilon, delta)
+    return calibrate_lambda(np.array(losses), LAMBDA_GRID, epsilon, delta, bound)
 
 
 def test_calibration_file_from_edcd80a_loads_and_scores(store):
@@ -208,7 +215,8 @@ def test_calibration_file_from_edcd80a_loads_and_scores(store):
                  "out_of_calibration": None, "novelty_pvalue": None,  # no guard then
                  "pixel": {"lam": 0.835, "epsilon": 0.25, "delta": 0.2, "lower_q": 0.05,
                            "upper_q": 0.95, "n": 10, "scale": "constant", "floor": 0.0,
-                           "n_sources": None, "mean_width": None}}
+                           "n_sources": None, "mean_width": None,
+                           "bound": "hb"}}  # the only bound then
 
 
 def test_local_intervals_tile_by_tile_equal_the_whole_image(tmp_path):

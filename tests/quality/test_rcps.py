@@ -1,5 +1,5 @@
-"""RCPS per-pixel intervals: the Hoeffding-Bentkus bound, lambda calibration and the
-risk-control guarantee on synthetic posteriors."""
+"""RCPS per-pixel intervals: the Hoeffding-Bentkus and Waudby-Smith-Ramdas bounds, lambda
+calibration and the risk-control guarantee on synthetic posteriors."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from restoreflow.quality.rcps import (
     loss_matrix,
     miscoverage,
     pixel_intervals,
+    risk_ucb,
 )
+from restoreflow.quality.wsr import wsr_ucb
 from restoreflow.stages.calibrate import LAMBDA_GRID
 
 # --------------------------------------------------------------------------- HB bound
@@ -145,22 +147,31 @@ def test_calibrate_lambda_scans_from_the_top():
 
     assert calibrate_lambda(fn, lams, epsilon=0.05, delta=0.1) == 0.3
     assert calls == [0.4, 0.3, 0.2]  # stops at the first failure from the top
-    # empirical risk 0.04 <= 0.05 but its UCB with n = 1000 is not
+    # empirical risk 0.04 <= 0.05 but its Hoeffding-Bentkus UCB with n = 1000 is not
     assert hb_ucb(0.04, n, 0.1) > 0.05
     with pytest.raises(RiskControlError, match="epsilon"):
-        calibrate_lambda(np.full((n, 5), 0.04), lams, 0.05, 0.1)
+        calibrate_lambda(np.full((n, 5), 0.04), lams, 0.05, 0.1, bound="hb")
+    # WSR sees that the losses do not vary: the same mean is certified
+    assert calibrate_lambda(np.full((n, 5), 0.04), lams, 0.05, 0.1, bound="wsr") == 0.0
+    with pytest.raises(ValueError, match="bound must be"):
+        calibrate_lambda(L, lams, 0.05, 0.1, bound="bentkus")
+    R = np.random.default_rng(0).uniform(0, 0.3, (40, 3))
+    np.testing.assert_array_equal(risk_ucb(R, 0.1, "hb"), hb_ucb(R.mean(axis=0), 40, 0.1))
+    np.testing.assert_array_equal(risk_ucb(R, 0.1, "wsr"), wsr_ucb(R, 0.1))
     with pytest.raises(ValueError, match="increasing"):
         calibrate_lambda(L, lams[::-1], 0.05, 0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         calibrate_lambda(L + 1.0, lams, 0.05, 0.1)
 
 
-def test_rcps_controls_risk_over_random_calibration_sets():
+@pytest.mark.parametrize("bound", ["hb", "wsr"])
+def test_rcps_controls_risk_over_random_calibration_sets(bound):
     """P(R(lambda_hat) <= epsilon) >= 1 - delta over 200 calibration draws.
 
     The true risk R(lambda) is estimated once on a pool of 20 000 fresh test images
     (sd < 0.001). Tolerance: the observed failure rate may exceed delta by 0.03 (about
-    1.5 binomial sd for 200 trials); HB is conservative, so it is far below in practice.
+    1.5 binomial sd for 200 trials); both bounds are conservative, so it is far below in
+    practice.
     The naive rule (empirical risk <= epsilon) fails about half the time, which shows
     this test can detect a calibration that does not control the risk.
     """
@@ -176,7 +187,7 @@ def test_rcps_controls_risk_over_random_calibration_sets():
     fail_rcps, fail_naive = 0, 0
     for _ in range(trials):
         L = losses(n_cal)
-        lam = calibrate_lambda(L, lams, eps, delta)
+        lam = calibrate_lambda(L, lams, eps, delta, bound)
         j = int(np.searchsorted(lams, lam))
         fail_rcps += pool[j] > eps
         ok = L.mean(axis=0) <= eps
@@ -193,18 +204,26 @@ def test_pixel_calibration_fit_round_trip():
     cal = PixelCalibration.fit(_intervals(samples), truth, lams, 0.1, 0.1, lower_q=0.1,
                                upper_q=0.9)
     L = loss_matrix(_intervals(samples), truth, lams)
-    assert cal.lam == calibrate_lambda(L, lams, 0.1, 0.1)
+    assert cal.lam == calibrate_lambda(L, lams, 0.1, 0.1, "wsr") and cal.bound == "wsr"
     assert cal.n == 100 and (cal.lower_q, cal.upper_q) == (0.1, 0.9)
-    assert hb_ucb(float(L[:, int(np.searchsorted(lams, cal.lam))].mean()), 100, 0.1) <= 0.1
+    assert wsr_ucb(L[:, int(np.searchsorted(lams, cal.lam))], 0.1) <= 0.1
+    hb = PixelCalibration.fit(_intervals(samples), truth, lams, 0.1, 0.1, lower_q=0.1,
+                              upper_q=0.9, bound="hb")
+    assert hb.lam == calibrate_lambda(L, lams, 0.1, 0.1, "hb") and hb.bound == "hb"
+    assert hb.lam > cal.lam  # the betting bound certifies a narrower band
     # the stored form: the ``pixel`` entry of calibrations/<hash>.json
     d = json.loads(json.dumps(cal.to_dict(), allow_nan=False))
     assert list(d) == ["lam", "epsilon", "delta", "lower_q", "upper_q", "n", "scale", "floor",
-                       "n_sources", "mean_width"]
+                       "n_sources", "mean_width", "bound"]
     assert PixelCalibration.from_dict(d) == cal
-    # a calibration stored before the spread scale existed reads as a constant band
+    # a calibration stored before the spread scale existed reads as a constant band,
+    # certified by Hoeffding-Bentkus (the only bound then)
     old = {k: d[k] for k in ("lam", "epsilon", "delta", "lower_q", "upper_q", "n")}
     assert PixelCalibration.from_dict(old).scale == "constant"
     assert PixelCalibration.from_dict(old).floor == 0.0
+    assert PixelCalibration.from_dict(old).bound == "hb"
+    with pytest.raises(ValueError, match="invalid"):
+        PixelCalibration.from_dict({**d, "bound": "chernoff"})
     with pytest.raises(ValueError, match="lacks lower_q"):
         PixelCalibration.from_dict({k: v for k, v in d.items() if k != "lower_q"})
     with pytest.raises(ValueError, match="invalid"):
@@ -240,7 +259,8 @@ def _losses_as_at_edcd80a(data, lambdas):
 @pytest.mark.parametrize("epsilon, delta, lam", [(0.1, 0.1, 0.125), (0.05, 0.1, 0.21),
                                                  (0.2, 0.05, 0.065), (0.02, 0.1, None)])
 def test_pipeline_lambda_is_pinned(epsilon, delta, lam):
-    """The lambda the pipeline chose at edcd80a on these intervals (LAMBDA_GRID)."""
+    """The lambda the pipeline chose at edcd80a on these intervals (LAMBDA_GRID), with the
+    bound it used then (Hoeffding-Bentkus)."""
     data = _stored_intervals()
     L = _losses_as_at_edcd80a(data, LAMBDA_GRID)
     # the shipped path builds the same loss matrix, to the bit
@@ -248,15 +268,15 @@ def test_pipeline_lambda_is_pinned(epsilon, delta, lam):
 
     def fit():
         return PixelCalibration.fit((iv for iv, _ in data), (t for _, t in data), LAMBDA_GRID,
-                                    epsilon, delta)
+                                    epsilon, delta, bound="hb")
 
     if lam is None:
         with pytest.raises(RiskControlError):
-            calibrate_lambda(L, LAMBDA_GRID, epsilon, delta)
+            calibrate_lambda(L, LAMBDA_GRID, epsilon, delta, "hb")
         with pytest.raises(RiskControlError):
             fit()
         return
-    assert calibrate_lambda(L, LAMBDA_GRID, epsilon, delta) == lam
+    assert calibrate_lambda(L, LAMBDA_GRID, epsilon, delta, "hb") == lam
     got = fit()
     assert (got.lam, got.epsilon, got.delta, got.lower_q, got.upper_q, got.n, got.scale) == (
         lam, epsilon, delta, 0.05, 0.95, 60, "constant")
@@ -384,14 +404,20 @@ def test_local_intervals_control_risk_and_are_narrower_when_images_differ_in_dou
 
     cal_iv, cal_t = draw(150)
     test_iv, test_t = draw(150)
-    fits = {"constant": PixelCalibration.fit(cal_iv, cal_t, LAMBDA_GRID, 0.1, 0.1),
-            "local": PixelCalibration.fit(cal_iv, cal_t, local_grid(0.001), 0.1, 0.1,
-                                          scale="local", floor=0.001)}
     width = {}
-    for name, cal in fits.items():
-        wide = [cal.widen(iv) for iv in test_iv]
-        assert np.mean([miscoverage(w, t) for w, t in zip(wide, test_t, strict=True)]) <= 0.1
-        width[name] = np.mean([np.mean(hi - lo) for lo, hi in wide])
-        assert cal.mean_width == pytest.approx(
-            np.mean([np.mean(hi - lo) for lo, hi in map(cal.widen, cal_iv)]))
-    assert width["local"] < 0.95 * width["constant"]  # 0.283 vs 0.313 with this seed
+    for bound in ("hb", "wsr"):
+        for scale, grid, floor in (("constant", LAMBDA_GRID, 0.0),
+                                   ("local", local_grid(0.001), 0.001)):
+            cal = PixelCalibration.fit(cal_iv, cal_t, grid, 0.1, 0.1, scale=scale,
+                                       floor=floor, bound=bound)
+            wide = [cal.widen(iv) for iv in test_iv]
+            risk = np.mean([miscoverage(w, t) for w, t in zip(wide, test_t, strict=True)])
+            assert risk <= 0.1
+            width[bound, scale] = np.mean([np.mean(hi - lo) for lo, hi in wide])
+            assert cal.mean_width == pytest.approx(
+                np.mean([np.mean(hi - lo) for lo, hi in map(cal.widen, cal_iv)]))
+    # with this seed: HB 0.242 vs 0.280, WSR 0.213 vs 0.220 (at the higher empirical risk
+    # WSR allows, the constant band can give up more of the worst images)
+    assert width["hb", "local"] < 0.9 * width["hb", "constant"]
+    assert width["wsr", "local"] < 0.99 * width["wsr", "constant"]
+    assert width["wsr", "local"] < 0.92 * width["hb", "local"]

@@ -148,6 +148,9 @@ def calibrate_cmd(
         "local", "--pixel-scale", help="Per-pixel intervals widened by a multiple of the "
         "samples' spread around the pixel and over the image (local), of their spread at "
         "the pixel (spread) or by a constant (constant)"),
+    pixel_bound: str = typer.Option(
+        "wsr", "--pixel-bound", help="Risk bound certifying the per-pixel intervals: wsr "
+        "(Waudby-Smith-Ramdas, adapts to the data: narrower) or hb (Hoeffding-Bentkus)"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=_OPTION_HELP),
@@ -172,7 +175,7 @@ def calibrate_cmd(
         restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
                  "options": _sampler_options(option)})
     calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha, group_by=group_by,
-                             pixel_scale=pixel_scale)
+                             pixel_scale=pixel_scale, pixel_bound=pixel_bound)
     settings = get_settings()
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)

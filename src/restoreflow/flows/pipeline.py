@@ -76,7 +76,7 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
              "source": source_of(store.attrs(layout.INPUT, i), c.group_by), **truths[i]}
             for i in clean_ids]
     cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
-                          c.pixel_delta, out, c.pixel_scale, c.pixel_floor)
+                          c.pixel_delta, out, c.pixel_scale, c.pixel_floor, c.pixel_bound)
     save_calibration(store, cal)
     return cal.to_dict()
 

@@ -31,8 +31,10 @@ from .rcps import (
     loss_matrix,
     miscoverage,
     pixel_intervals,
+    risk_ucb,
 )
 from .ridge import fit_ridge
+from .wsr import wsr_ucb
 
 __all__ = [
     "FEATURE_NAMES",
@@ -63,9 +65,11 @@ __all__ = [
     "noise_level",
     "pinball_loss",
     "pixel_intervals",
+    "risk_ucb",
     "posterior_spread",
     "psnr",
     "psnr_from_mse",
     "rca_feature",
     "ssim",
+    "wsr_ucb",
 ]

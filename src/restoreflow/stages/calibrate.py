@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from restoreflow.degradation import seed_for
-from restoreflow.quality.rcps import DEFAULT_FLOORS, PixelCalibration
+from restoreflow.quality.rcps import DEFAULT_BOUND, DEFAULT_FLOORS, PixelCalibration
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import restore_outputs
 from restoreflow.storage.layout import (
@@ -133,7 +133,8 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
                     alpha: float, method: str = "residual", pixel_epsilon: float = 0.1,
                     pixel_delta: float = 0.1, out: str = RESTORED,
                     pixel_scale: str = "constant",
-                    pixel_floor: float | None = None) -> Calibration:
+                    pixel_floor: float | None = None,
+                    pixel_bound: str = DEFAULT_BOUND) -> Calibration:
     """Fit conformal lower bounds on PSNR and SSIM, the shift guard and the per-pixel
     interval rule from the calibration rows ``{image_id, source, psnr_true, ssim_true,
     features}`` (``source`` defaults to the image). Folds are split by source and every
@@ -192,12 +193,13 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
         guard = NoveltyGuard.fit(Xg, groups, GUARD_FEATURES, k=NOVELTY_K).to_dict()
     coverage["method"] = COVERAGE_METHOD
     pixel, coverage["pixel_note"] = _fit_pixel(store, rows, cfg, out, pixel_epsilon,
-                                               pixel_delta, pixel_scale, pixel_floor)
+                                               pixel_delta, pixel_scale, pixel_floor,
+                                               pixel_bound)
     return Calibration(shash, alpha, models["psnr"], models["ssim"], pixel, rows, coverage,
                        trivial, guard, n_sources, warnings)
 
 
-def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor):
+def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor, bound):
     """The RCPS per-pixel rule (one loss per source) and a note when there is none."""
     from restoreflow.quality.rcps import Intervals, RiskControlError
 
@@ -212,7 +214,7 @@ def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor):
             [Intervals(store.read(lo_c, i), store.read(hi_c, i)) for i in ids],
             (np.clip(store.read(INPUT, i, normalised=True), 0, 1) for i in ids),
             grid, epsilon, delta, cfg.lower_q, cfg.upper_q, scale,
-            floor, [r["source"] for r in rows]), None
+            floor, [r["source"] for r in rows], bound), None
     except RiskControlError as exc:
         return None, f"no per-pixel intervals: {exc}"
 

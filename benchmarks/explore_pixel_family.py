@@ -17,7 +17,7 @@ calibrated on that half too, for comparison). ``cut to [0, 1]``: the constant an
 intervals cut to the data range, as the pipeline ships them.
 
 Splits by source as bench_conformal: ``--cal`` calibration sources, the rest test; RCPS
-``--epsilon``, ``--delta``, one loss per source. Prints, per task and domain, the mean
+``--epsilon``, ``--delta``, ``--bound``, one loss per source. Prints, per task and domain, the mean
 width vs the constant band and the test risk of each family.
 
     python -m benchmarks.explore_pixel_family --cal 48 --splits 100
@@ -34,7 +34,7 @@ from scipy.ndimage import gaussian_filter, sobel
 
 from benchmarks.bench_conformal import _curve, pixel_array_path, pool_cache, rcps_split
 from restoreflow.quality.features import FEATURE_NAMES, feature_vector
-from restoreflow.quality.rcps import base_intervals
+from restoreflow.quality.rcps import BOUNDS, base_intervals
 
 NAMES = [n for n in FEATURE_NAMES if not n.startswith("rca")]  # as bench_conformal's
 GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 3000)])
@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.1)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--min-sources", type=int, default=0)
+    ap.add_argument("--bound", choices=BOUNDS, default="hb",
+                    help="RCPS risk bound (explore_pixel_family.md: hb, the bound then)")
     args = ap.parse_args()
     path = pool_cache(args.cache)
     recs = json.loads(path.read_text())["records"]
@@ -167,7 +169,8 @@ def main() -> None:
                     # per-record unit multiplies w: e / scale on the same grid
                     L = curves[k] if not isp else np.array(
                         [np.interp(GRID * scale[i], GRID, curves[k][i]) for i in range(len(X))])
-                    got = rcps_split(L, codes, cset, test, GRID, args.epsilon, args.delta)
+                    got = rcps_split(L, codes, cset, test, GRID, args.epsilon, args.delta,
+                                     args.bound)
                     if got is None:
                         continue
                     lam, risk = got

@@ -28,7 +28,7 @@ from benchmarks.bench_conformal import (
     pool_cache,
     rcps_split,
 )
-from restoreflow.quality.rcps import base_intervals, excess, interval_scale
+from restoreflow.quality.rcps import BOUNDS, base_intervals, excess, interval_scale
 from restoreflow.stages.calibrate import LAMBDA_GRID
 
 
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=200)
     ap.add_argument("--epsilon", type=float, default=0.1)
     ap.add_argument("--delta", type=float, default=0.1)
+    ap.add_argument("--bound", choices=BOUNDS, default="hb",
+                    help="RCPS risk bound (explore_pixel_family.md: hb, the bound then)")
     args = ap.parse_args()
     import torch
 
@@ -110,7 +112,7 @@ def main() -> None:
         for name, o in out.items():
             for fam, grid in (("constant", LAMBDA_GRID), ("local", LOCAL_GRID)):
                 got = rcps_split(np.array(o[fam]), codes, cal, test, grid, args.epsilon,
-                                 args.delta)
+                                 args.delta, args.bound)
                 if got is None:
                     continue
                 lam, risk = got

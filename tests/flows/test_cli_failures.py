@@ -196,3 +196,21 @@ def test_sources_without_images_stop_after_ingest(ws, env):
     line, _ = _mid_run_failure(ws, env, _write_spec(ws, sources=["bad"]),
                                "No image was completed: fix the cause and run again.")
     assert "spec.sources: no images to work on: all 1 file(s) were rejected" in line
+
+
+@pytest.mark.slow
+def test_too_few_calibration_sources_stop_before_restoring_them(ws, env):
+    """Three clean images cannot give a bound at alpha 0.1: the run says so before it
+    simulates and restores them (it used to restore them all, then report no bound)."""
+    (ws / "cal").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        img = (np.kron(rng.random((4, 4, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8)
+        Image.fromarray(img).save(ws / "cal" / f"c{i}.png")
+    spec = _write_spec(ws, calibration={"clean": ["cal"], "alpha": 0.1})
+    line, _ = _mid_run_failure(ws, env, spec, "the calibration images make 3 source(s) "
+                               "(grouped by image); a bound at alpha=0.1 needs at least 17")
+    from restoreflow.storage.store import TileStore
+
+    assert not [c for c in TileStore(str(ws / "store")).collections()
+                if c.startswith("calibration-")]

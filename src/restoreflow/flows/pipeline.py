@@ -60,21 +60,27 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
                     calibration: CalibrationOptions, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
-    from restoreflow.stages.calibrate import fit_calibration, save_calibration, source_of
+    from restoreflow.stages.calibrate import (
+        fit_calibration,
+        require_sources,
+        save_calibration,
+        source_of,
+    )
     from restoreflow.stages.models import prior_hash
     from restoreflow.tasks.common import open_store
 
     store = open_store(uri)
+    c = calibration
+    sources = [source_of(store.attrs(layout.INPUT, i), c.group_by) for i in clean_ids]
+    require_sources(sources, c.alpha, c.group_by)
     shash = cfg.settings_hash(prior_hash(cfg.prior))
     deg_coll = f"calibration-{cfg.spec.hash}.degraded"
     out = f"calibration-{shash}.restored"
     simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
     restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
     truths = _truth(uri, store, clean_ids, out)
-    c = calibration
-    rows = [{"image_id": i, "features": store.attrs(out, i)["features"],
-             "source": source_of(store.attrs(layout.INPUT, i), c.group_by), **truths[i]}
-            for i in clean_ids]
+    rows = [{"image_id": i, "features": store.attrs(out, i)["features"], "source": src,
+             **truths[i]} for i, src in zip(clean_ids, sources, strict=True)]
     cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
                           c.pixel_delta, out, c.pixel_scale, c.pixel_floor, c.pixel_bound)
     save_calibration(store, cal)

@@ -88,6 +88,19 @@ class Calibration:
         return d
 
 
+def require_sources(sources: list[str], alpha: float, group_by: str) -> None:
+    """Before any restoring: ValueError (one line) when the calibration images make too
+    few sources for a bound at ``alpha`` (it would restore them all to say so)."""
+    from restoreflow.quality.conformal import min_sources
+
+    n, need = len(set(sources)), 2 * min_sources(alpha) - 1
+    if n < need:
+        raise ValueError(
+            f"the calibration images make {n} source(s) (grouped by {group_by}); a bound at "
+            f"alpha={alpha} needs at least {need}: add calibration images of other "
+            "sources or raise alpha")
+
+
 def source_of(attrs: dict, group_by: str) -> str:
     """The calibration image's source (exchangeability group) from its input attrs:
     ``image`` (each image its own source), ``folder`` (the folder of the file it came

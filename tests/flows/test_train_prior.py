@@ -20,6 +20,12 @@ def test_train_prior_flow_trains_exports_and_resumes(prefect_api, tmp_path):
     assert prior.num_train_timesteps == 1000
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
+    # bf16 autocast only where the CPU computes bf16 natively (emulated it is 35x slower)
+    from restoreflow.models.training import bf16_native
+
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["bf16_autocast"] is bf16_native(torch.device("cpu"))
+    assert cfg["bf16_autocast"] is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     # resume: runs only the remaining steps and moves the weights
     train_prior_flow(steps=5, **common)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())

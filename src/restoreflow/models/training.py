@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ class TrainConfig:
     attention: bool = False
     num_train_timesteps: int = 1000
     device: str = "cpu"
-    bf16_autocast: bool = True
+    bf16_autocast: bool | None = None  # None: where the device computes bf16 natively
     num_threads: int | None = None
     seed: int = 0
     checkpoint_every: int = 250
@@ -54,6 +54,20 @@ class TrainConfig:
     max_minutes: float | None = None
     init_from: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU
+    with oneDNN bf16 kernels (AVX-512 and up). Without them bf16 autocast is emulated:
+    35x slower than fp32 on an AVX2-only CPU (measured: 171 vs 4.8 s a training step)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def build_unet(cfg: TrainConfig):
@@ -211,10 +225,12 @@ def train_prior(
     tune_allocator()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    if cfg.bf16_autocast is None:
+        cfg = replace(cfg, bf16_autocast=bf16_native(device))
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = torch.device(cfg.device)
 
     images = []
     for f in train_files:
@@ -252,7 +268,8 @@ def train_prior(
         log(f"initialised from {cfg.init_from}")
     sampler = CropSampler(images, cfg.crop, rng)
     n_params = sum(p.numel() for p in unet.parameters())
-    log(f"UNet2DModel {n_params / 1e6:.2f}M parameters on {device}")
+    log(f"UNet2DModel {n_params / 1e6:.2f}M parameters on {device}, "
+        f"bf16 autocast {cfg.bf16_autocast}")
 
     t_start = time.monotonic()
     logf = (out / "log.jsonl").open("a")

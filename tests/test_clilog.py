@@ -90,3 +90,27 @@ def test_worker_heartbeat_noise_loses_its_traceback():
     other = logging.LogRecord("distributed.worker", logging.WARNING, __file__, 1,
                               "Memory use is high", None, None)
     assert HeartbeatNoise().filter(other) and other.levelno == logging.WARNING
+
+
+def test_old_log_files_are_pruned_and_nothing_else(monkeypatch, tmp_path):
+    """A nightly deployment writes a log file a night: those older than KEEP_DAYS go when
+    the next verb starts; files the module did not name stay, however old."""
+    import os
+    import time
+
+    old = time.time() - (clilog.KEEP_DAYS + 1) * 86400
+    names = {"run-20260101T020000-4242.log": old, "calibrate-20260102T020000-17.log": old,
+             "run-20261201T020000-99.log": time.time(), "notes.log": old,
+             "run-20260101T020000-4242.log.bak": old}
+    for name, mtime in names.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    (tmp_path / "run-20260101T020000-1.log").mkdir()  # a folder of that name: kept
+    os.utime(tmp_path / "run-20260101T020000-1.log", (old, old))
+    monkeypatch.setenv("RESTOREFLOW_LOG_DIR", str(tmp_path))
+    monkeypatch.setenv("PREFECT_LOGGING_SETTINGS_PATH", "/user/own.yml")
+    assert clilog.configure("run") is None  # the user's config is kept, the pruning done
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.log", "run-20260101T020000-1.log", "run-20260101T020000-4242.log.bak",
+        "run-20261201T020000-99.log"]
+    assert clilog.prune_logs(str(tmp_path / "missing")) == 0

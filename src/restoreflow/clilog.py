@@ -7,7 +7,8 @@ configuration is Prefect's own logging.yml with a filter on its console handler 
 file handler on the root logger, handed to Prefect through PREFECT_LOGGING_SETTINGS_PATH
 so that the worker processes of the embedded Dask cluster (which inherit the
 environment) log the same way. Nothing is changed where the user chose a Prefect
-logging configuration of their own.
+logging configuration of their own. Log files older than :data:`KEEP_DAYS` days are
+deleted when a verb starts (:func:`prune_logs`).
 
 Light module: imported by the ``()`` factory of Prefect's dictConfig in every process.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 # records of these loggers at ERROR and above say that a flow or task run failed: the
 # CLI says it once, on one line
@@ -53,6 +55,33 @@ def quiet_asyncio_leftovers() -> None:
     logger = logging.getLogger("asyncio")
     if not any(isinstance(f, AsyncioLeftovers) for f in logger.filters):
         logger.addFilter(AsyncioLeftovers())
+
+
+#: a verb's log files older than this are deleted when the next verb starts
+KEEP_DAYS = 30
+_LOG_NAME = re.compile(r"^[a-z][a-z-]*-\d{8}T\d{6}-\d+\.log$")  # <verb>-<time>-<pid>.log
+
+
+def prune_logs(directory: str, keep_days: float = KEEP_DAYS) -> int:
+    """Delete the log files this module named (``<verb>-<time>-<pid>.log``) that are older
+    than ``keep_days`` in ``directory`` (a nightly deployment writes one a night); other
+    files are never touched. Returns how many were deleted."""
+    import time
+
+    cutoff = time.time() - keep_days * 86400
+    n = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for e in entries:
+        try:
+            if _LOG_NAME.match(e.name) and e.is_file() and e.stat().st_mtime < cutoff:
+                os.remove(e.path)
+                n += 1
+        except OSError:
+            continue  # another process's file, or gone already
+    return n
 
 
 def log_dir() -> str:
@@ -119,9 +148,10 @@ def configure(verb: str, user_settings: dict | None = None) -> str | None:
     import yaml
 
     key = "PREFECT_LOGGING_SETTINGS_PATH"
+    directory = log_dir()
+    prune_logs(directory)
     if os.environ.get(key) or (user_settings or {}).get(key) or "prefect" in sys.modules:
         return None
-    directory = log_dir()
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError:

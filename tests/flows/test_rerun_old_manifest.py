@@ -2,7 +2,14 @@
 refactors keep settings hashes, seeds and pixels). ``data/manifest-ad8a0bd.json`` was
 written by ``restoreflow run`` at commit ad8a0bd (before the stages layer and the typed
 settings) on the image and tiny prior this test rebuilds; the digests below are that
-run's degraded and restored pixels."""
+run's degraded and restored pixels.
+
+The restored pixels come out of float32 convolutions whose last bits depend on the CPU's
+vector instructions (PyTorch picks AVX-512 or AVX2 kernels at run time): bit-identity
+holds on one kind of CPU, not across kinds. The ad8a0bd digest was recorded on an
+AVX-512 machine; the AVX2 one is what 4a5d64a (bit-identical to ad8a0bd on AVX-512, CI
+of stop 25) writes on an AVX2-only machine. On another kind only the degraded pixels
+(numpy) are checked."""
 
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from helpers import save_tiny_prior
 
 DATA = Path(__file__).parent / "data" / "manifest-ad8a0bd.json"
 IMAGE_ID = "0a4aab20dfc7db708eb9"
-DIGESTS = {
-    "degraded": "4d8e48cc572bfdbc3c36f0ab53c3ce1c99934645bfe913aa1027477e49bef6a0",
-    "restored": "36c75a6ec51504c47013b44434eecfabe7a4ccb1e9b0d1a2e4a646623f902418",
+DEGRADED = "4d8e48cc572bfdbc3c36f0ab53c3ce1c99934645bfe913aa1027477e49bef6a0"
+RESTORED = {  # torch.backends.cpu.get_cpu_capability() -> digest
+    "AVX512": "36c75a6ec51504c47013b44434eecfabe7a4ccb1e9b0d1a2e4a646623f902418",
+    "AVX2": "b36e16589e411abbf869d1f091fa3dab9082827c4fbddd4fd30378111ff8f617",
 }
 
 
@@ -56,6 +64,14 @@ def test_manifest_of_ad8a0bd_reruns_bit_identical(tmp_path):
     new = json.loads((run / "manifest.json").read_text())
     assert new["settings_hash"] == manifest["settings_hash"]
     assert new["spec"]["degradation"] == manifest["spec"]["degradation"]
-    for coll, digest in DIGESTS.items():
-        pixels = np.ascontiguousarray(ts.read(coll, IMAGE_ID))
-        assert hashlib.sha256(pixels.tobytes()).hexdigest() == digest, coll
+    import torch
+
+    def digest(coll):
+        return hashlib.sha256(np.ascontiguousarray(ts.read(coll, IMAGE_ID)).tobytes()).hexdigest()
+
+    assert digest("degraded") == DEGRADED
+    isa = torch.backends.cpu.get_cpu_capability()
+    if isa in RESTORED:
+        assert digest("restored") == RESTORED[isa], isa
+    else:
+        assert ts.read("restored", IMAGE_ID).shape == ts.read("degraded", IMAGE_ID).shape

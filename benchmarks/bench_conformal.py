@@ -180,6 +180,20 @@ def pool_cache(name: str | None) -> Path:
                key=lambda p: p.stat().st_mtime)
 
 
+def add_split_args(ap: argparse.ArgumentParser, splits: int) -> None:
+    """The options the exploration scripts share: which pool (``--cache``), the splits by
+    source (``--cal`` calibration sources, ``--splits``) and the RCPS guarantee
+    (``--epsilon``, ``--delta``, ``--bound``; ``hb`` by default, the bound of their
+    committed results)."""
+    ap.add_argument("--cache", default=None, help="bench_conformal cache JSON (default newest)")
+    ap.add_argument("--cal", type=int, default=48)
+    ap.add_argument("--splits", type=int, default=splits)
+    ap.add_argument("--epsilon", type=float, default=0.1)
+    ap.add_argument("--delta", type=float, default=0.1)
+    ap.add_argument("--bound", choices=BOUNDS, default="hb",
+                    help="RCPS risk bound (explore_pixel_family.md: hb, the bound then)")
+
+
 def load_cache(path: Path, st: dict) -> dict:
     if path.exists():
         data = json.loads(path.read_text())

@@ -32,9 +32,15 @@ import time
 import numpy as np
 from scipy.ndimage import gaussian_filter, sobel
 
-from benchmarks.bench_conformal import _curve, pixel_array_path, pool_cache, rcps_split
+from benchmarks.bench_conformal import (
+    _curve,
+    add_split_args,
+    pixel_array_path,
+    pool_cache,
+    rcps_split,
+)
 from restoreflow.quality.features import FEATURE_NAMES, feature_vector
-from restoreflow.quality.rcps import BOUNDS, base_intervals
+from restoreflow.quality.rcps import base_intervals
 
 NAMES = [n for n in FEATURE_NAMES if not n.startswith("rca")]  # as bench_conformal's
 GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 3000)])
@@ -91,14 +97,8 @@ def local_misfit(task: str, item_id: str, mean: np.ndarray, y: np.ndarray) -> np
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default=None, help="bench_conformal cache JSON (default newest)")
-    ap.add_argument("--cal", type=int, default=48)
-    ap.add_argument("--splits", type=int, default=100)
-    ap.add_argument("--epsilon", type=float, default=0.1)
-    ap.add_argument("--delta", type=float, default=0.1)
+    add_split_args(ap, splits=100)
     ap.add_argument("--min-sources", type=int, default=0)
-    ap.add_argument("--bound", choices=BOUNDS, default="hb",
-                    help="RCPS risk bound (explore_pixel_family.md: hb, the bound then)")
     args = ap.parse_args()
     path = pool_cache(args.cache)
     recs = json.loads(path.read_text())["records"]

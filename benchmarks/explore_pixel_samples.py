@@ -24,11 +24,12 @@ from benchmarks.bench_conformal import (
     SAMPLER,
     TASKS,
     _curve,
+    add_split_args,
     pixel_array_path,
     pool_cache,
     rcps_split,
 )
-from restoreflow.quality.rcps import BOUNDS, base_intervals, excess, interval_scale
+from restoreflow.quality.rcps import base_intervals, excess, interval_scale
 from restoreflow.stages.calibrate import LAMBDA_GRID
 
 
@@ -51,15 +52,9 @@ def more_samples(prior, rec: dict, st: dict, y: np.ndarray, k: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default=None, help="bench_conformal cache JSON (default newest)")
+    add_split_args(ap, splits=200)
     ap.add_argument("--task", default="deblur")
     ap.add_argument("--domain", default="photo")
-    ap.add_argument("--cal", type=int, default=48)
-    ap.add_argument("--splits", type=int, default=200)
-    ap.add_argument("--epsilon", type=float, default=0.1)
-    ap.add_argument("--delta", type=float, default=0.1)
-    ap.add_argument("--bound", choices=BOUNDS, default="hb",
-                    help="RCPS risk bound (explore_pixel_family.md: hb, the bound then)")
     args = ap.parse_args()
     import torch
 

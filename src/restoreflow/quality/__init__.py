@@ -65,11 +65,11 @@ __all__ = [
     "noise_level",
     "pinball_loss",
     "pixel_intervals",
-    "risk_ucb",
     "posterior_spread",
     "psnr",
     "psnr_from_mse",
     "rca_feature",
+    "risk_ucb",
     "ssim",
     "wsr_ucb",
 ]

@@ -60,6 +60,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from restoreflow.quality.wsr import wsr_ucb
+
 __all__ = [
     "BOUNDS",
     "Bound",
@@ -291,8 +293,6 @@ def risk_ucb(L: np.ndarray, delta: float, bound: Bound = DEFAULT_BOUND) -> np.nd
     in [0, 1]: Waudby-Smith-Ramdas (``"wsr"``, :func:`.wsr.wsr_ucb`) or
     Hoeffding-Bentkus (``"hb"``, :func:`hb_ucb` of the column means)."""
     if bound == "wsr":
-        from restoreflow.quality.wsr import wsr_ucb
-
         return np.atleast_1d(wsr_ucb(L, delta))
     if bound == "hb":
         return np.atleast_1d(hb_ucb(L.mean(axis=0), L.shape[0], delta))
@@ -317,8 +317,6 @@ def calibrate_lambda(
     """
     if not 0.0 < epsilon < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
-    if bound not in BOUNDS:
-        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     lam = np.asarray(lambdas, dtype=np.float64)
     if lam.ndim != 1 or lam.size == 0 or not (np.diff(lam) > 0).all():
         raise ValueError("lambdas must be a non-empty strictly increasing 1-D grid")

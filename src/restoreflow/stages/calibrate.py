@@ -88,12 +88,18 @@ class Calibration:
         return d
 
 
+def sources_needed(alpha: float) -> int:
+    """Fewest calibration sources with a bound at ``alpha``: half fit the predictor, the
+    other half (at least :func:`~restoreflow.quality.conformal.min_sources`) calibrate."""
+    from restoreflow.quality.conformal import min_sources
+
+    return 2 * min_sources(alpha) - 1
+
+
 def require_sources(sources: list[str], alpha: float, group_by: str) -> None:
     """Before any restoring: ValueError (one line) when the calibration images make too
     few sources for a bound at ``alpha`` (it would restore them all to say so)."""
-    from restoreflow.quality.conformal import min_sources
-
-    n, need = len(set(sources)), 2 * min_sources(alpha) - 1
+    n, need = len(set(sources)), sources_needed(alpha)
     if n < need:
         raise ValueError(
             f"the calibration images make {n} source(s) (grouped by {group_by}); a bound at "
@@ -158,7 +164,6 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
     from restoreflow.quality.conformal import (
         ConformalLowerBound,
         TrivialLowerBound,
-        min_sources,
         split_by_group,
     )
     from restoreflow.quality.features import GUARD_FEATURES, feature_vector
@@ -196,7 +201,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
             r[f"{target}_bound"] = None if bi is None else float(bi)
     if models["psnr"] is None:
         warnings.append(f"no bound: {n_sources} calibration sources; alpha={alpha} needs at "
-                        f"least {2 * min_sources(alpha) - 1}")
+                        f"least {sources_needed(alpha)}")
     for r, f in zip(rows, fold, strict=True):
         r["fold"] = f
         r["source"] = str(r.get("source", r["image_id"]))

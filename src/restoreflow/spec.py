@@ -79,7 +79,7 @@ class RestoreOptions(_Strict):
     (``restore:`` of a run spec, and ``RestoreConfig.restore``)."""
 
     # the sampler registry's names (tests/test_runspec.py checks they agree)
-    sampler: Literal["ddpg", "ddnm", "dps", "diffpir"] = "ddpg"
+    sampler: Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"] = "ddpg"
     steps: int = Field(100, ge=1, le=1000, description="UNet evaluations per sample")
     tile: int = Field(256, ge=32, le=4096)
     overlap: int = Field(64, ge=0, le=2048)

@@ -10,7 +10,7 @@ from restoreflow.cli.runtime import _fail
 
 # the sampler registry's names as a typer choice, without importing torch for --help
 # (tests/flows/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
-SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir"]
+SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"]
 _SAMPLER_NAMES = get_args(SamplerName)
 ExportFormat = Literal["png", "tiff", "fits"]
 # the one wording of every --store option (restoreflow.settings.Settings.store)

@@ -110,6 +110,9 @@ class DiffusionPrior:
     model_hash: str = "unsaved"
     source: str = "in-memory"
     extra: dict = field(default_factory=dict)
+    # top of the noise range the prior covers (model units, s_t = sqrt((1-abar)/abar));
+    # None: the whole schedule. Samplers start at the largest t inside it.
+    sigma_max: float | None = None
 
     @property
     def num_train_timesteps(self) -> int:
@@ -126,9 +129,21 @@ class DiffusionPrior:
     @property
     def size_multiple(self) -> int:
         """Spatial sizes must be multiples of this (2 ** number of downsamplings)."""
+        own = getattr(self.unet, "size_multiple", None)
+        if isinstance(own, int):
+            return own
         cfg = getattr(self.unet, "config", None)
         n = len(getattr(cfg, "block_out_channels", (1,)))
         return 2 ** max(n - 1, 0)
+
+    @property
+    def t_start(self) -> int:
+        """The largest timestep inside the prior's noise range (T - 1 for a diffusion UNet)."""
+        if self.sigma_max is None:
+            return self.num_train_timesteps - 1
+        ab = self.alphas_cumprod
+        inside = (((1 - ab) / ab).sqrt() <= self.sigma_max * (1 + 1e-6)).nonzero()
+        return int(inside.max()) if len(inside) else 0
 
     def abar(self, t: int | torch.Tensor) -> torch.Tensor:
         """abar_t as float64 (scalar or per-batch)."""

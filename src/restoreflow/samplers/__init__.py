@@ -15,6 +15,13 @@ samples per measurement stacked on the batch dimension (sample ``b * J + j`` bel
     ddnm     Wang et al., ICLR 2023 (DDNM+, noise-aware)
     dps      Chung et al., ICLR 2023 (gradient through the UNet)
     diffpir  Zhu et al., CVPR 2023
+    hqs      Zhang et al., TPAMI 2021 (DPIR: half-quadratic splitting, plug-and-play)
+    idbp     Tirer & Giryes, TIP 2019 (iterative denoising and backward projections)
+
+The prior is anything with Tweedie's ``x0(x_t, t)`` on a DDPM schedule: a diffusion UNet or
+a Gaussian denoiser wrapped by :func:`restoreflow.models.denoiser_prior.denoiser_prior`
+(the diffusion samplers then run over the noise range it covers, from ``A^+ y`` plus
+noise; HQS and IDBP call it as a denoiser through :func:`.schedule.denoise`).
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ from functools import cache
 
 import torch
 
-from . import ddnm, ddpg, diffpir, dps
+from . import ddnm, ddpg, diffpir, dps, hqs, idbp
 from .schedule import respaced_steps, respaced_timesteps
 
 Sampler = Callable[..., torch.Tensor]
 
 # The one list of samplers: name -> module (its ``sample`` function and ``DEFAULTS``).
-_MODULES = {"ddpg": ddpg, "ddnm": ddnm, "dps": dps, "diffpir": diffpir}
+_MODULES = {"ddpg": ddpg, "ddnm": ddnm, "dps": dps, "diffpir": diffpir, "hqs": hqs,
+            "idbp": idbp}
 SAMPLERS: dict[str, Sampler] = {name: m.sample for name, m in _MODULES.items()}
 #: Default options per sampler and restoration task (each sampler file's ``DEFAULTS``).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {name: m.DEFAULTS for name, m in _MODULES.items()}

@@ -40,7 +40,7 @@ from annotated_types import Ge, Gt, Interval
 
 from restoreflow.operators.base import channel_groups
 
-from .schedule import Progress, operator_norm_sq, randn, report, setup, tweedie_x0
+from .schedule import Progress, initial_x, operator_norm_sq, randn, report, setup, tweedie_x0
 
 StepSize = Literal["auto", "constant", "decay"]
 
@@ -121,7 +121,7 @@ def sample(
     b, ch, h, w = s.x_shape
     with torch.no_grad():
         c = 1.0 / operator_norm_sq(operator, s.x_shape, y) if ls_scale == "auto" else ls_scale
-        x = randn(s.x_shape, generator, y)  # x_T ~ N(0, I)
+        x = initial_x(prior, operator, s, generator)  # x_T (see schedule)
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
             # Image-sized tensors are updated in place, and the guidance runs one channel

@@ -32,7 +32,7 @@ from typing import Annotated
 import torch
 from annotated_types import Gt, Interval
 
-from .schedule import Progress, randn, report, setup, tweedie_x0
+from .schedule import Progress, initial_x, randn, report, setup, tweedie_x0
 
 # Default options per restoration task (an operator's ``task``); "other" uses the
 # signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
@@ -80,7 +80,7 @@ def sample(
     y = s.y
     sigma_n = max(s.sigma_y, sigma_min)
     with torch.no_grad():
-        x = randn(s.x_shape, generator, y)  # x_T
+        x = initial_x(prior, operator, s, generator)  # x_T (see schedule)
         for st in s.steps:
             ab, ab_prev = st.abar_t, st.abar_prev
             x0 = tweedie_x0(prior, x, st.t, clip_x0)  # x0^(t)

@@ -29,7 +29,7 @@ from typing import Annotated
 import torch
 from annotated_types import Ge, Interval
 
-from .schedule import Progress, randn, report, setup, tweedie_x0
+from .schedule import Progress, initial_x, randn, report, setup, tweedie_x0
 
 # Default options per restoration task (an operator's ``task``); "other" uses the
 # signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
@@ -71,7 +71,7 @@ def sample(
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     s = setup(prior, operator, y, sigma_y, steps, generator, num_samples)
     y = s.y
-    x = randn(s.x_shape, generator, y)
+    x = initial_x(prior, operator, s, generator)  # x_T (see schedule)
     for st in s.steps:
         ab, ab_prev = st.abar_t, st.abar_prev
         x = x.detach().requires_grad_(True)

@@ -54,8 +54,15 @@ def respaced_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
 
 
 def respaced_steps(prior, steps: int) -> list[Step]:
-    """The schedule of :func:`respaced_timesteps` with abar_t and abar_prev of each step."""
-    ts = respaced_timesteps(prior.num_train_timesteps, steps)
+    """The schedule of :func:`respaced_timesteps` with abar_t and abar_prev of each step,
+    over [0, t_start] for a prior that covers only low noise levels (a denoiser prior's
+    ``t_start``; T - 1 for a diffusion UNet). More steps than timesteps in that range are
+    refused with the range."""
+    top = int(getattr(prior, "t_start", prior.num_train_timesteps - 1))
+    if steps > top + 1:
+        raise ValueError(f"steps must be in [1, {top + 1}] for this prior (it covers "
+                         f"timesteps 0..{top}), got {steps}")
+    ts = respaced_timesteps(top + 1, steps)
     abar = prior.alphas_cumprod
     out = []
     for i, t in enumerate(ts):
@@ -119,6 +126,22 @@ def setup(
     return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
 
 
+def initial_x(prior, operator, s: Setup, generator: torch.Generator) -> torch.Tensor:
+    """x at the first step. From pure noise, x_T ~ N(0, I), when the schedule starts at the
+    top of the prior's range (a diffusion UNet); otherwise (a denoiser prior, whose range
+    ends at t_start < T - 1) from the regularised pseudo-inverse:
+
+        x_t = sqrt(abar_t) clip(A^+_eta y) + sqrt(1 - abar_t) z,   eta = max(1e-4, sigma_y^2),
+
+    z ~ N(0, I) drawn per posterior sample, so samples start apart."""
+    first = s.steps[0]
+    z = randn(s.x_shape, generator, s.y)
+    if first.t >= prior.num_train_timesteps - 1:
+        return z
+    x_init = operator.A_dagger(s.y, eta=max(1e-4, s.sigma_y**2)).clamp_(-1.0, 1.0)
+    return x_init.mul_(math.sqrt(first.abar_t)).add_(z.mul_(math.sqrt(1.0 - first.abar_t)))
+
+
 def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:
     """The prior's x0 estimate at x_t in x_t's dtype, clamped to [-1, 1] when ``clip``.
 
@@ -131,6 +154,14 @@ def tweedie_x0(prior, x_t: torch.Tensor, t: int, clip: bool) -> torch.Tensor:
     if not clip:
         return x0
     return x0.clamp(-1.0, 1.0) if x0.requires_grad else x0.clamp_(-1.0, 1.0)
+
+
+def denoise(prior, v: torch.Tensor, sigma: float, clip: bool = True) -> torch.Tensor:
+    """The prior as a denoiser in model space: the MMSE estimate of x from v = x + sigma n
+    (sigma in model units), as Tweedie's x0 at the timestep t whose s_t is nearest sigma:
+    x0(sqrt(abar_t) v, t)."""
+    t = prior.timestep_for_sigma(sigma)
+    return tweedie_x0(prior, v * math.sqrt(float(prior.abar(t))), t, clip)
 
 
 def operator_norm_sq(operator, x_shape: tuple[int, ...], like: torch.Tensor, iters: int = 20):

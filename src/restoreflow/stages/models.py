@@ -12,16 +12,20 @@ MODEL_LOCK = threading.RLock()
 
 
 def load_prior(ref: str | None, device: str = "cpu"):
-    """The prior at ``ref`` (None = shipped default), loaded once per process and device."""
-    from restoreflow.models.prior import DiffusionPrior
+    """The prior ``ref`` names (None = the default; :mod:`restoreflow.models.priors`),
+    loaded once per process and device."""
+    from restoreflow.models import priors
 
-    key = (ref, device)
+    key = (priors.canonical(ref), device)
     if key not in _PRIORS:
-        _PRIORS[key] = DiffusionPrior.load(ref, device=device)
+        from restoreflow.models.allocator import tune_allocator
+
+        tune_allocator()  # model work in this process: keep step tensors in the heap
+        _PRIORS[key] = priors.load(ref, device=device)
     return _PRIORS[key]
 
 
 def prior_hash(ref: str | None) -> str:
-    from restoreflow.models.prior import DEFAULT_PRIOR_DIR, hash_model_dir, resolve_model_path
+    from restoreflow.models import priors
 
-    return hash_model_dir(resolve_model_path(ref or DEFAULT_PRIOR_DIR))
+    return priors.prior_hash(ref)

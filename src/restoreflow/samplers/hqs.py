@@ -1,0 +1,91 @@
+"""HQS plug-and-play with a denoiser prior (DPIR: Zhang et al., "Plug-and-Play Image
+Restoration with Deep Denoiser Prior", IEEE TPAMI 2021).
+
+Half-quadratic splitting of ``min_x 1/(2 sigma_y^2) ||y - A x||^2 + R(x)`` alternates,
+for k = 1..K (K = ``steps``) with noise levels sigma_k log-spaced from ``sigma_start`` down
+to ``max(sigma_y, sigma_floor)`` (model units inside, [0, 1] units in the options):
+
+    alpha_k = lam sigma_y^2 / sigma_k^2
+    x_k     = argmin ||y - A x||^2 + alpha_k ||x - z_{k-1}||^2
+            = z_{k-1} - A^T (A A^T + alpha_k I)^{-1} (A z_{k-1} - y)     (= z - A^+_alpha r)
+    z_k     = D(x_k, sigma_k)                                             (the prior)
+
+from ``z_0 = clip(A^+_eta y) + restart_noise sigma_1 n`` (eta = sigma_y^2; n ~ N(0, I) per
+posterior sample, so J samples start apart). The x-step is closed form wherever the
+operator's regularised pseudo-inverse is (circular blur by FFT, SR, masks), conjugate
+gradients otherwise. The output is z_K. ``sigma_y`` is floored at ``sigma_floor`` in alpha
+(a noiseless problem keeps a small weight on the prior, as DPIR's 0.255/255 floor).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from annotated_types import Ge, Gt, Interval
+
+from .schedule import Progress, denoise, randn, setup
+
+# Default options per restoration task (an operator's ``task``); chosen by
+# benchmarks/bench_samplers.py (results/bench_denoiser_prior.md).
+DEFAULTS: dict[str, dict] = {
+    "deblur": dict(lam=0.23),
+    "sr": dict(lam=0.23),
+    "inpaint": dict(lam=0.23, sigma_start=75 / 255),
+    "denoise": dict(lam=0.23),
+    "other": {},
+}
+
+
+def sample(
+    prior,
+    operator,
+    y: torch.Tensor,
+    sigma_y: float,
+    steps: int = 8,
+    generator: torch.Generator | None = None,
+    *,
+    num_samples: int = 1,
+    lam: Annotated[float, Gt(0)] = 0.23,
+    sigma_start: Annotated[float, Interval(gt=0, le=1)] = 49 / 255,
+    sigma_floor: Annotated[float, Gt(0)] = 1 / 255,
+    restart_noise: Annotated[float, Ge(0)] = 1.0,
+    clip_x0: bool = True,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Restore ``y`` (model space) by HQS; returns (B*num_samples, C, H, W) in model space.
+
+    Args:
+        prior, operator, y, sigma_y, generator, num_samples, progress: as in
+            :func:`restoreflow.samplers.ddpg.sample`.
+        steps: K, the number of denoiser evaluations.
+        lam: lambda of alpha_k = lam sigma_y^2 / sigma_k^2 (DPIR: 0.23).
+        sigma_start: sigma_1 in [0, 1] units (capped at the prior's range).
+        sigma_floor: lower bound of sigma_K and of sigma_y in alpha_k, [0, 1] units.
+        restart_noise: std of the start's perturbation in units of sigma_1.
+        clip_x0: clamp each denoised estimate to the data range.
+    """
+    s = setup(prior, operator, y, sigma_y, steps, generator, num_samples)
+    y = s.y
+    floor = 2.0 * sigma_floor
+    sig_y = max(s.sigma_y, floor)
+    top = 2.0 * sigma_start
+    if getattr(prior, "sigma_max", None) is not None:
+        top = min(top, prior.sigma_max)
+    end = min(max(s.sigma_y, floor), top)
+    k = len(s.steps)
+    sigmas = [top * (end / top) ** (i / max(k - 1, 1)) for i in range(k)]
+    with torch.no_grad():
+        z = operator.A_dagger(y, eta=max(1e-4, sig_y**2)).clamp_(-1.0, 1.0)
+        if restart_noise > 0:
+            z.add_(randn(s.x_shape, generator, y).mul_(restart_noise * sigmas[0]))
+        for i, sk in enumerate(sigmas):
+            alpha = lam * sig_y**2 / sk**2
+            r = operator.A(z).sub_(y)  # A z - y
+            x = z.sub_(operator.A_dagger(r, eta=alpha))  # z - A^+_alpha (A z - y)
+            del r
+            z = denoise(prior, x, sk, clip_x0)
+            del x
+            if progress is not None:
+                progress(i + 1, k)
+    return z

@@ -304,12 +304,40 @@ def _safetensors_header(path: Path) -> str | None:
 
 
 def check_prior(field: str, ref: str | None) -> None:
-    """The prior at ``ref`` (None: the shipped one) resolves (a local directory, or a hub
-    id in the cache or on the hub) to a diffusers UNet directory with a readable
-    config.json and safetensors weights; pickled weights are refused. The weights are
-    not loaded (only their headers are read)."""
+    """The prior ``ref`` names (:mod:`restoreflow.models.priors`; None: the default) is
+    there and loads safely: a named prior's weights (the FFDNet file's sha256 checked),
+    a denoiser weight file of a known architecture (read with ``weights_only``; pickled
+    code refused), or a diffusers UNet directory / hub id with a readable config.json and
+    safetensors weights (only their headers are read)."""
+    from restoreflow.models import priors
+    from restoreflow.models.denoiser import architecture_for, ffdnet_weights, read_state_dict
+    from restoreflow.models.prior import DEFAULT_PRIOR_DIR, ModelLoadError
+
+    name = priors.canonical(ref)
+    try:
+        if name in ("ffdnet", "hybrid"):
+            ffdnet_weights()
+        if name in ("ffdnet",):
+            return
+        if priors.is_denoiser_file(name):
+            from restoreflow.models.guided_diffusion import config_from_state_dict, matches
+
+            path = Path(name).expanduser()
+            state = read_state_dict(path)
+            if matches(state):
+                config_from_state_dict(state)
+            else:
+                architecture_for(path, state)
+            return
+        check_unet_dir(field, None if name in ("unet", "hybrid") else name, DEFAULT_PRIOR_DIR)
+    except ModelLoadError as exc:
+        raise PreflightError(field, str(exc)) from None
+
+
+def check_unet_dir(field: str, ref: str | None, default) -> None:
+    """A diffusers UNet directory or hub id (None: ``default``) with a readable config.json
+    and safetensors weights; pickled weights are refused; only headers are read."""
     from restoreflow.models.prior import (
-        DEFAULT_PRIOR_DIR,
         ModelLoadError,
         _check_safetensors,
         _resolve_dirs,
@@ -317,7 +345,7 @@ def check_prior(field: str, ref: str | None) -> None:
     )
 
     try:
-        root = resolve_model_path(ref or DEFAULT_PRIOR_DIR)
+        root = resolve_model_path(ref or default)
         unet_dir, sched = _resolve_dirs(root)
         _check_safetensors(unet_dir)
     except ModelLoadError as exc:
@@ -370,7 +398,7 @@ def check_run(spec, settings: Settings, where: str = "spec") -> None:
         check_sources(f"{where}.adapt.corpus", spec.adapt.corpus, settings)
     prior = spec.prior or settings.prior or None  # as pipeline.chosen_prior chooses
     check_prior(f"{where}.prior" if spec.prior else
-                "RESTOREFLOW_PRIOR" if prior else "the shipped prior", prior)
+                "RESTOREFLOW_PRIOR" if prior else "the default prior", prior)
     if spec.export is not None:
         check_out_dir(f"{where}.export.out", spec.export.out)
     if spec.report:

@@ -256,7 +256,12 @@ class RunSpec(_Strict):
 def _local_prior(ref: str, base: str) -> bool:
     """Whether a prior reference names a local directory rather than a hub id
     (``owner/name``): the rules of :func:`restoreflow.models.prior.resolve_model_path`,
-    with a relative path taken against ``base``."""
+    with a relative path taken against ``base``. Prior names (``ffdnet``, ``unet``,
+    ``hybrid``) are not paths."""
+    from restoreflow.models.priors import PRIOR_NAMES
+
+    if ref in PRIOR_NAMES:
+        return False
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1 or "://" in ref:
         return "://" not in ref
     try:

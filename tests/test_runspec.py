@@ -11,7 +11,9 @@ BASE = {"sources": ["imgs/"], "degradation": "gaussian_blur(sigma=3)+gaussian_no
 
 def test_defaults_hash_and_yaml_round_trip(tmp_path):
     spec = RunSpec.from_dict(BASE)
-    assert spec.restore.sampler == "ddpg" and spec.restore.steps == 100
+    # the default: HQS with its own step count (the sampler's signature default)
+    assert spec.restore.sampler == "hqs" and spec.restore.steps == 8
+    assert RunSpec.from_dict({**BASE, "restore": {"sampler": "ddpg"}}).restore.steps == 100
     assert spec.degradation.startswith("gaussian_blur(boundary=circular,sigma=3")
     p = tmp_path / "run.yaml"
     p.write_text(spec.to_yaml())
@@ -65,17 +67,21 @@ def test_adapt_lora_settings_reach_the_adapter_and_the_settings_hash():
 
     adapt = {"enabled": True, "rank": 4, "alpha": 2.0, "lr": 1e-3, "targets": ["conv1"],
              "max_t": 250}
-    cfg = RestoreConfig.from_run(RunSpec.from_dict({**BASE, "adapt": adapt}))
+    unet = {**BASE, "prior": "unet"}  # LoRA adapts a diffusion UNet
+    cfg = RestoreConfig.from_run(RunSpec.from_dict({**unet, "adapt": adapt}))
     assert cfg.lora_settings() == LoraSettings(rank=4, alpha=2.0, lr=1e-3, max_t=250,
                                                target_modules=("conv1",))
     assert RestoreConfig.from_dict(cfg.to_dict()) == cfg
-    plain = RestoreConfig.from_run(RunSpec.from_dict({**BASE, "adapt": {"enabled": True}}))
+    plain = RestoreConfig.from_run(RunSpec.from_dict({**unet, "adapt": {"enabled": True}}))
     assert plain.lora_settings() == LoraSettings()
     assert cfg.settings_hash("p") != plain.settings_hash("p")
     # without adaptation the LoRA settings do not matter
-    off = RunSpec.from_dict({**BASE, "adapt": {**adapt, "enabled": False}})
+    off = RunSpec.from_dict({**unet, "adapt": {**adapt, "enabled": False}})
     assert RestoreConfig.from_run(off).settings_hash("p") == RestoreConfig.from_run(
-        RunSpec.from_dict(BASE)).settings_hash("p")
+        RunSpec.from_dict(unet)).settings_hash("p")
+    with pytest.raises(ValueError, match="adaptation needs a diffusion UNet prior; prior "
+                       "'ffdnet' is a denoiser"):
+        RestoreConfig.from_run(RunSpec.from_dict({**BASE, "adapt": adapt}))
 
 
 def test_relative_paths_are_resolved_against_the_spec_file(tmp_path):

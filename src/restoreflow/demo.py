@@ -87,7 +87,7 @@ def prepare_demo(workdir: str | Path, seed: int = 0, adapt: bool = False) -> dic
         "degradation": "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.03)",
         "simulate": True,
         "seed": seed,
-        "restore": {"sampler": "ddpg", "steps": 30, "posterior_samples": 4},
+        "restore": {"posterior_samples": 4},  # the default: HQS on the FFDNet prior
         "calibration": {"clean": [str(dirs["calibration"])], "alpha": DEMO_ALPHA,
                         "min_psnr": 24.0, "pixel_epsilon": 0.2, "pixel_delta": 0.1,
                         "group_by": "folder"},
@@ -95,7 +95,9 @@ def prepare_demo(workdir: str | Path, seed: int = 0, adapt: bool = False) -> dic
                    "collections": ["restored"]},
         "report": str(work / "report.html"),
     }
-    if adapt:
+    if adapt:  # LoRA adapts a diffusion UNet: the shipped one
+        spec["prior"] = "unet"
+        spec["restore"] = {"sampler": "ddpg", "steps": 30, "posterior_samples": 4}
         spec["adapt"] = {"enabled": True, "corpus": [str(dirs["corpus"])], "neighbours": 3,
                          "steps": 20}
     return spec

@@ -30,8 +30,8 @@ from restoreflow.storage.sources import (
     strip_credentials,
 )
 
-__all__ = ["PreflightError", "check_degradation_files", "check_out_dir", "check_prior",
-           "check_report", "check_run", "check_sources", "check_store"]
+__all__ = ["PreflightError", "check_adaptable", "check_degradation_files", "check_out_dir",
+           "check_prior", "check_report", "check_run", "check_sources", "check_store"]
 
 # a preflight request must fail fast: no botocore retries, short timeouts
 S3_CONFIG = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 1}}
@@ -334,6 +334,16 @@ def check_prior(field: str, ref: str | None) -> None:
         raise PreflightError(field, str(exc)) from None
 
 
+def check_adaptable(field: str, enabled: bool, ref: str | None) -> None:
+    """Adaptation (LoRA) is asked for a prior it applies to (a diffusion UNet)."""
+    from restoreflow.models import priors
+
+    if enabled and not priors.adapts(ref):
+        raise PreflightError(field, f"adaptation needs a diffusion UNet prior; prior "
+                             f"{priors.canonical(ref)!r} is a denoiser (use --prior unet / "
+                             "prior: unet, or turn adaptation off)")
+
+
 def check_unet_dir(field: str, ref: str | None, default) -> None:
     """A diffusers UNet directory or hub id (None: ``default``) with a readable config.json
     and safetensors weights; pickled weights are refused; only headers are read."""
@@ -396,9 +406,10 @@ def check_run(spec, settings: Settings, where: str = "spec") -> None:
         check_sources(f"{where}.calibration.clean", spec.calibration.clean, settings)
     if spec.adapt.enabled and spec.adapt.corpus:
         check_sources(f"{where}.adapt.corpus", spec.adapt.corpus, settings)
-    prior = spec.prior or settings.prior or None  # as pipeline.chosen_prior chooses
+    prior = spec.prior or settings.prior or None  # as stages.config.chosen_prior chooses
     check_prior(f"{where}.prior" if spec.prior else
                 "RESTOREFLOW_PRIOR" if prior else "the default prior", prior)
+    check_adaptable(f"{where}.adapt.enabled", spec.adapt.enabled, prior)
     if spec.export is not None:
         check_out_dir(f"{where}.export.out", spec.export.out)
     if spec.report:

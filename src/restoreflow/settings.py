@@ -60,7 +60,8 @@ class Settings(BaseSettings):
                     "others for this long, not for lock_timeout",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    prior: str | None = Field(None, description="diffusers model dir or hub id; None = default")
+    prior: str | None = Field(None, description="prior: ffdnet, unet, hybrid, a weight file, a "
+                              "diffusers model dir or hub id; None = ffdnet")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .degradation import DegradationSpec, SpecError, resolve_path
@@ -79,8 +80,9 @@ class RestoreOptions(_Strict):
     (``restore:`` of a run spec, and ``RestoreConfig.restore``)."""
 
     # the sampler registry's names (tests/test_runspec.py checks they agree)
-    sampler: Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"] = "ddpg"
-    steps: int = Field(100, ge=1, le=1000, description="UNet evaluations per sample")
+    sampler: Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"] = "hqs"
+    steps: int = Field(None, ge=1, le=1000, validate_default=False,
+                       description="prior evaluations per sample (default: the sampler's)")
     tile: int = Field(256, ge=32, le=4096)
     overlap: int = Field(64, ge=0, le=2048)
     tile_batch: int = Field(4, ge=1, le=256)
@@ -88,6 +90,21 @@ class RestoreOptions(_Strict):
         1, ge=1, le=64, description="J samples (J >= 2 gives uncertainty maps)"
     )
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_default_steps(cls, data: Any) -> Any:
+        """No ``steps`` (or None): the sampler's own default (its signature's)."""
+        if isinstance(data, dict) and data.get("steps") is None:
+            from restoreflow.samplers import default_steps
+
+            sampler = data.get("sampler", cls.model_fields["sampler"].default)
+            if isinstance(sampler, str):
+                try:
+                    data = {**data, "steps": default_steps(sampler)}
+                except ValueError:
+                    pass  # the sampler itself is refused by its field
+        return data
 
     @field_validator("options")
     @classmethod

@@ -25,7 +25,7 @@ OLD_FLAT_HASH = "bd5287d2f6505ecd"
 
 def test_the_sections_are_the_run_specs_models_with_the_same_names():
     spec = RunSpec.from_dict({
-        "sources": ["x/"], "degradation": D, "seed": 4,
+        "sources": ["x/"], "degradation": D, "seed": 4, "prior": "unet",
         "restore": {"sampler": "dps", "steps": 7, "options": {"zeta_prime": 2.0}},
         "adapt": {"enabled": True, "corpus": ["refs/"], "targets": ["to_q"], "max_t": 9}})
     cfg = RestoreConfig.from_run(spec)
@@ -70,11 +70,12 @@ def test_degradation_is_canonical():
 
 
 @pytest.mark.parametrize("fields, where, needle", [
-    ({"restore": {"options": {"gama": 3}}}, ("restore", "options"),
+    ({"restore": {"sampler": "ddpg", "options": {"gama": 3}}}, ("restore", "options"),
      "unknown option 'gama' of sampler ddpg; its options: gamma, zeta"),
     ({"restore": {"sampler": "dps", "options": {"zeta": 1.0}}}, ("restore", "options"),
      "unknown option 'zeta' of sampler dps"),
-    ({"restore": {"options": {"zeta": 3}}}, ("restore", "options"), "option zeta=3 of sampler"),
+    ({"restore": {"sampler": "ddpg", "options": {"zeta": 3}}}, ("restore", "options"),
+     "option zeta=3 of sampler"),
     ({"restore": {"sampler": "ddgp"}}, ("restore", "sampler"), "Input should be 'ddpg'"),
     ({"restore": {"steps": 0}}, ("restore", "steps"), "greater than or equal to 1"),
     ({"restore": {"tile": 16}}, ("restore", "tile"), "greater than or equal to 32"),

@@ -16,7 +16,8 @@ D = "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)"
 PRIOR_HASH = "83606bde28e1"
 
 PINS = {
-    "ae7bc4c077c55519": RestoreConfig(degradation=D),
+    # the defaults of that time (DDPG, 100 steps); the default is HQS on FFDNet since
+    "ae7bc4c077c55519": RestoreConfig(degradation=D, sampler="ddpg"),
     # cd76ba77ff38888e's config with dps's real option name (cd76ba77ff38888e itself: see
     # test_a_config_now_refused_still_hashes_as_pinned); this and the last three were
     # computed with the code of edcd80a (RestoreConfig a dataclass)
@@ -61,7 +62,7 @@ def test_a_config_now_refused_still_hashes_as_pinned():
 
 
 def test_seed_and_tile_batch_do_not_change_the_hash():
-    base = RestoreConfig(degradation=D)
+    base = RestoreConfig(degradation=D, sampler="ddpg")
     assert RestoreConfig(degradation=D, seed=3, tile_batch=1).settings_hash(PRIOR_HASH) == \
         base.settings_hash(PRIOR_HASH)
     assert RestoreConfig(degradation=D, steps=99).settings_hash(PRIOR_HASH) != \
@@ -76,8 +77,8 @@ def test_matched_retrieval_has_its_own_hash():
     new = old.model_copy(update={"adapt": old.adapt.model_copy(
         update={"match_degradation": True})})
     assert new.settings_hash(PRIOR_HASH) != "09eb07daf72e8b60"
-    nested = RestoreConfig(degradation=D, adapt={"enabled": True, "neighbours": 4,
-                                                 "steps": 30, "rank": 8})
+    nested = RestoreConfig(degradation=D, restore={"sampler": "ddpg", "steps": 100},
+                           adapt={"enabled": True, "neighbours": 4, "steps": 30, "rank": 8})
     assert nested.adapt.match_degradation and nested.settings_hash(PRIOR_HASH) == \
         new.settings_hash(PRIOR_HASH)
     off = RestoreConfig(degradation=D, match_degradation=False)

@@ -76,4 +76,4 @@ def test_restore_flow_uses_and_records_the_environment_prior(prefect_api, tmp_pa
                   if r.parameters.get("store") == str(tmp_path / "store")]
     assert run.parameters["cfg"] == cfg.model_dump(mode="json")
     assert RestoreConfig.model_validate(run.parameters["cfg"]) == cfg
-    assert run.name == f"restore degraded -> restored: {cfg.degradation}, ddpg 2 steps"
+    assert run.name == f"restore degraded -> restored: {cfg.degradation}, hqs 2 steps"

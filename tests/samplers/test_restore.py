@@ -102,11 +102,12 @@ def test_task_kinds_and_options():
 def test_options_override_defaults(tiny_prior):
     op = GaussianBlur(1.0)
     y = noisy(op, photo(16, 16), 0.05)
-    a = restore_image(tiny_prior, op, y, 0.05, steps=4)
-    b = restore_image(tiny_prior, op, y, 0.05, steps=4, options={"zeta": 0.3})
+    a = restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4)
+    b = restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4, options={"zeta": 0.3})
     assert not torch.equal(a, b)
     with pytest.raises(TypeError):
-        restore_image(tiny_prior, op, y, 0.05, steps=4, options={"no_such_option": 1})
+        restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4,
+                      options={"no_such_option": 1})
 
 
 # --- tiling ---------------------------------------------------------------------------
@@ -154,8 +155,8 @@ def test_no_seams_along_tile_borders(perturbed_prior):
     ratios = {}
     for overlap in (8, 0):
         out = restore_image(
-            perturbed_prior, op, y, 0.02, steps=10, generator=gen(0), tile=32, overlap=overlap
-        )
+            perturbed_prior, op, y, 0.02, sampler="ddpg", steps=10, generator=gen(0), tile=32,
+            overlap=overlap)
         ratios[overlap] = seam_ratio(out[0], 128, 32, overlap)
     assert abs(ratios[8] - 1) < 0.05, ratios
     assert abs(ratios[0] - 1) > 0.05, ratios

@@ -82,8 +82,9 @@ def rerun_cmd(
 def restore_cmd(
     degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
     store: str = typer.Option(None, "--store", help=_STORE_HELP),
-    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
-    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    sampler: SamplerName = typer.Option("hqs", "--sampler", help="Solver."),
+    steps: int = typer.Option(None, "--steps", min=1, max=1000,
+                              help="Prior evaluations [default: the solver's]"),
     seed: int = typer.Option(0, "--seed"),
     collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
     out: str = typer.Option("restored", "--out", help="Output collection"),
@@ -91,12 +92,18 @@ def restore_cmd(
     adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
     neighbours: int = typer.Option(8, "--neighbours", min=1),
     adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
-    prior: str = typer.Option(None, "--prior", help="diffusers model dir or hub id"),
+    prior: str = typer.Option(None, "--prior", help="ffdnet (default), unet, hybrid, a weight "
+                              "file, or a diffusers model dir / hub id"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=_OPTION_HELP),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
-    from restoreflow.preflight import check_degradation_files, check_prior, check_store
+    from restoreflow.preflight import (
+        check_adaptable,
+        check_degradation_files,
+        check_prior,
+        check_store,
+    )
     from restoreflow.settings import get_settings
     from restoreflow.spec import DegradationSpec, SpecError
     from restoreflow.stages.config import RestoreConfig
@@ -113,7 +120,8 @@ def restore_cmd(
     settings = get_settings()
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
-               else "the shipped prior", prior or settings.prior)
+               else "the default prior", prior or settings.prior)
+    _preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
     _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = _open_store(store)
@@ -137,8 +145,9 @@ def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
     degradation: str = typer.Option(..., "--degradation", "-d"),
     store: str = typer.Option(None, "--store", help=_STORE_HELP),
-    sampler: SamplerName = typer.Option("ddpg", "--sampler", help="Guided sampler."),
-    steps: int = typer.Option(100, "--steps", min=1, max=1000),
+    sampler: SamplerName = typer.Option("hqs", "--sampler", help="Solver."),
+    steps: int = typer.Option(None, "--steps", min=1, max=1000,
+                              help="Prior evaluations [default: the solver's]"),
     samples_: int = typer.Option(4, "--samples", min=1, max=64),
     alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
     group_by: str = typer.Option(
@@ -180,7 +189,7 @@ def calibrate_cmd(
     _preflight(check_degradation_files, "--degradation", spec.text)
     _preflight(check_sources, "--clean", clean, settings, False)
     _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
-               else "the shipped prior", prior or settings.prior)
+               else "the default prior", prior or settings.prior)
     _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = _open_store(store)

@@ -34,7 +34,7 @@ from restoreflow.models.prior import (
 
 PRIOR_NAMES = ("ffdnet", "unet", "hybrid")
 #: The prior of a job that names none.
-DEFAULT_PRIOR = "unet"
+DEFAULT_PRIOR = "ffdnet"
 
 
 def canonical(ref: str | None) -> str:
@@ -63,6 +63,14 @@ def load(ref: str | None, device: str = "cpu") -> DiffusionPrior:
         unet = DiffusionPrior.load(None, device=device)
         return denoiser_prior(load_denoiser("ffdnet", device), fallback=unet)
     return DiffusionPrior.load(name, device=device)
+
+
+def adapts(ref: str | None) -> bool:
+    """Whether LoRA adaptation applies to the prior ``ref`` names (a diffusion UNet)."""
+    name = canonical(ref)
+    if name in ("ffdnet", "hybrid"):
+        return False
+    return not is_denoiser_file(name) or is_guided_diffusion(name)
 
 
 def is_guided_diffusion(path: str) -> bool:

@@ -44,7 +44,7 @@ _MODULES = {"ddpg": ddpg, "ddnm": ddnm, "dps": dps, "diffpir": diffpir, "hqs": h
 SAMPLERS: dict[str, Sampler] = {name: m.sample for name, m in _MODULES.items()}
 #: Default options per sampler and restoration task (each sampler file's ``DEFAULTS``).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {name: m.DEFAULTS for name, m in _MODULES.items()}
-DEFAULT_SAMPLER = "ddpg"
+DEFAULT_SAMPLER = "hqs"
 # Parameters of the common call shape; every other keyword-only parameter is an option.
 _CALL = ("prior", "operator", "y", "sigma_y", "steps", "generator", "num_samples", "progress")
 
@@ -57,6 +57,11 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(
             f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}"
         ) from None
+
+
+def default_steps(name: str) -> int:
+    """The number of prior evaluations ``name`` takes by default (its signature's)."""
+    return int(inspect.signature(get_sampler(name)).parameters["steps"].default)
 
 
 @cache
@@ -97,6 +102,7 @@ __all__ = [
     "SAMPLERS",
     "TASK_DEFAULTS",
     "check_options",
+    "default_steps",
     "get_sampler",
     "options_model",
     "respaced_steps",

@@ -89,6 +89,9 @@ class RestoreConfig(BaseModel):
                 v = dict(v)  # the old tuple of (name, value) pairs
             if v is not None:
                 sections[section][name] = v
+        # the flat form predates the denoiser prior: its defaults were DDPG, 100 steps
+        sections["restore"].setdefault("sampler", "ddpg")
+        sections["restore"].setdefault("steps", 100)
         if sections["adapt"].get("enabled") and "match_degradation" not in data:
             # the flat form is edcd80a's, whose adaptation retrieved from the clean corpus
             sections["adapt"]["match_degradation"] = False
@@ -102,14 +105,30 @@ class RestoreConfig(BaseModel):
 
     @classmethod
     def from_run(cls, spec: RunSpec) -> RestoreConfig:
-        return cls(degradation=spec.degradation, seed=spec.seed, prior=chosen_prior(spec.prior),
-                   restore=spec.restore,
-                   adapt=AdaptSettings(**spec.adapt.model_dump(exclude={"corpus"})))
+        cfg = cls(degradation=spec.degradation, seed=spec.seed, prior=chosen_prior(spec.prior),
+                  restore=spec.restore,
+                  adapt=AdaptSettings(**spec.adapt.model_dump(exclude={"corpus"})))
+        return cfg.checked_adaptation()
 
     def with_chosen_prior(self) -> RestoreConfig:
         """This config with its prior chosen on the driver (see :func:`chosen_prior`)."""
         prior = chosen_prior(self.prior)
-        return self if prior == self.prior else self.model_copy(update={"prior": prior})
+        cfg = self if prior == self.prior else self.model_copy(update={"prior": prior})
+        return cfg.checked_adaptation()
+
+    def checked_adaptation(self) -> RestoreConfig:
+        """Adaptation (LoRA through peft) adapts a diffusion UNet prior; a denoiser prior
+        (ffdnet, hybrid, a denoiser weight file) with ``adapt.enabled`` is refused here,
+        before any work (ValueError naming the fix)."""
+        from restoreflow.models.priors import adapts
+
+        if self.adapt.enabled and not adapts(self.prior):
+            from restoreflow.models.priors import canonical
+
+            raise ValueError(f"adapt: adaptation needs a diffusion UNet prior; prior "
+                             f"{canonical(self.prior)!r} is a denoiser (set prior: unet, "
+                             "or turn adaptation off)")
+        return self
 
     @property
     def spec(self) -> DegradationSpec:

@@ -139,3 +139,26 @@ def test_sampler_choices_are_the_registry():
     from restoreflow.spec import RestoreOptions
 
     assert get_args(RestoreOptions.model_fields["sampler"].annotation) == tuple(SAMPLERS)
+
+
+@pytest.mark.parametrize("degradation, sampler, steps", [
+    ("gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)", "hqs", 8),
+    ("sr(factor=4)+gaussian_noise(sigma=0.01)", "hqs", 8),
+    ("inpaint(ratio=0.7)+gaussian_noise(sigma=0.01)", "ddpg", 20),
+    ("denoise+gaussian_noise(sigma=0.1)", "hqs", 8),
+])
+def test_the_default_solver_is_chosen_per_task(degradation, sampler, steps):
+    from restoreflow.stages.config import RestoreConfig
+
+    spec = RunSpec.from_dict({**BASE, "degradation": degradation})
+    assert (spec.restore.sampler, spec.restore.steps) == (sampler, steps)
+    cfg = RestoreConfig(degradation=degradation, restore={"sampler": None, "steps": None})
+    assert (cfg.restore.sampler, cfg.restore.steps) == (sampler, steps)
+    assert RestoreConfig.from_run(spec).restore == cfg.restore
+    # a solver named without steps takes its own default; steps alone keep the solver
+    named = RunSpec.from_dict({**BASE, "degradation": degradation,
+                               "restore": {"sampler": "idbp"}})
+    assert named.restore.steps == 20
+    only_steps = RunSpec.from_dict({**BASE, "degradation": degradation,
+                                    "restore": {"steps": 3}})
+    assert (only_steps.restore.sampler, only_steps.restore.steps) == (sampler, 3)

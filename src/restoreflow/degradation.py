@@ -338,6 +338,13 @@ class DegradationSpec:
     def __str__(self) -> str:
         return self.text
 
+    @property
+    def task(self) -> str:
+        """The restoration task kind of the operator (deblur, sr, inpaint, denoise, other)."""
+        from restoreflow.operators.registry import OPERATOR_TASKS
+
+        return OPERATOR_TASKS.get(self.operator.name, "other")
+
     def noise_model(self) -> NoiseModel | None:
         if self.noise is None:
             return None

@@ -71,6 +71,28 @@ def _canonical_degradation(v: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def with_default_method(data: Any) -> Any:
+    """A run spec's / RestoreConfig's raw fields with the task's default solver and steps
+    (:data:`restoreflow.samplers.DEFAULT_METHOD`) where ``restore`` names no sampler; a
+    ``restore`` given as a model is left as it is (it was resolved when it was made)."""
+    if not isinstance(data, dict) or not isinstance(data.get("degradation"), str):
+        return data
+    restore = data.get("restore") or {}
+    if not isinstance(restore, dict) or restore.get("sampler") is not None:
+        return data
+    try:
+        task = DegradationSpec.parse(data["degradation"]).task
+    except SpecError:
+        return data  # refused by the degradation field
+    from restoreflow.samplers import DEFAULT_METHOD
+
+    sampler, steps = DEFAULT_METHOD.get(task, DEFAULT_METHOD["other"])
+    filled = {**restore, "sampler": sampler}
+    if filled.get("steps") is None:
+        filled["steps"] = steps
+    return {**data, "restore": filled}
+
+
 # Field types shared by the run spec and restoreflow.stages.config.RestoreConfig
 Seed = Annotated[int, Field(ge=0, le=2**62)]
 
@@ -199,6 +221,7 @@ class RunSpec(_Strict):
 
     _uris_without_credentials = field_validator("sources", "store", "prior")(_no_credentials)
     _degradation_canonical = field_validator("degradation")(_canonical_degradation)
+    _default_method = model_validator(mode="before")(with_default_method)
 
     @property
     def degradation_spec(self) -> DegradationSpec:

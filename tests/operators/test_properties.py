@@ -200,3 +200,16 @@ def test_operators_declare_their_task(case, build_case):
     expected = {"gaussian_blur": "deblur", "uniform_blur": "deblur", "motion_blur": "deblur",
                 "kernel_blur": "deblur", "sr": "sr", "denoise": "denoise", "colorise": "other"}
     assert op.task == expected.get(name, "inpaint" if name.startswith("inpaint") else "?")
+
+
+def test_the_registry_knows_each_operators_task():
+    """OPERATOR_TASKS (read before anything is built) agrees with the built operators."""
+    from restoreflow.operators.registry import OPERATOR_TASKS, OPERATORS, build_operator
+
+    assert set(OPERATOR_TASKS) == set(OPERATORS)
+    for name, entry in OPERATORS.items():
+        for params in entry.example_params:
+            if any(isinstance(v, str) and "." in v for v in params.values()):
+                continue  # reads a file (kernel_blur / inpaint_mask): same classes as above
+            op = build_operator(name, params, (3, 64, 64), torch.Generator().manual_seed(0))
+            assert getattr(op, "task", "other") == OPERATOR_TASKS[name], name

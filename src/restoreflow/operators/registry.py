@@ -390,6 +390,16 @@ OPERATORS: dict[str, Entry] = {
     ]
 }
 
+# The restoration task kind of each operator (its class's ``task``, tests check they
+# agree): picks the default solver and its options before anything is built.
+OPERATOR_TASKS: dict[str, str] = {
+    "denoise": "denoise", "colorise": "other", "gaussian_blur": "deblur",
+    "uniform_blur": "deblur", "motion_blur": "deblur", "kernel_blur": "deblur", "sr": "sr",
+    "inpaint": "inpaint", "inpaint_boxes": "inpaint", "inpaint_box": "inpaint",
+    "inpaint_mask": "inpaint",
+}
+
+
 _SIGMA_NOISE = Param("sigma", float, minimum=0, maximum=1, doc="std in [0, 1] image units")
 _PHOTONS = Param("photons", float, minimum=0, maximum=1e12, min_exclusive=True)
 

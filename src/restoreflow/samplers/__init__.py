@@ -45,6 +45,13 @@ SAMPLERS: dict[str, Sampler] = {name: m.sample for name, m in _MODULES.items()}
 #: Default options per sampler and restoration task (each sampler file's ``DEFAULTS``).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {name: m.DEFAULTS for name, m in _MODULES.items()}
 DEFAULT_SAMPLER = "hqs"
+#: The default solver and its steps per task kind, on the default prior (FFDNet): chosen
+#: by benchmarks/bench_denoiser_prior.py (results/denoiser_prior_*.md): HQS is the best
+#: and fastest for blur, SR and noise; large holes need DDPG's noise injection.
+DEFAULT_METHOD: dict[str, tuple[str, int]] = {
+    "deblur": ("hqs", 8), "sr": ("hqs", 8), "denoise": ("hqs", 8), "inpaint": ("ddpg", 20),
+    "other": ("hqs", 8),
+}
 # Parameters of the common call shape; every other keyword-only parameter is an option.
 _CALL = ("prior", "operator", "y", "sigma_y", "steps", "generator", "num_samples", "progress")
 
@@ -98,6 +105,7 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
 
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DEFAULT_SAMPLER",
     "SAMPLERS",
     "TASK_DEFAULTS",

@@ -31,6 +31,7 @@ from restoreflow.spec import (
     Seed,
     _canonical_degradation,
     _no_credentials,
+    with_default_method,
 )
 
 # The flat form RestoreConfig had before it held the run spec's sections (older manifests'
@@ -64,6 +65,7 @@ class RestoreConfig(BaseModel):
     upper_q: float = Field(0.95, gt=0, lt=1)
 
     _degradation_canonical = field_validator("degradation")(_canonical_degradation)
+    _default_method = model_validator(mode="before")(with_default_method)
     _prior_without_credentials = field_validator("prior")(_no_credentials)
 
     @model_validator(mode="before")

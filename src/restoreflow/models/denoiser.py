@@ -8,7 +8,7 @@ over the noise levels ``[0, sigma_max]`` (in [0, 1] units) the denoiser was trai
 :class:`Denoiser` is that interface: ``denoise(x, sigma)`` on a batch (B, C, H, W) with
 ``sigma`` a float, one value per image (B,) or a per-pixel map (B, 1, H, W). A denoiser
 with ``channels == 3`` restores a grey batch (C = 1) by replicating it to three channels
-and averaging the output.
+(at the level sqrt(3) sigma: the noise is the same in the three) and averaging the output.
 
 Weights are read only from safetensors or from plain state dicts through
 ``torch.load(weights_only=True)``: a file that holds pickled objects with code is refused
@@ -71,8 +71,10 @@ class Denoiser:
             s = s.reshape(b, 1, 1, 1).expand(b, 1, h, w)
         if s.shape != (b, 1, h, w):
             raise ValueError(f"sigma must be a float, (B,) or (B, 1, H, W); got {tuple(s.shape)}")
-        s = s.clamp(0.0, self.sigma_max)
         grey = c == 1 and self.channels == 3
+        if grey:  # noise identical in three channels is sqrt(3) sigma to a colour net
+            s = s * 3**0.5
+        s = s.clamp(0.0, self.sigma_max)
         if grey:
             x = x.expand(-1, 3, -1, -1)
         elif c != self.channels:

@@ -68,8 +68,11 @@ def rerun_cmd(
     from restoreflow.spec import RunSpec, SpecError
 
     try:
+        from restoreflow.compat import spec_of_manifest
+
         data = json.loads(open(manifest, encoding="utf-8").read())
-        spec = RunSpec.from_dict({**data["spec"], **({"store": store} if store else {})})
+        spec = RunSpec.from_dict({**spec_of_manifest(data), **({"store": store} if store
+                                                                else {})})
         # manifests record absolute paths; those of older ones (and --store) are taken
         # against the current directory, and recorded absolute in the new manifest
         spec = spec.resolved(os.getcwd(), where=manifest, degradation_files=False)

@@ -88,7 +88,7 @@ TASKS: dict[str, str] = {
 DOMAINS = ("photo", "astro")
 METHODS = ("residual", "cqr")
 REF_METHODS = ("residual+refs", "refs only")  # with the in-context reference feature
-SAMPLER = "ddpg"
+SAMPLER = "ddpg"  # the explore_* scripts' caches (earlier bench_conformal runs: DDPG on the UNet)
 CACHE_DIR = RESULTS / "tmp"
 SAVE_EVERY_S = 60.0  # an interrupted phase 1 loses at most this much work
 FLOORS = (0.005, 0.01, 0.02, 0.05)
@@ -97,8 +97,8 @@ GUARD_LEVELS = (0.05, 0.1)  # a stricter level, and the guard's default (the iss
 SPREAD_GRID = np.round(np.linspace(0.0, 20.0, 401), 6)
 LOCAL_FLOOR = DEFAULT_FLOORS["local"]  # the pipeline's default and its lambda grid
 LOCAL_GRID = local_grid(LOCAL_FLOOR)
-QUICK = dict(sources=12, crops=2, crop=64, steps=8, splits=50, cal_sources=(8,))
-DEFAULTS = dict(sources=120, crops=2, crop=64, steps=25, splits=200, cal_sources=(12, 24, 48))
+QUICK = dict(sources=12, crops=2, crop=64, splits=50, cal_sources=(8,))
+DEFAULTS = dict(sources=120, crops=2, crop=64, splits=200, cal_sources=(12, 24, 48))
 
 
 def _seed(*parts: object) -> int:
@@ -158,9 +158,9 @@ def settings(args, prior_hash: str) -> dict:
     opts = {}
     for task, text in TASKS.items():
         spec = DegradationSpec.parse(text)
-        opts[task] = default_options(SAMPLER, task, spec.sigma_y)
+        opts[task] = default_options(args.sampler, task, spec.sigma_y)
     return {"crop": args.crop, "short_side": args.short_side, "seed": args.seed,
-            "steps": args.steps, "samples": args.samples, "sampler": SAMPLER,
+            "steps": args.steps, "samples": args.samples, "sampler": args.sampler,
             "options": opts, "tasks": TASKS, "floors": list(FLOORS),
             "spread_grid": [float(SPREAD_GRID[0]), float(SPREAD_GRID[-1]), SPREAD_GRID.size],
             "local": {"floor": LOCAL_FLOOR, "sigma": LOCAL_SIGMA, "grid": LOCAL_GRID.size},
@@ -254,7 +254,7 @@ def restore_record(prior, item: dict, task: str, x, st: dict,
     y = deg.apply(x[None], g)[0].float()
     gr = torch.Generator().manual_seed(seed_for(spec.hash, st["seed"], f"{item['id']}/restore"))
     t0 = time.perf_counter()
-    samples = restore_image(prior, deg.operator, y, deg.sigma_y, sampler=SAMPLER,
+    samples = restore_image(prior, deg.operator, y, deg.sigma_y, sampler=st["sampler"],
                             steps=st["steps"], generator=gr, num_samples=st["samples"],
                             options=dict(st["options"][task]))
     seconds = time.perf_counter() - t0
@@ -302,7 +302,7 @@ def pixel_curves(iv, truth) -> dict:
 
 
 def run_restore(args, st: dict, path: Path, items: list[dict]) -> dict:
-    from restoreflow.models.prior import DiffusionPrior
+    from restoreflow.models import priors
 
     data = load_cache(path, st)
     todo = [(it, t) for it in items for t in TASKS if f"{t}/{it['id']}" not in data["records"]]
@@ -311,7 +311,7 @@ def run_restore(args, st: dict, path: Path, items: list[dict]) -> dict:
           f"{len(todo)} to restore", flush=True)
     if not todo:
         return data
-    prior = DiffusionPrior.load(args.prior)
+    prior = priors.load(args.prior)
     if prior.model_hash != st["prior_hash"]:
         raise RuntimeError(f"prior changed while starting ({prior.model_hash} != "
                            f"{st['prior_hash']}); pass a fixed snapshot with --prior")
@@ -730,7 +730,8 @@ def markdown(res: dict, args) -> str:
     a = args.alpha
     n_max = str(max(args.cal_sources))
     lines = [
-        f"Prior `{res['prior']}` (hash {st['prior_hash'][:12]}); DDPG, {st['steps']} steps, "
+        f"Prior `{res['prior']}` (hash {st['prior_hash'][:12]}); {st['sampler'].upper()}, "
+        f"{st['steps']} steps, "
         f"J = {st['samples']} posterior samples, default options per task; "
         f"{st['crop']} px random crops, {args.crops} per source image (images resized to a "
         f"shorter side <= {st['short_side']} px); {args.sources} source images per domain "
@@ -888,10 +889,14 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=None,
                     help=f"crop size, a multiple of 4 (default {DEFAULTS['crop']})")
     ap.add_argument("--short-side", type=int, default=512)
+    ap.add_argument("--sampler", default=None,
+                    help="solver (default: the deblur/SR default, restoreflow.samplers."
+                         "DEFAULT_METHOD; the earlier runs: ddpg with --prior unet)")
     ap.add_argument("--steps", type=int, default=None,
-                    help=f"DDPG steps (default {DEFAULTS['steps']})")
+                    help="solver steps (default: the default method's, else the solver's)")
     ap.add_argument("--samples", type=int, default=4, help="J posterior samples (>= 2)")
-    ap.add_argument("--prior", default=None, help="diffusers dir (default: shipped prior)")
+    ap.add_argument("--prior", default=None,
+                    help="prior reference (default: the default prior, ffdnet)")
     ap.add_argument("--splits", type=int, default=None,
                     help=f"splits by source per row (default {DEFAULTS['splits']})")
     ap.add_argument("--cal-sources", type=int, nargs="+", default=None,
@@ -908,6 +913,15 @@ def main() -> None:
     for k, v in base.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    from restoreflow.samplers import DEFAULT_METHOD, default_steps
+
+    method = DEFAULT_METHOD["deblur"]
+    if method != DEFAULT_METHOD["sr"]:
+        raise SystemExit("deblur and SR have different default solvers: pass --sampler")
+    args.sampler = args.sampler or method[0]
+    if args.steps is None:
+        args.steps = 8 if args.quick and args.sampler != "hqs" else (
+            method[1] if args.sampler == method[0] else default_steps(args.sampler))
     if args.crop % 4:
         ap.error("--crop must be a multiple of 4 (SR x4)")
     if args.samples < 2:
@@ -931,7 +945,7 @@ def main() -> None:
         raise SystemExit("nothing to analyse: restore more of the pool first (--phase restore)")
     ids = {it["id"] for it in items}
     cached = sum(1 for r in data["records"].values() if r["id"] in ids)
-    res = {"prior": args.prior or "default", "settings": st, "cache": str(path),
+    res = {"prior": args.prior or "default (ffdnet)", "settings": st, "cache": str(path),
            "pool": {"crops": len(items), "wanted": len(items) * len(TASKS), "cached": cached},
            "analysis": {"alpha": args.alpha, "splits": args.splits,
                         "cal_sources": list(args.cal_sources), "seed": args.seed,

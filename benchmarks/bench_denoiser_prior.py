@@ -45,7 +45,7 @@ TASKS: dict[str, str] = {
 }
 SOLVERS = ("hqs", "idbp", "ddpg", "diffpir", "ddnm", "dps")
 PRIORS = ("ffdnet", "hybrid", "unet")
-LABELS = {"pinv_eta": "A^+_eta y", "bm3d": "BM3D", "denoiser": "D(y) one step",
+LABELS = {"pinv": "A^+ y", "pinv_eta": "A^+_eta y", "bm3d": "BM3D", "denoiser": "D(y) one step",
           "hqs": "HQS", "idbp": "IDBP", "ddpg": "DDPG", "diffpir": "DiffPIR", "ddnm": "DDNM+",
           "dps": "DPS"}
 
@@ -62,11 +62,12 @@ def degrade(task: str, item: dict, seed: int):
 def peer(method: str, task: str, op, y, sigma_y):
     from benchmarks import peers
 
-    if method == "pinv_eta":
+    if method in ("pinv", "pinv_eta"):
+        eta = 0.0 if method == "pinv" else (2 * sigma_y) ** 2
         with torch.no_grad():
             ones = torch.ones_like(op.A_adjoint(y[None]))
             y_m = 2 * y[None] - op.A(ones)
-            return ((op.A_dagger(y_m, eta=(2 * sigma_y) ** 2) + 1) / 2).clamp(0, 1)[0]
+            return ((op.A_dagger(y_m, eta=eta) + 1) / 2).clamp(0, 1)[0]
     if task == "denoise":
         return peers.bm3d_denoise(y, sigma_y)
     if hasattr(op, "kernel"):
@@ -88,6 +89,8 @@ def solve(prior, op, y, sigma_y, sampler, steps, seed, options=None, samples=1):
 
 
 def peer_applies(method: str, task: str) -> bool:
+    if method == "pinv":  # the exact pseudo-inverse: meaningful where A has full row rank
+        return task in ("sr", "inpaint")
     return method == "pinv_eta" or task in ("deblur", "deblur_mild", "sr", "denoise")
 
 
@@ -209,6 +212,8 @@ def versus_bm3d(res: dict, prior: str, method: str) -> list[str]:
                    and r["method"] == "bm3d"}
             pinv = {r["image"]: r for r in rows if r["task"] == task and r["domain"] == dom
                     and r["method"] == "pinv_eta"}
+            exact = {r["image"]: r for r in rows if r["task"] == task and r["domain"] == dom
+                     and r["method"] == "pinv"}
             common = sorted(set(ours) & set(ref))
             if not common:
                 continue
@@ -218,9 +223,13 @@ def versus_bm3d(res: dict, prior: str, method: str) -> list[str]:
             tr = np.sum([ours[i]["seconds"] for i in common]) / np.sum(
                 [ref[i]["seconds"] for i in common])
             dpi = np.mean([ours[i]["psnr"] - pinv[i]["psnr"] for i in common if i in pinv])
+            vs_exact = ""
+            if exact:
+                de = np.mean([ours[i]["psnr"] - exact[i]["psnr"] for i in common])
+                vs_exact = f", vs A^+ y {de:+.2f} dB"
             out.append(f"- {task} / {dom}: {LABELS[method]} on {prior} vs BM3D {dp:+.2f} dB "
                        f"PSNR, {ds:+.3f} SSIM, higher PSNR on {wins}/{len(common)} images, "
-                       f"time ratio {tr:.2f}; vs A^+_eta y {dpi:+.2f} dB")
+                       f"time ratio {tr:.2f}; vs A^+_eta y {dpi:+.2f} dB{vs_exact}")
     return out
 
 
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         images = bench_images(args)
         d = json.loads(args.default)
         combos = [(d[0], d[1], d[2], d[3]), (d[0], "denoiser", None, None)]
-        res = run_matrix(args, images, combos, ("pinv_eta", "bm3d"), "headline")
+        res = run_matrix(args, images, combos, ("pinv", "pinv_eta", "bm3d"), "headline")
         title = f"The default ({d[1]} on {d[0]}, {d[2]} steps) vs BM3D and A^+_eta y"
         res["versus_bm3d"] = versus_bm3d(res, d[0], d[1]) + versus_bm3d(res, d[0], "denoiser")
     md = markdown(res, title)

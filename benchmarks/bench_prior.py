@@ -1,4 +1,5 @@
-"""Denoising benchmark of a prior's one-step x0 estimate vs non-local means.
+"""Denoising benchmark of a prior's one-step x0 estimate vs non-local means (any prior
+reference: the FFDNet default, the shipped UNet, a weight file...).
 
 For each held-out photo (256x256 centre crop, [0,1]; the main set first resizes photos
 so the shorter side is 512 px, a second set crops the full-resolution files, which for
@@ -33,11 +34,10 @@ def run(prior_path: str | None, sigmas: list[float], size: int = 256, seed: int 
         short_side: int | None = 512, bm3d: bool = False) -> dict:
     from skimage.restoration import denoise_nl_means, estimate_sigma
 
-    from restoreflow.models import corpus
-    from restoreflow.models.prior import DiffusionPrior
+    from restoreflow.models import corpus, priors
     from restoreflow.models.training import center_crops
 
-    prior = DiffusionPrior.load(prior_path)
+    prior = priors.load(prior_path)
     paths = corpus.held_out_photos()
     clean = center_crops(paths, size, short_side)
     rows = []
@@ -91,7 +91,8 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prior", default=None, help="diffusers dir (default: shipped prior)")
+    ap.add_argument("--prior", default=None,
+                    help="a prior reference: ffdnet (default), unet, hybrid, a file or a dir")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[5, 15, 25, 50])
     ap.add_argument("--name", default="prior_denoising", help="results file stem")
     ap.add_argument("--bm3d", action="store_true",

@@ -142,8 +142,6 @@ def run_matrix(args, images, combos, peers_, tag) -> dict:
             for prior_name, sampler, steps, opts in combos:
                 if sampler == "denoiser" and task != "denoise":
                     continue
-                if task == "denoise" and sampler != "denoiser" and args.mode != "tune":
-                    continue
                 t0 = time.perf_counter()
                 x = solve(priors[prior_name], op, y, sigma_y, sampler, steps, args.seed, opts)
                 record(rows, task, item, sampler, prior_name, x[0], time.perf_counter() - t0,

@@ -123,7 +123,8 @@ def test_other_verbs_check_before_work(ws, env, prior):
         (["restore", "-d", DEG, "--store", str(store), "--sampler", "ddpg", "--option",
           "gama=3"], "error: --option: unknown option 'gama' of sampler ddpg; its options: "
                      "gamma, zeta,"),
-        (["restore", "-d", DEG, "--store", str(store), "--option", "zeta=3"],
+        (["restore", "-d", DEG, "--store", str(store), "--sampler", "ddpg", "--option",
+          "zeta=3"],
          "error: --option: option zeta=3 of sampler ddpg: Input should be less than or "
          "equal to 1"),
         (["restore", "-d", DEG, "--store", str(store), "--option", "gamma"],

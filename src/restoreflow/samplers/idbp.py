@@ -4,11 +4,14 @@ Iterative Denoising and Backward Projections", IEEE TIP 2019).
 With ``A^+_eta = A^T (A A^T + eta I)^{-1}`` (eta = ``eps`` sigma_y^2, floored at 1e-4 in
 model units) the method alternates, for k = 1..K (K = ``steps``):
 
-    x_k   = D(y~_{k-1}, sigma_y + delta_k)                        (denoise)
+    x_k   = D(y~_{k-1}, sigma_bp + delta_k)                       (denoise)
     y~_k  = A^+_eta y + (I - A^+_eta A) x_k = x_k - A^+_eta (A x_k - y)   (backward projection)
 
-from ``y~_0 = clip(A^+_eta y) + restart_noise (sigma_y + delta_1) n`` (n ~ N(0, I) per
-posterior sample). The output is x_K. The only parameter of the paper is delta; its rule
+from ``y~_0 = clip(A^+_eta y) + restart_noise (sigma_bp + delta_1) n`` (n ~ N(0, I) per
+posterior sample). ``sigma_bp`` is the noise level the back-projection leaves in y~: the
+std of ``A^+_eta e`` for e ~ N(0, sigma_y^2 I) (= sigma_y for denoising, larger where A
+is ill-conditioned), estimated once from a private, fixed-seed draw. The output is x_K.
+The only parameter of the paper is delta; its rule
 here (``delta="auto"``): delta starts at ``delta_start`` and shrinks by the factor
 ``delta_decay`` per iteration while the measurement residual of the denoised estimate
 is above the noise, ``||A x_k - y||^2 > m sigma_y^2`` (m measurements; the discrepancy
@@ -68,6 +71,7 @@ def sample(
     y = s.y
     sig = s.sigma_y
     eta = max(1e-4, eps * sig**2)
+    sig_bp = backprojected_noise(operator, y, sig, eta)
     auto = delta == "auto"
     d = 2.0 * (delta_start if auto else delta)  # model units
     d_min = 2.0 * delta_min
@@ -77,9 +81,9 @@ def sample(
     with torch.no_grad():
         yt = operator.A_dagger(y, eta=eta).clamp_(-1.0, 1.0)
         if restart_noise > 0:
-            yt.add_(randn(s.x_shape, generator, y).mul_(restart_noise * (sig + d)))
+            yt.add_(randn(s.x_shape, generator, y).mul_(restart_noise * (sig_bp + d)))
         for i in range(k):
-            level = sig + d if top is None else min(sig + d, top)
+            level = sig_bp + d if top is None else min(sig_bp + d, top)
             x = denoise(prior, yt, level, clip_x0)
             r = operator.A(x).sub_(y)  # A x_k - y
             if auto and float(r.flatten(1).pow(2).sum(1).max()) > m * sig**2:
@@ -89,3 +93,13 @@ def sample(
             if progress is not None:
                 progress(i + 1, k)
     return x
+
+
+def backprojected_noise(operator, y: torch.Tensor, sigma_y: float, eta: float) -> float:
+    """std of A^+_eta e, e ~ N(0, sigma_y^2 I) shaped like one measurement, from a private
+    generator with a fixed seed (the caller's generator is left untouched)."""
+    if sigma_y == 0:
+        return 0.0
+    g = torch.Generator(device="cpu").manual_seed(0)
+    e = torch.randn((1, *y.shape[1:]), generator=g).to(device=y.device, dtype=y.dtype)
+    return float(operator.A_dagger(e.mul_(sigma_y), eta=eta).std())

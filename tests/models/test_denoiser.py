@@ -155,3 +155,17 @@ def test_hqs_on_ffdnet_beats_the_regularised_pseudo_inverse(ffdnet):
         pinv = ((op.A_dagger(y_m, eta=(2 * deg.sigma_y) ** 2) + 1) / 2).clamp(0, 1)[0]
     out = restore_image(denoiser_prior(ffdnet), op, y, deg.sigma_y, sampler="hqs", steps=8)[0]
     assert _psnr(out, x) > _psnr(pinv, x) + 1.5
+
+
+def test_idbp_denoises_at_the_noise_level_the_back_projection_leaves():
+    """sigma_bp = std(A^+_eta e): sigma_y itself for denoising, larger for a blur."""
+    from restoreflow.degradation import DegradationSpec, make_generator
+    from restoreflow.samplers.idbp import backprojected_noise
+
+    y = torch.zeros(1, 3, 64, 64)
+    for text, lo, hi in (("denoise", 0.95, 1.05), ("gaussian_blur(sigma=1.6)", 2.0, 50.0)):
+        spec = DegradationSpec.parse(text)
+        op = spec.build((3, 64, 64), generator=make_generator(spec, 0, "x")).operator
+        ratio = backprojected_noise(op, y, 0.02, eta=0.02**2) / 0.02
+        assert lo < ratio < hi, (text, ratio)
+    assert backprojected_noise(op, y, 0.0, eta=1e-4) == 0.0

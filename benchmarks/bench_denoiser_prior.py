@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
     ap.add_argument("--steps", type=int, default=30, help="steps of the diffusion solvers")
+    ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
+    ap.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
+    ap.add_argument("--no-peers", action="store_true", help="matrix without BM3D / A^+")
     ap.add_argument("--grid", help="JSON list of [prior, sampler, steps, options] (tune)")
     ap.add_argument("--default", default='["ffdnet", "hqs", 8, null]',
                     help="JSON [prior, sampler, steps, options] of the default (headline)")
@@ -287,9 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         args.tasks = args.tasks or list(TASKS)
         images = bench_images(args)
         combos = [(p, s, 8 if s == "hqs" else 20 if s == "idbp" else args.steps, None)
-                  for p in PRIORS for s in SOLVERS]
-        combos += [(p, "denoiser", None, None) for p in PRIORS]
-        res = run_matrix(args, images, combos, ("pinv_eta", "bm3d"), "matrix")
+                  for p in args.priors for s in args.solvers]
+        if not args.no_peers:
+            combos += [(p, "denoiser", None, None) for p in args.priors]
+        peers_ = () if args.no_peers else ("pinv_eta", "bm3d")
+        res = run_matrix(args, images, combos, peers_, "matrix")
         title = "Every solver on every prior"
     else:
         args.tasks = args.tasks or ["deblur", "sr", "denoise"]

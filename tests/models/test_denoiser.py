@@ -135,8 +135,9 @@ def test_every_solver_runs_on_the_denoiser_and_gives_distinct_samples(ffdnet, sa
     out = restore_image(denoiser_prior(ffdnet), deg.operator, y, deg.sigma_y, sampler=sampler,
                         steps=6, num_samples=4, generator=torch.Generator().manual_seed(2))
     assert out.shape == (4, 3, 32, 32) and bool(torch.isfinite(out).all())
-    spread = (out - out.mean(0)).abs().flatten(1).mean(1)
-    assert bool((spread > 1e-4).all())  # four different samples
+    # four different samples (how well their spread tracks the error: bench_posterior_spread)
+    pairs = [float((out[i] - out[j]).abs().max()) for i in range(4) for j in range(i + 1, 4)]
+    assert min(pairs) > 1e-4, pairs
     assert _psnr(out.mean(0), x) > _psnr(y, x)
 
 

@@ -49,6 +49,7 @@ class Denoiser:
 
     def __init__(self, net: torch.nn.Module):
         self.net = net.eval().requires_grad_(False)
+        self.channels = int(getattr(net, "channels", self.channels))
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +91,24 @@ class Denoiser:
         """What a manifest records of this denoiser."""
         return {"name": self.name, "hash": self.model_hash, "source": self.source,
                 "sigma_max": self.sigma_max, "channels": self.channels}
+
+
+def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """``net.load_state_dict(state, strict=True)``, a mismatch as a one-line ModelLoadError."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+        reason = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise ModelLoadError(f"{name} state dict does not fit ({reason})") from None
+
+
+def count_blocks(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> int:
+    """How many ``{prefix}.{i}.{suffix}`` keys ``state`` has (i = 0, 1, ...)."""
+    return sum(1 for k in state if k.startswith(prefix + ".") and k.endswith("." + suffix)
+               and k[len(prefix) + 1:-len(suffix) - 1].isdigit())
 
 
 def file_sha256(path: str | Path) -> str:

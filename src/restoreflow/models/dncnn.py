@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from restoreflow.models.denoiser import Denoiser
+from restoreflow.models.denoiser import Denoiser, load_strict
 from restoreflow.models.ffdnet import _conv_layers, conv_stack
 from restoreflow.models.prior import ModelLoadError
 
@@ -31,9 +31,6 @@ class DnCNNDenoiser(Denoiser):
     name = "dncnn"
     sigma_max = 50 / 255
 
-    def __init__(self, net: DnCNN):
-        super().__init__(net)
-        self.channels = net.channels
 
     def _denoise(self, x, sigma_map):
         return self.net(x)
@@ -50,9 +47,5 @@ class DnCNNDenoiser(Denoiser):
             raise ModelLoadError("not a DnCNN state dict (model.0.weight with 1 or 3 input "
                                  "channels expected)")
         net = DnCNN(convs[0].shape[1], convs[0].shape[0], len(convs))
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"DnCNN state dict does not fit ({str(exc).splitlines()[0]})"
-                                 ) from None
+        load_strict(net, state, "DnCNN")
         return cls(net)

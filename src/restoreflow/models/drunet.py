@@ -22,28 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restoreflow.models.denoiser import Denoiser
+from restoreflow.models.denoiser import Denoiser, count_blocks, load_strict
 from restoreflow.models.prior import ModelLoadError
 
 LEVELS = 4  # nc has one width per level; three 2x downsamplings, sizes a multiple of 8
-
-
-def load_strict(net: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    """``net.load_state_dict(state, strict=True)``, a mismatch as a one-line ModelLoadError."""
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-        reason = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-        if len(reason) > 200:
-            reason = reason[:197] + "..."
-        raise ModelLoadError(f"{name} state dict does not fit ({reason})") from None
-
-
-def _count(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> int:
-    """How many ``{prefix}.{i}.{suffix}`` keys ``state`` has (i = 0, 1, ...)."""
-    return sum(1 for k in state if k.startswith(prefix + ".") and k.endswith("." + suffix)
-               and k[len(prefix) + 1:-len(suffix) - 1].isdigit())
 
 
 class ResBlock(nn.Module):
@@ -85,20 +67,26 @@ class DRUNet(nn.Module):
         ph, pw = -h % m, -w % m
         if ph or pw:
             y = F.pad(y, (0, pw, 0, ph), mode="replicate")
-        x1 = self.m_head(y)
-        x2 = self.m_down1(x1)
-        x3 = self.m_down2(x2)
-        x4 = self.m_down3(x3)
-        y = self.m_body(x4)
-        y = self.m_up3(y + x4)
-        y = self.m_up2(y + x3)
-        y = self.m_up1(y + x2)
-        return self.m_tail(y + x1)[..., :h, :w]
+        return skip_unet(self, y)[..., :h, :w]
+
+
+def skip_unet(net: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The four-level U of KAIR's networks (DRUNet, SCUNet): head, three downsampling
+    stages, body, three upsampling stages each fed the sum with its skip, tail."""
+    x1 = net.m_head(y)
+    x2 = net.m_down1(x1)
+    x3 = net.m_down2(x2)
+    x4 = net.m_down3(x3)
+    y = net.m_body(x4)
+    y = net.m_up3(y + x4)
+    y = net.m_up2(y + x3)
+    y = net.m_up1(y + x2)
+    return net.m_tail(y + x1)
 
 
 def drunet_config(state: dict[str, torch.Tensor]) -> tuple[int, tuple[int, ...], int]:
     """(channels, nc, nb) of a DRUNet state dict, read from its tensor shapes."""
-    nb = _count(state, "m_body", "res.0.weight")
+    nb = count_blocks(state, "m_body", "res.0.weight")
     if nb < 1:
         raise ModelLoadError("not a DRUNet state dict (no m_body.0.res.0.weight)")
     try:
@@ -116,9 +104,6 @@ class DRUNetDenoiser(Denoiser):
     name = "drunet"
     sigma_max = 50 / 255
 
-    def __init__(self, net: DRUNet):
-        super().__init__(net)
-        self.channels = net.channels
 
     def _denoise(self, x, sigma_map):
         return self.net(x, sigma_map)

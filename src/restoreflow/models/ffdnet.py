@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restoreflow.models.denoiser import Denoiser
+from restoreflow.models.denoiser import Denoiser, load_strict
 from restoreflow.models.prior import ModelLoadError
 
 
@@ -62,9 +62,6 @@ class FFDNetDenoiser(Denoiser):
     name = "ffdnet"
     sigma_max = 75 / 255
 
-    def __init__(self, net: FFDNet):
-        super().__init__(net)
-        self.channels = net.channels
 
     def _denoise(self, x, sigma_map):
         return self.net(x, sigma_map)
@@ -82,9 +79,5 @@ class FFDNetDenoiser(Denoiser):
                                  "input channels expected)")
         channels = (convs[0].shape[1] - 1) // 4
         net = FFDNet(channels, convs[0].shape[0], len(convs))
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"FFDNet state dict does not fit ({str(exc).splitlines()[0]})"
-                                 ) from None
+        load_strict(net, state, "FFDNet")
         return cls(net)

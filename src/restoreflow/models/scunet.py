@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restoreflow.models.denoiser import Denoiser
-from restoreflow.models.drunet import _count, load_strict
+from restoreflow.models.denoiser import Denoiser, count_blocks, load_strict
+from restoreflow.models.drunet import skip_unet
 from restoreflow.models.prior import ModelLoadError
 
 STAGES = ("m_down1", "m_down2", "m_down3", "m_body", "m_up3", "m_up2", "m_up1")
@@ -150,15 +150,7 @@ class SCUNet(nn.Module):
         ph, pw = -h % m, -w % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        x1 = self.m_head(x)
-        x2 = self.m_down1(x1)
-        x3 = self.m_down2(x2)
-        x4 = self.m_down3(x3)
-        y = self.m_body(x4)
-        y = self.m_up3(y + x4)
-        y = self.m_up2(y + x3)
-        y = self.m_up1(y + x2)
-        return self.m_tail(y + x1)[..., :h, :w]
+        return skip_unet(self, x)[..., :h, :w]
 
 
 def scunet_config(state: dict[str, torch.Tensor]) -> dict:
@@ -167,7 +159,7 @@ def scunet_config(state: dict[str, torch.Tensor]) -> dict:
     head = state.get("m_head.0.weight")
     if head is None or head.dim() != 4:
         raise ModelLoadError("not an SCUNet state dict (no m_head.0.weight)")
-    config = tuple(_count(state, s, "conv1_1.weight") for s in STAGES)
+    config = tuple(count_blocks(state, s, "conv1_1.weight") for s in STAGES)
     rel_key = next((k for k in state if k.endswith(".trans_block.msa.relative_position_params")),
                    None)
     if rel_key is None:
@@ -188,9 +180,6 @@ class SCUNetDenoiser(Denoiser):
     name = "scunet"
     sigma_max = 50 / 255
 
-    def __init__(self, net: SCUNet):
-        super().__init__(net)
-        self.channels = net.channels
 
     def _denoise(self, x, sigma_map):
         return self.net(x)

@@ -1,4 +1,4 @@
-"""The verbs that build models: train-prior (the default diffusion prior), and index build
+"""The verbs that build models: train-prior (the diffusion UNet, `prior: unet`), index build
 and index search (the reference index that adaptation retrieves neighbours from)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def train_prior_cmd(
     lr: float = typer.Option(2e-4, min=0.0, help="AdamW learning rate after the warm-up "
                              "(a lower one to fine-tune a prior with --init-from)"),
 ) -> None:
-    """Train (or resume) the default diffusion prior; writes OUT/prior in diffusers format."""
+    """Train (or resume) the diffusion UNet prior; writes OUT/prior in diffusers format."""
     from restoreflow.flows.train_prior import train_prior_flow
     from restoreflow.settings import get_settings
 

@@ -12,7 +12,7 @@ from restoreflow.clilog import quiet_asyncio_leftovers
 
 app = typer.Typer(
     name="restoreflow",
-    help="Restore image collections with adapted diffusion priors and conformal guarantees.",
+    help="Restore image collections with pretrained priors and conformal guarantees.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

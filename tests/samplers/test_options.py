@@ -44,3 +44,16 @@ def test_bad_options_are_refused_by_name(name, opts, match):
 def test_unknown_sampler_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of ddnm, ddpg, diffpir, dps"):
         options_model("ddgp")
+
+
+def test_noise_level_sets_some_defaults():
+    """A sampler's noise_options adjust its task defaults by sigma_y: DDPG steps at a
+    constant size without noise; HQS weighs the data more when deblurring at low noise."""
+    from restoreflow.stages.restore import default_options
+
+    assert default_options("ddpg", "deblur", 0.0)["step_size"] == "constant"
+    assert default_options("ddpg", "deblur", 0.05)["step_size"] == "decay"
+    assert default_options("hqs", "deblur", 0.01)["lam"] == 0.3
+    assert default_options("hqs", "deblur", 0.05)["lam"] == 0.1
+    assert default_options("hqs", "sr", 0.01)["lam"] == 0.1
+    assert default_options("hqs", "deblur") == {"lam": 0.1}  # no noise level given

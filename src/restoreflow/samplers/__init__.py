@@ -66,6 +66,13 @@ def get_sampler(name: str) -> Sampler:
         ) from None
 
 
+def noise_options(name: str, task: str, sigma_y: float) -> dict:
+    """Options of sampler ``name`` that its defaults for ``task`` set by the noise level
+    ``sigma_y`` ([0, 1] units): the module's ``noise_options``, if it has one."""
+    rule = getattr(_MODULES[name], "noise_options", None)
+    return dict(rule(task, sigma_y)) if rule else {}
+
+
 def default_steps(name: str) -> int:
     """The number of prior evaluations ``name`` takes by default (its signature's)."""
     return int(inspect.signature(get_sampler(name)).parameters["steps"].default)
@@ -111,6 +118,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "check_options",
     "default_steps",
+    "noise_options",
     "get_sampler",
     "options_model",
     "respaced_steps",

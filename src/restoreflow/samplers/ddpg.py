@@ -66,6 +66,12 @@ DEFAULTS: dict[str, dict] = {
     "other": {},
 }
 
+def noise_options(task: str, sigma_y: float) -> dict:
+    """A noiseless problem takes the constant step size: the last step then enforces
+    ``A x = y`` exactly, as in the paper's noiseless runs."""
+    return {"step_size": "constant"} if sigma_y == 0 else {}
+
+
 def sample(
     prior,
     operator,

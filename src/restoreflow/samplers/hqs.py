@@ -38,6 +38,12 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
+def noise_options(task: str, sigma_y: float) -> dict:
+    """Deblurring at low noise (sigma_y < 0.03) weighs the data more, lam 0.3: chosen on
+    the tuning images (benchmarks/results/denoiser_prior_tune2.md)."""
+    return {"lam": 0.3} if task == "deblur" and sigma_y < 0.03 else {}
+
+
 def sample(
     prior,
     operator,

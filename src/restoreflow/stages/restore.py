@@ -57,18 +57,19 @@ def task_kind(operator) -> TaskKind:
 
 
 def default_options(sampler: str, task: str, sigma_y: float | None = None) -> dict:
-    """A copy of the default options of ``sampler`` for ``task``.
+    """A copy of the default options of ``sampler`` for ``task`` at noise ``sigma_y``
+    ([0, 1] units): the sampler's ``DEFAULTS[task]``, adjusted by its
+    ``noise_options(task, sigma_y)`` where it has one (DDPG: the constant step size for a
+    noiseless problem; HQS: the deblurring weight at low noise)."""
+    from restoreflow.samplers import noise_options
 
-    For a noiseless problem (``sigma_y == 0``) DDPG uses the constant step size, so the
-    last step enforces ``A x = y`` exactly, as in the paper's noiseless runs.
-    """
     get_sampler(sampler)
     table = DEFAULT_OPTIONS.get(sampler, {})
     if task not in table:
         raise ValueError(f"unknown task kind {task!r}; choose one of {', '.join(table)}")
     opts = copy.deepcopy(table[task])
-    if sampler == "ddpg" and sigma_y == 0:
-        opts["step_size"] = "constant"
+    if sigma_y is not None:
+        opts.update(noise_options(sampler, task, sigma_y))
     return opts
 
 

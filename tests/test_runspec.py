@@ -145,7 +145,7 @@ def test_sampler_choices_are_the_registry():
     ("gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)", "hqs", 8),
     ("sr(factor=4)+gaussian_noise(sigma=0.01)", "hqs", 8),
     ("inpaint(ratio=0.7)+gaussian_noise(sigma=0.01)", "ddpg", 20),
-    ("denoise+gaussian_noise(sigma=0.1)", "hqs", 8),
+    ("denoise+gaussian_noise(sigma=0.1)", "hqs", 1),
 ])
 def test_the_default_solver_is_chosen_per_task(degradation, sampler, steps):
     from restoreflow.stages.config import RestoreConfig

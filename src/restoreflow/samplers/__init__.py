@@ -47,9 +47,10 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {name: m.DEFAULTS for name, m in _MO
 DEFAULT_SAMPLER = "hqs"
 #: The default solver and its steps per task kind, on the default prior (FFDNet): chosen
 #: by benchmarks/bench_denoiser_prior.py (results/denoiser_prior_*.md): HQS is the best
-#: and fastest for blur, SR and noise; large holes need DDPG's noise injection.
+#: and fastest for blur and SR; for noise alone one step (the denoiser's own estimate)
+#: beats 8; large holes need DDPG's noise injection.
 DEFAULT_METHOD: dict[str, tuple[str, int]] = {
-    "deblur": ("hqs", 8), "sr": ("hqs", 8), "denoise": ("hqs", 8), "inpaint": ("ddpg", 20),
+    "deblur": ("hqs", 8), "sr": ("hqs", 8), "denoise": ("hqs", 1), "inpaint": ("ddpg", 20),
     "other": ("hqs", 8),
 }
 # Parameters of the common call shape; every other keyword-only parameter is an option.

@@ -40,7 +40,10 @@ DEFAULTS: dict[str, dict] = {
 
 def noise_options(task: str, sigma_y: float) -> dict:
     """Deblurring at low noise (sigma_y < 0.03) weighs the data more, lam 0.3: chosen on
-    the tuning images (benchmarks/results/denoiser_prior_tune2.md)."""
+    the tuning images (benchmarks/results/denoiser_prior_tune2.md). Denoising starts at
+    sigma_y itself (with the task's one step, the prior's MMSE estimate D(y, sigma_y))."""
+    if task == "denoise":  # one step at the noise level itself: the denoiser's own estimate
+        return {"sigma_start": min(max(sigma_y, 1 / 255), 1.0)}
     return {"lam": 0.3} if task == "deblur" and sigma_y < 0.03 else {}
 
 

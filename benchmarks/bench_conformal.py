@@ -164,6 +164,9 @@ def settings(args, prior_hash: str) -> dict:
             "options": opts, "tasks": TASKS, "floors": list(FLOORS),
             "spread_grid": [float(SPREAD_GRID[0]), float(SPREAD_GRID[-1]), SPREAD_GRID.size],
             "local": {"floor": LOCAL_FLOOR, "sigma": LOCAL_SIGMA, "grid": LOCAL_GRID.size},
+            # what the options do not show: HQS injects fresh noise for J >= 2 since this
+            # revision (a new cache; runs of other solvers keep theirs)
+            **({"solver_revision": 2} if args.sampler == "hqs" else {}),
             "prior_hash": prior_hash}
 
 

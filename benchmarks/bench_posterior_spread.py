@@ -44,13 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--tasks", nargs="+", default=["deblur", "sr"], choices=list(TASKS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="prior:sampler:steps entries (default: the four above)")
+    ap.add_argument("--name", default="posterior_spread")
     args = ap.parse_args(argv)
+    methods = METHODS if not args.methods else [
+        (m.split(":")[0], m.split(":")[1], int(m.split(":")[2])) for m in args.methods]
     torch.set_num_threads(1)
     images = bench_images(args)
     rows = []
-    priors = {p: load_prior(p) for p in {m[0] for m in METHODS}}
+    priors = {p: load_prior(p) for p in {m[0] for m in methods}}
     for task in args.tasks:
-        for prior_name, sampler, steps in METHODS:
+        for prior_name, sampler, steps in methods:
             per_img = []
             for item in images:
                 op, y, sigma_y = degrade(task, item, args.seed)
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['pixel_rho']:.3f} | {r['image_rho']:.3f} | {r['distinct']:.0%} | "
                      f"{r['spread']:.4f} | {r['seconds']:.1f} |")
     res = {"args": vars(args), "rows": rows}
-    path = write_results("posterior_spread", json.loads(json.dumps(res)), "\n".join(lines))
+    path = write_results(args.name, json.loads(json.dumps(res)), "\n".join(lines))
     print(f"wrote {path}")
 
 

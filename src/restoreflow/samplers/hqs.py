@@ -11,15 +11,18 @@ to ``max(sigma_y, sigma_floor)`` (model units inside, [0, 1] units in the option
     z_k     = D(x_k, sigma_k)                                             (the prior)
 
 from ``z_0 = clip(A^+_eta y) + restart_noise sigma_1 n`` (eta = sigma_y^2; n ~ N(0, I) per
-posterior sample, so J samples start apart). The x-step is closed form wherever the
-operator's regularised pseudo-inverse is (circular blur by FFT, SR, masks), conjugate
-gradients otherwise. The output is z_K. ``sigma_y`` is floored at ``sigma_floor`` in alpha
-(a noiseless problem keeps a small weight on the prior, as DPIR's 0.255/255 floor).
+posterior sample, so J samples start apart). With ``zeta > 0`` each x_k gets fresh noise
+``sqrt(zeta) sigma_k n`` and is denoised at ``sqrt(1 + zeta) sigma_k``: J samples then
+differ where the prior is unsure (a stochastic HQS; 0 for one sample by default). The
+x-step is closed form wherever the operator's regularised pseudo-inverse is (circular
+blur by FFT, SR, masks), conjugate gradients otherwise. The output is z_K. ``sigma_y`` is
+floored at ``sigma_floor`` in alpha (a noiseless problem keeps a small weight on the
+prior, as DPIR's 0.255/255 floor).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from annotated_types import Ge, Gt, Interval
@@ -60,6 +63,7 @@ def sample(
     sigma_start: Annotated[float, Interval(gt=0, le=1)] = 49 / 255,
     sigma_floor: Annotated[float, Gt(0)] = 1 / 255,
     restart_noise: Annotated[float, Ge(0)] = 1.0,
+    zeta: Annotated[float, Ge(0)] | Literal["auto"] = "auto",
     clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -73,6 +77,10 @@ def sample(
         sigma_start: sigma_1 in [0, 1] units (capped at the prior's range).
         sigma_floor: lower bound of sigma_K and of sigma_y in alpha_k, [0, 1] units.
         restart_noise: std of the start's perturbation in units of sigma_1.
+        zeta: fresh noise before each denoiser step, ``x_k + sqrt(zeta) sigma_k n``, the
+            denoiser then called at ``sqrt(1 + zeta) sigma_k`` (posterior samples that
+            differ where the prior is unsure); "auto": 0 for one sample (deterministic),
+            0.5 for J >= 2.
         clip_x0: clamp each denoised estimate to the data range.
     """
     s = setup(prior, operator, y, sigma_y, steps, generator, num_samples)
@@ -85,6 +93,8 @@ def sample(
     end = min(max(s.sigma_y, floor), top)
     k = len(s.steps)
     sigmas = [top * (end / top) ** (i / max(k - 1, 1)) for i in range(k)]
+    if zeta == "auto":
+        zeta = 0.5 if num_samples > 1 else 0.0
     with torch.no_grad():
         z = operator.A_dagger(y, eta=max(1e-4, sig_y**2)).clamp_(-1.0, 1.0)
         if restart_noise > 0:
@@ -94,7 +104,9 @@ def sample(
             r = operator.A(z).sub_(y)  # A z - y
             x = z.sub_(operator.A_dagger(r, eta=alpha))  # z - A^+_alpha (A z - y)
             del r
-            z = denoise(prior, x, sk, clip_x0)
+            if zeta > 0:
+                x.add_(randn(s.x_shape, generator, y).mul_(zeta**0.5 * sk))
+            z = denoise(prior, x, sk * (1.0 + zeta) ** 0.5, clip_x0)
             del x
             if progress is not None:
                 progress(i + 1, k)

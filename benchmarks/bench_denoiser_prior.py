@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_samplers import astro_paths, load_images, metrics
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, shown_like, write_results
 
 TASKS: dict[str, str] = {
     "deblur": "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)",
@@ -264,10 +264,7 @@ def side_by_side(shown: dict, stem: str) -> str:
             ax.axis("off")
             if c not in ims:
                 continue
-            im = ims[c]
-            if im.shape[-1] != ims["clean"].shape[-1]:  # SR input: nearest upsampling
-                f = ims["clean"].shape[-1] // im.shape[-1]
-                im = im.repeat_interleave(f, -1).repeat_interleave(f, -2)
+            im = shown_like(ims[c], ims["clean"])
             ax.imshow(im.clamp(0, 1).permute(1, 2, 0).numpy())
             title = {"clean": f"{task}: {name[:20]}", "y": "y", "ours": ims.get("label", "")}
             t = title.get(c, LABELS.get(c, c))

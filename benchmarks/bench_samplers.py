@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, shown_like, write_results
 
 TASKS: dict[str, str] = {
     "deblur": "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)",
@@ -339,10 +339,7 @@ def side_by_side(shown: dict, stem: str) -> str:
             ax.axis("off")
             if c not in ims:
                 continue
-            im = ims[c]
-            if im.shape[-1] != ims["clean"].shape[-1]:  # SR input: nearest upsampling
-                im = im.repeat_interleave(ims["clean"].shape[-1] // im.shape[-1], -1)
-                im = im.repeat_interleave(ims["clean"].shape[-2] // im.shape[-2], -2)
+            im = shown_like(ims[c], ims["clean"])
             ax.imshow(im.clamp(0, 1).permute(1, 2, 0).numpy())
             title = {"clean": f"{task}: {name[:24]}", "y": "degraded y"}.get(c) or LABELS[c]
             if c in ("bm3d", "ddpg", "y"):

@@ -43,3 +43,12 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(head + markdown.strip() + "\n")
     return path
+
+
+def shown_like(im, clean):
+    """``im`` (C, h, w) on ``clean``'s grid for a figure: an SR input by nearest
+    upsampling, anything else as it is."""
+    if im.shape[-1] != clean.shape[-1]:
+        im = im.repeat_interleave(clean.shape[-1] // im.shape[-1], -1)
+        im = im.repeat_interleave(clean.shape[-2] // im.shape[-2], -2)
+    return im

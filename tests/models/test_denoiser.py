@@ -70,7 +70,8 @@ def test_ffdnet_denoises_a_photo(ffdnet):
 
 
 def test_a_denoiser_prior_covers_its_range_and_starts_there(ffdnet):
-    from restoreflow.models.denoiser_prior import denoiser_prior, noise_ratio
+    from restoreflow.models.denoiser_prior import denoiser_prior
+    from restoreflow.models.prior import noise_ratio
     from restoreflow.samplers import respaced_steps
 
     prior = denoiser_prior(ffdnet)

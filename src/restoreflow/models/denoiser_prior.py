@@ -1,5 +1,5 @@
-"""A Gaussian denoiser seen as a diffusion prior, a diffusion UNet seen as a denoiser, and
-the hybrid of the two.
+"""A Gaussian denoiser seen as a diffusion prior, and the hybrid of a denoiser and a
+diffusion UNet.
 
 Diffusion samplers ask a prior for Tweedie's estimate ``x0(x_t, t)`` on the DDPM schedule
 (model space, images in [-1, 1]):
@@ -16,9 +16,9 @@ valid where ``s_t / 2 <= sigma_max`` of the denoiser: :func:`denoiser_prior` wra
 ``sigma_max`` makes the samplers start at the top of that range (from ``A^+ y`` plus noise,
 :func:`restoreflow.samplers.schedule.initial_x`). With a ``fallback`` diffusion prior (the
 hybrid), timesteps above the denoiser's range go to the fallback's x0 and the schedule
-covers [0, T-1]. Conversely :class:`UNetDenoiser` runs a diffusion prior as a denoiser:
-``D(x, sigma) = (x0(sqrt(abar_t) (2x - 1), t) + 1) / 2`` at the t with ``s_t`` nearest
-``2 sigma``.
+covers [0, T-1]. Conversely any prior is a denoiser through
+:func:`restoreflow.samplers.schedule.denoise` (Tweedie's x0 at the t whose s_t is nearest
+sigma), which is how HQS and IDBP use a diffusion UNet.
 """
 
 from __future__ import annotations
@@ -30,14 +30,9 @@ import torch
 from torch import nn
 
 from restoreflow.models.denoiser import Denoiser
-from restoreflow.models.prior import DiffusionPrior
+from restoreflow.models.prior import DiffusionPrior, last_timestep_within
 
 DEFAULT_SCHEDULE = {"beta_schedule": "linear", "num_train_timesteps": 1000}
-
-
-def noise_ratio(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """s_t = sqrt((1 - abar_t) / abar_t) for every t (model units)."""
-    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
 class DenoiserNet(nn.Module):
@@ -50,11 +45,11 @@ class DenoiserNet(nn.Module):
         self.denoiser = denoiser
         self.net = denoiser.net  # registered: .to(), parameters() and LoRA reach it
         self.fallback = fallback
+        # the fallback's network registered too, so .to() and parameters() reach it
         self.high = fallback.unet if fallback is not None else None
         self.abar = alphas_cumprod.to(torch.float64).cpu()
-        ratio = noise_ratio(self.abar)
-        inside = (ratio / 2 <= denoiser.sigma_max * (1 + 1e-6)).nonzero()
-        self.t_switch = int(inside.max()) if len(inside) else 0  # top t the denoiser covers
+        # the top t the denoiser covers (s_t in model units, twice the [0, 1] sigma)
+        self.t_switch = last_timestep_within(self.abar, 2 * denoiser.sigma_max)
         self.size_multiple = fallback.size_multiple if fallback is not None else 1
 
     def x0_at(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -99,28 +94,3 @@ def denoiser_prior(denoiser: Denoiser, fallback: DiffusionPrior | None = None) -
     return DiffusionPrior(unet=net, alphas_cumprod=abar, prediction_type="sample",
                           model_hash=model_hash, source=source, sigma_max=sigma_max,
                           extra={"scheduler_config": sched, "denoiser": denoiser.describe()})
-
-
-class UNetDenoiser(Denoiser):
-    """A diffusion prior (e.g. the shipped UNet) as a denoiser: Tweedie's x0 at the t whose
-    noise level matches sigma (the image mean of a per-pixel map)."""
-
-    name = "unet"
-
-    def __init__(self, prior: DiffusionPrior):
-        super().__init__(prior.unet)
-        self.prior = prior
-        ratio = noise_ratio(prior.alphas_cumprod)
-        self.sigma_max = float(ratio.max()) / 2
-        self.channels = int(getattr(getattr(prior.unet, "config", None), "in_channels", 3))
-        self.model_hash, self.source = prior.model_hash, prior.source
-
-    def _denoise(self, x, sigma_map):
-        out = torch.empty_like(x)
-        for i in range(x.shape[0]):
-            sigma = float(sigma_map[i].mean())
-            t = self.prior.timestep_for_sigma(2 * sigma)
-            ab = float(self.prior.abar(t))
-            x_t = (2 * x[i : i + 1] - 1) * math.sqrt(ab)
-            out[i : i + 1] = (self.prior.x0(x_t, t) + 1) / 2
-        return out

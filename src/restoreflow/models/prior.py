@@ -30,6 +30,18 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "default-prior"
 
 
+def noise_ratio(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """s_t = sqrt((1 - abar_t) / abar_t) for every t: the std of the noise on x0 in model
+    units, as x_t / sqrt(abar_t) = x0 + s_t eps."""
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def last_timestep_within(alphas_cumprod: torch.Tensor, sigma: float) -> int:
+    """The largest t with s_t <= ``sigma`` (model units; 0 if none)."""
+    inside = (noise_ratio(alphas_cumprod) <= sigma * (1 + 1e-6)).nonzero()
+    return int(inside.max()) if len(inside) else 0
+
+
 class ModelLoadError(ValueError):
     """A model directory or hub id that cannot be loaded safely."""
 
@@ -141,9 +153,7 @@ class DiffusionPrior:
         """The largest timestep inside the prior's noise range (T - 1 for a diffusion UNet)."""
         if self.sigma_max is None:
             return self.num_train_timesteps - 1
-        ab = self.alphas_cumprod
-        inside = (((1 - ab) / ab).sqrt() <= self.sigma_max * (1 + 1e-6)).nonzero()
-        return int(inside.max()) if len(inside) else 0
+        return last_timestep_within(self.alphas_cumprod, self.sigma_max)
 
     def abar(self, t: int | torch.Tensor) -> torch.Tensor:
         """abar_t as float64 (scalar or per-batch)."""
@@ -197,9 +207,7 @@ class DiffusionPrior:
         ``sigma`` is the std of Gaussian noise on an image in [-1, 1] (twice the std in
         [0, 1] units). The noisy image y = x0 + sigma n is then x_t / sqrt(abar_t).
         """
-        ab = self.alphas_cumprod
-        ratio = ((1 - ab) / ab).sqrt()
-        return int((ratio - sigma).abs().argmin())
+        return int((noise_ratio(self.alphas_cumprod) - sigma).abs().argmin())
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         self.unet.to(device=device, dtype=dtype)

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import torch
 from annotated_types import Ge, Gt, Interval
 
-from .schedule import Progress, denoise, randn, setup
+from .schedule import Progress, denoise, pinv_start, randn, setup
 
 # Default options per restoration task (an operator's ``task``): lam tuned on images
 # outside the benchmark set (benchmarks/results/denoiser_prior_tune1.md); inpainting starts
@@ -96,7 +96,7 @@ def sample(
     if zeta == "auto":
         zeta = 0.5 if num_samples > 1 else 0.0
     with torch.no_grad():
-        z = operator.A_dagger(y, eta=max(1e-4, sig_y**2)).clamp_(-1.0, 1.0)
+        z = pinv_start(operator, y, max(1e-4, sig_y**2))
         if restart_noise > 0:
             z.add_(randn(s.x_shape, generator, y).mul_(restart_noise * sigmas[0]))
         for i, sk in enumerate(sigmas):

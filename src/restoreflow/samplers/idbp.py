@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 import torch
 from annotated_types import Ge, Gt, Interval
 
-from .schedule import Progress, denoise, randn, setup
+from .schedule import Progress, denoise, pinv_start, randn, setup
 
 DEFAULTS: dict[str, dict] = {
     "deblur": {},
@@ -79,7 +79,7 @@ def sample(
     m = y[0].numel()
     k = len(s.steps)
     with torch.no_grad():
-        yt = operator.A_dagger(y, eta=eta).clamp_(-1.0, 1.0)
+        yt = pinv_start(operator, y, eta)
         if restart_noise > 0:
             yt.add_(randn(s.x_shape, generator, y).mul_(restart_noise * (sig_bp + d)))
         for i in range(k):

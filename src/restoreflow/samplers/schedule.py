@@ -126,6 +126,12 @@ def setup(
     return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
 
 
+def pinv_start(operator, y: torch.Tensor, eta: float) -> torch.Tensor:
+    """clip(A^+_eta y) to [-1, 1]: where the samplers that do not start from pure noise
+    start (HQS, IDBP, the diffusion samplers on a denoiser prior)."""
+    return operator.A_dagger(y, eta=eta).clamp_(-1.0, 1.0)
+
+
 def initial_x(prior, operator, s: Setup, generator: torch.Generator) -> torch.Tensor:
     """x at the first step. From pure noise, x_T ~ N(0, I), when the schedule starts at the
     top of the prior's range (a diffusion UNet); otherwise (a denoiser prior, whose range
@@ -138,7 +144,7 @@ def initial_x(prior, operator, s: Setup, generator: torch.Generator) -> torch.Te
     z = randn(s.x_shape, generator, s.y)
     if first.t >= prior.num_train_timesteps - 1:
         return z
-    x_init = operator.A_dagger(s.y, eta=max(1e-4, s.sigma_y**2)).clamp_(-1.0, 1.0)
+    x_init = pinv_start(operator, s.y, max(1e-4, s.sigma_y**2))
     return x_init.mul_(math.sqrt(first.abar_t)).add_(z.mul_(math.sqrt(1.0 - first.abar_t)))
 
 

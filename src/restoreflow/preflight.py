@@ -311,37 +311,38 @@ def check_prior(field: str, ref: str | None) -> None:
     safetensors weights (only their headers are read)."""
     from restoreflow.models import priors
     from restoreflow.models.denoiser import architecture_for, ffdnet_weights, read_state_dict
+    from restoreflow.models.guided_diffusion import config_from_state_dict
     from restoreflow.models.prior import DEFAULT_PRIOR_DIR, ModelLoadError
 
     name = priors.canonical(ref)
     try:
-        if name in ("ffdnet", "hybrid"):
+        k = priors.kind(ref)
+        if k in ("ffdnet", "hybrid"):
             ffdnet_weights()
-        if name in ("ffdnet",):
-            return
-        if priors.is_denoiser_file(name):
-            from restoreflow.models.guided_diffusion import config_from_state_dict, matches
-
+        if k in ("denoiser file", "guided-diffusion file"):
             path = Path(name).expanduser()
             state = read_state_dict(path)
-            if matches(state):
+            if k == "guided-diffusion file":
                 config_from_state_dict(state)
             else:
                 architecture_for(path, state)
-            return
-        check_unet_dir(field, None if name in ("unet", "hybrid") else name, DEFAULT_PRIOR_DIR)
+        if k in ("unet", "hybrid", "diffusers"):
+            check_unet_dir(field, None if k != "diffusers" else name, DEFAULT_PRIOR_DIR)
     except ModelLoadError as exc:
         raise PreflightError(field, str(exc)) from None
 
 
 def check_adaptable(field: str, enabled: bool, ref: str | None) -> None:
     """Adaptation (LoRA) is asked for a prior it applies to (a diffusion UNet)."""
-    from restoreflow.models import priors
+    from restoreflow.models.prior import ModelLoadError
+    from restoreflow.models.priors import adaptation_refusal
 
-    if enabled and not priors.adapts(ref):
-        raise PreflightError(field, f"adaptation needs a diffusion UNet prior; prior "
-                             f"{priors.canonical(ref)!r} is a denoiser (use --prior unet / "
-                             "prior: unet, or turn adaptation off)")
+    try:
+        why = adaptation_refusal(ref) if enabled else None
+    except ModelLoadError as exc:  # an unreadable file: check_prior names it first
+        raise PreflightError(field, str(exc)) from None
+    if why:
+        raise PreflightError(field, why)
 
 
 def check_unet_dir(field: str, ref: str | None, default) -> None:

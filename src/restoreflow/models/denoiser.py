@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import zipfile
 from pathlib import Path
 
 import torch
@@ -122,7 +123,9 @@ def file_sha256(path: str | Path) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weight file: safetensors, or a plain (possibly nested under
     ``state_dict`` / ``params`` / ``params_ema`` / ``model``) state dict read with
-    ``weights_only=True``. Pickled objects with code are refused (ModelLoadError)."""
+    ``weights_only=True``. Pickled objects with code are refused (ModelLoadError). Zip
+    checkpoints (every ``torch.save`` since torch 1.6) are memory-mapped, so telling the
+    architecture from the keys does not read a multi-GB file."""
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such weight file")
@@ -134,7 +137,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - re-raised with the file and reason
             raise ModelLoadError(f"{p}: not a readable safetensors file ({exc})") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
     except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends, one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):

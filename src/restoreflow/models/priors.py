@@ -42,44 +42,51 @@ def canonical(ref: str | None) -> str:
     return DEFAULT_PRIOR if ref is None else str(ref)
 
 
-def is_denoiser_file(ref: str) -> bool:
+def is_weight_file(ref: str) -> bool:
     return Path(ref).suffix in STATE_DICT_SUFFIXES
+
+
+def kind(ref: str | None) -> str:
+    """What ``ref`` names: "ffdnet", "unet", "hybrid", "denoiser file", "guided-diffusion
+    file" (recognised from its keys) or "diffusers" (a directory or hub id)."""
+    name = canonical(ref)
+    if name in PRIOR_NAMES:
+        return name
+    if not is_weight_file(name):
+        return "diffusers"
+    from restoreflow.models.denoiser import read_state_dict
+    from restoreflow.models.guided_diffusion import matches
+
+    state = read_state_dict(Path(name).expanduser())
+    return "guided-diffusion file" if matches(state) else "denoiser file"
 
 
 def load(ref: str | None, device: str = "cpu") -> DiffusionPrior:
     """The prior named by ``ref`` (see the module docstring), on ``device``."""
     from restoreflow.models.denoiser_prior import denoiser_prior
 
-    name = canonical(ref)
-    if name == "unet":
+    name, k = canonical(ref), kind(ref)
+    if k == "unet":
         return DiffusionPrior.load(None, device=device)
-    if is_denoiser_file(name) and is_guided_diffusion(name):
+    if k == "hybrid":
+        unet = DiffusionPrior.load(None, device=device)
+        return denoiser_prior(load_denoiser("ffdnet", device), fallback=unet)
+    if k in ("ffdnet", "denoiser file"):
+        return denoiser_prior(load_denoiser(name, device))
+    if k == "guided-diffusion file":
         from restoreflow.models.guided_diffusion import load_guided_prior
 
         return load_guided_prior(name, device=device)
-    if name == "ffdnet" or is_denoiser_file(name):
-        return denoiser_prior(load_denoiser(name, device))
-    if name == "hybrid":
-        unet = DiffusionPrior.load(None, device=device)
-        return denoiser_prior(load_denoiser("ffdnet", device), fallback=unet)
     return DiffusionPrior.load(name, device=device)
 
 
-def adapts(ref: str | None) -> bool:
-    """Whether LoRA adaptation applies to the prior ``ref`` names (a diffusion UNet)."""
-    name = canonical(ref)
-    if name in ("ffdnet", "hybrid"):
-        return False
-    return not is_denoiser_file(name) or is_guided_diffusion(name)
-
-
-def is_guided_diffusion(path: str) -> bool:
-    """Whether a weight file is an OpenAI guided-diffusion checkpoint (a diffusion prior)
-    rather than a denoiser."""
-    from restoreflow.models.denoiser import read_state_dict
-    from restoreflow.models.guided_diffusion import matches
-
-    return matches(read_state_dict(Path(path).expanduser()))
+def adaptation_refusal(ref: str | None) -> str | None:
+    """Why LoRA adaptation cannot adapt the prior ``ref`` names (a denoiser; it adapts a
+    diffusion UNet), or None."""
+    if kind(ref) in ("ffdnet", "hybrid", "denoiser file"):
+        return (f"adaptation needs a diffusion UNet prior; prior {canonical(ref)!r} is a "
+                "denoiser (use prior: unet / --prior unet, or turn adaptation off)")
+    return None
 
 
 def hybrid_hash(denoiser_hash: str, unet_hash: str) -> str:
@@ -96,6 +103,6 @@ def prior_hash(ref: str | None) -> str:
         return FFDNET_COLOR_SHA256
     if name == "hybrid":
         return hybrid_hash(prior_hash("ffdnet"), prior_hash("unet"))
-    if is_denoiser_file(name):
+    if is_weight_file(name):
         return file_sha256(Path(name).expanduser())
     return hash_model_dir(resolve_model_path(name))

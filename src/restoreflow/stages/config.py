@@ -122,14 +122,11 @@ class RestoreConfig(BaseModel):
         """Adaptation (LoRA through peft) adapts a diffusion UNet prior; a denoiser prior
         (ffdnet, hybrid, a denoiser weight file) with ``adapt.enabled`` is refused here,
         before any work (ValueError naming the fix)."""
-        from restoreflow.models.priors import adapts
+        from restoreflow.models.priors import adaptation_refusal
 
-        if self.adapt.enabled and not adapts(self.prior):
-            from restoreflow.models.priors import canonical
-
-            raise ValueError(f"adapt: adaptation needs a diffusion UNet prior; prior "
-                             f"{canonical(self.prior)!r} is a denoiser (set prior: unet, "
-                             "or turn adaptation off)")
+        why = adaptation_refusal(self.prior) if self.adapt.enabled else None
+        if why:
+            raise ValueError(f"adapt: {why}")
         return self
 
     @property

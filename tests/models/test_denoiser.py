@@ -171,3 +171,22 @@ def test_idbp_denoises_at_the_noise_level_the_back_projection_leaves():
         ratio = backprojected_noise(op, y, 0.02, eta=0.02**2) / 0.02
         assert lo < ratio < hi, (text, ratio)
     assert backprojected_noise(op, y, 0.0, eta=1e-4) == 0.0
+
+
+def test_plug_and_play_steps_are_not_bound_by_the_diffusion_range(ffdnet):
+    """HQS counts denoiser calls, not timesteps: more steps than the denoiser prior's
+    timesteps (t_start + 1) run; a diffusion sampler is still refused with the range."""
+    from restoreflow.degradation import DegradationSpec, make_generator
+    from restoreflow.models.denoiser_prior import denoiser_prior
+    from restoreflow.stages.restore import restore_image
+
+    prior = denoiser_prior(ffdnet)
+    spec = DegradationSpec.parse("gaussian_blur(sigma=1)+gaussian_noise(sigma=0.02)")
+    deg = spec.build((3, 16, 16), generator=make_generator(spec, 0, "x"))
+    y = deg.apply(_photo(16)[None], torch.Generator().manual_seed(0))[0]
+    out = restore_image(prior, deg.operator, y, deg.sigma_y, sampler="hqs",
+                        steps=prior.t_start + 5)
+    assert out.shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="for this prior"):
+        restore_image(prior, deg.operator, y, deg.sigma_y, sampler="ddpg",
+                      steps=prior.t_start + 5)

@@ -83,7 +83,7 @@ def sample(
             0.5 for J >= 2.
         clip_x0: clamp each denoised estimate to the data range.
     """
-    s = setup(prior, operator, y, sigma_y, steps, generator, num_samples)
+    s = setup(prior, operator, y, sigma_y, steps, generator, num_samples, schedule=False)
     y = s.y
     floor = 2.0 * sigma_floor
     sig_y = max(s.sigma_y, floor)
@@ -91,7 +91,7 @@ def sample(
     if getattr(prior, "sigma_max", None) is not None:
         top = min(top, prior.sigma_max)
     end = min(max(s.sigma_y, floor), top)
-    k = len(s.steps)
+    k = steps
     sigmas = [top * (end / top) ** (i / max(k - 1, 1)) for i in range(k)]
     if zeta == "auto":
         zeta = 0.5 if num_samples > 1 else 0.0

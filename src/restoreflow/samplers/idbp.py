@@ -67,7 +67,7 @@ def sample(
         restart_noise: std of the start's perturbation, in units of the first level.
         clip_x0: clamp each denoised estimate to the data range.
     """
-    s = setup(prior, operator, y, sigma_y, steps, generator, num_samples)
+    s = setup(prior, operator, y, sigma_y, steps, generator, num_samples, schedule=False)
     y = s.y
     sig = s.sigma_y
     eta = max(1e-4, eps * sig**2)
@@ -77,7 +77,7 @@ def sample(
     d_min = 2.0 * delta_min
     top = getattr(prior, "sigma_max", None)
     m = y[0].numel()
-    k = len(s.steps)
+    k = steps
     with torch.no_grad():
         yt = pinv_start(operator, y, eta)
         if restart_noise > 0:

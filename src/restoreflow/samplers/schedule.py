@@ -95,8 +95,11 @@ def setup(
     steps: int,
     generator: torch.Generator,
     num_samples: int,
+    schedule: bool = True,
 ) -> Setup:
     """Check the common arguments, move y to the prior's device and repeat it J times.
+    ``schedule=False`` (plug-and-play solvers, which only count their ``steps`` denoiser
+    calls) leaves ``steps`` empty instead of respacing the diffusion schedule.
 
     The image shape is read off ``A^T y``. The working dtype is float32 (float64 if y is
     float64), whatever the UNet's dtype. Output sample ``b * J + j`` belongs to y[b].
@@ -123,7 +126,10 @@ def setup(
     if num_samples > 1:
         y = y.repeat_interleave(num_samples, dim=0)
     x_shape = (y.shape[0], *x_shape[1:])
-    return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y), steps=respaced_steps(prior, steps))
+    if not schedule and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return Setup(y=y, x_shape=x_shape, sigma_y=float(sigma_y),
+                 steps=respaced_steps(prior, steps) if schedule else [])
 
 
 def pinv_start(operator, y: torch.Tensor, eta: float) -> torch.Tensor:

@@ -32,8 +32,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.bench_samplers import astro_paths, load_images, metrics
-from benchmarks.common import RESULTS, shown_like, write_results
+from benchmarks.bench_samplers import astro_paths, load_images, metrics, side_by_side
+from benchmarks.common import RESULTS, write_results
 
 TASKS: dict[str, str] = {
     "deblur": "gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)",
@@ -242,40 +242,14 @@ def run_figure(args) -> str:
     for task in args.tasks:
         for item in bench_images(args):
             op, y, sigma_y = degrade(task, item, args.seed)
-            ims = {"clean": item["x"], "y": y, "label": f"{d[1].upper()} on {d[0]}"}
+            ims = {"clean": item["x"], "y": y}
             for m in ("pinv_eta", "bm3d"):
                 ims[m] = peer(m, task, op, y, sigma_y)
             ims["ours"] = solve(prior, op, y, sigma_y, d[1], d[2], args.seed, d[3])[0]
             shown[(task, item["name"])] = ims
-    return side_by_side(shown, args.name or "denoiser_prior")
-
-
-def side_by_side(shown: dict, stem: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = ("clean", "y", "pinv_eta", "bm3d", "ours")
-    fig, axes = plt.subplots(len(shown), len(cols), figsize=(3 * len(cols), 3.1 * len(shown)),
-                             squeeze=False)
-    for ax_row, ((task, name), ims) in zip(axes, shown.items(), strict=True):
-        for ax, c in zip(ax_row, cols, strict=True):
-            ax.axis("off")
-            if c not in ims:
-                continue
-            im = shown_like(ims[c], ims["clean"])
-            ax.imshow(im.clamp(0, 1).permute(1, 2, 0).numpy())
-            title = {"clean": f"{task}: {name[:20]}", "y": "y", "ours": ims.get("label", "")}
-            t = title.get(c, LABELS.get(c, c))
-            if c != "clean":
-                t += f" {metrics(im, ims['clean'])['psnr']:.2f} dB"
-            ax.set_title(t, fontsize=9)
-    fig.tight_layout()
-    path = RESULTS / f"{stem}_side_by_side.png"
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path.name
+    return side_by_side(shown, args.name or "denoiser_prior",
+                        cols=("clean", "y", "pinv_eta", "bm3d", "ours"),
+                        labels={**LABELS, "ours": f"{d[1].upper()} on {d[0]}"})
 
 
 def main(argv: list[str] | None = None) -> None:

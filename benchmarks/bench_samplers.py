@@ -325,15 +325,18 @@ def run_benchmark(args, prior, prior_info: dict) -> dict:
     }
 
 
-def side_by_side(shown: dict, stem: str) -> str:
-    """PNG grid: one row per (task, image): clean, y (nearest-upsampled), BM3D, DDPG."""
+def side_by_side(shown: dict, stem: str, cols=("clean", "y", "bm3d", "ddpg"),
+                 labels: dict | None = None) -> str:
+    """PNG grid: one row per (task, image), one column per entry of ``cols`` (by default
+    clean, y (nearest-upsampled), BM3D, DDPG), each but the clean one with its PSNR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ("clean", "y", "bm3d", "ddpg")
-    fig, axes = plt.subplots(len(shown), 4, figsize=(12, 3.1 * len(shown)), squeeze=False)
+    labels = labels or LABELS
+    fig, axes = plt.subplots(len(shown), len(cols), figsize=(3 * len(cols), 3.1 * len(shown)),
+                             squeeze=False)
     for ax_row, ((task, name), ims) in zip(axes, shown.items(), strict=True):
         for ax, c in zip(ax_row, cols, strict=True):
             ax.axis("off")
@@ -341,8 +344,8 @@ def side_by_side(shown: dict, stem: str) -> str:
                 continue
             im = shown_like(ims[c], ims["clean"])
             ax.imshow(im.clamp(0, 1).permute(1, 2, 0).numpy())
-            title = {"clean": f"{task}: {name[:24]}", "y": "degraded y"}.get(c) or LABELS[c]
-            if c in ("bm3d", "ddpg", "y"):
+            title = {"clean": f"{task}: {name[:24]}", "y": "degraded y"}.get(c) or labels[c]
+            if c != "clean":
                 title += f"  {metrics(im, ims['clean'])['psnr']:.2f} dB"
             ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -183,12 +183,14 @@ def adapt(prior, refs_by_key: dict, ids: list[str], key: str, lora, seed: int):
 
 def restore(model, q: dict, key: str, steps: int, seed: int):
     from restoreflow.degradation import seed_for
+    from restoreflow.spec import RestoreOptions
     from restoreflow.stages.restore import restore_image
 
     g = torch.Generator().manual_seed(seed_for(q["spec"].hash, seed, f"{key}/restore"))
     t0 = time.perf_counter()
-    x = restore_image(model, q["deg"].operator, q["y"], q["deg"].sigma_y, sampler="ddpg",
-                      steps=steps, generator=g)[0]
+    x = restore_image(model, q["deg"].operator, q["y"], q["deg"].sigma_y,
+                      RestoreOptions(sampler="ddpg", steps=steps),
+                      generator=g)[0]
     return x, time.perf_counter() - t0
 
 

@@ -153,12 +153,12 @@ def load_crop(item: dict, crop: int, short_side: int, seed: int):
 
 def settings(args, prior_hash: str) -> dict:
     from restoreflow.degradation import DegradationSpec
-    from restoreflow.stages.restore import default_options
+    from restoreflow.samplers import resolve_options
 
     opts = {}
     for task, text in TASKS.items():
         spec = DegradationSpec.parse(text)
-        opts[task] = default_options(args.sampler, task, spec.sigma_y)
+        opts[task] = resolve_options(args.sampler, task, spec.sigma_y)
     return {"crop": args.crop, "short_side": args.short_side, "seed": args.seed,
             "steps": args.steps, "samples": args.samples, "sampler": args.sampler,
             "options": opts, "tasks": TASKS, "floors": list(FLOORS),
@@ -249,6 +249,7 @@ def restore_record(prior, item: dict, task: str, x, st: dict,
     from restoreflow.quality.features import compute_features
     from restoreflow.quality.metrics import psnr, ssim
     from restoreflow.quality.rcps import base_intervals
+    from restoreflow.spec import RestoreOptions
     from restoreflow.stages.restore import restore_image
 
     spec = DegradationSpec.parse(TASKS[task])
@@ -257,9 +258,11 @@ def restore_record(prior, item: dict, task: str, x, st: dict,
     y = deg.apply(x[None], g)[0].float()
     gr = torch.Generator().manual_seed(seed_for(spec.hash, st["seed"], f"{item['id']}/restore"))
     t0 = time.perf_counter()
-    samples = restore_image(prior, deg.operator, y, deg.sigma_y, sampler=st["sampler"],
-                            steps=st["steps"], generator=gr, num_samples=st["samples"],
-                            options=dict(st["options"][task]))
+    samples = restore_image(prior, deg.operator, y, deg.sigma_y,
+                            RestoreOptions(sampler=st["sampler"], steps=st["steps"],
+                                           posterior_samples=st["samples"],
+                                           options=dict(st["options"][task])),
+                            generator=gr)
     seconds = time.perf_counter() - t0
     x_hat = samples.mean(0)
     feats = compute_features(deg.operator, x_hat, y, max(deg.sigma_y, 1e-3),

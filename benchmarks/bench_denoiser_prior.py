@@ -76,6 +76,7 @@ def peer(method: str, task: str, op, y, sigma_y):
 
 
 def solve(prior, op, y, sigma_y, sampler, steps, seed, options=None, samples=1):
+    from restoreflow.spec import RestoreOptions
     from restoreflow.stages.restore import restore_image
 
     if sampler == "denoiser":  # the prior's one-step MMSE estimate
@@ -83,9 +84,10 @@ def solve(prior, op, y, sigma_y, sampler, steps, seed, options=None, samples=1):
 
         with torch.no_grad():
             return ((denoise(prior, 2 * y[None] - 1, 2 * sigma_y) + 1) / 2).clamp(0, 1)
-    return restore_image(prior, op, y, sigma_y, sampler=sampler, steps=steps,
-                         generator=torch.Generator().manual_seed(seed), options=options,
-                         num_samples=samples)
+    return restore_image(prior, op, y, sigma_y,
+                         RestoreOptions(sampler=sampler, steps=steps, options=options or {},
+                                        posterior_samples=samples),
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def peer_applies(method: str, task: str) -> bool:

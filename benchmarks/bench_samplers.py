@@ -9,7 +9,7 @@ Tasks (degradation specs, sigma in [0, 1] units):
 Methods: ``A^+ y`` (exact pseudo-inverse in model units: missing pixels are mid-grey),
 ``A^+_eta y`` (Tikhonov, eta = (2 sigma_y)^2 in model units, a classical baseline), and
 DDNM+, DPS, DiffPIR, DDPG through :func:`restoreflow.stages.restore.restore_image` with the
-default options of ``restore.DEFAULT_OPTIONS`` (or ``--options`` JSON), all with the same
+default options of ``samplers.resolve_options`` (or ``--options`` JSON), all with the same
 number of UNet evaluations (``--steps``, 100 by default). DPS also runs one backward pass
 per step (about 3x the compute of a forward pass); its s/MP shows it.
 
@@ -36,7 +36,7 @@ Richardson-Lucy for deblur. A side-by-side PNG (clean, y, BM3D, DDPG) of the fir
 
 ``--tune`` runs a small grid of sampler options per task on images that are not in the
 benchmark set (the last two held-out photos, by default at 128 px) and writes
-``sampler_tuning.{json,md}``; the chosen values go into ``restore.DEFAULT_OPTIONS``.
+``sampler_tuning.{json,md}``; the chosen values go into each sampler's ``resolve_options``.
 Run single-threaded (``OMP_NUM_THREADS=1``) for comparable timings.
 """
 
@@ -225,6 +225,7 @@ def degrade(task: str, item: dict, seed: int):
 
 def run_method(prior, op, y, sigma_y, method, steps, seed, options=None, tile=256):
     """(restored (3, H, W) in [0, 1], seconds)."""
+    from restoreflow.spec import RestoreOptions
     from restoreflow.stages.restore import restore_image
 
     t0 = time.perf_counter()
@@ -246,17 +247,9 @@ def run_method(prior, op, y, sigma_y, method, steps, seed, options=None, tile=25
             y_m = 2 * y[None] - op.A(ones)
             x = ((op.A_dagger(y_m, eta=eta) + 1) / 2).clamp(0, 1)[0]
         return x, time.perf_counter() - t0
-    x = restore_image(
-        prior,
-        op,
-        y,
-        sigma_y,
-        sampler=method,
-        steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        tile=tile,
-        options=options,
-    )[0]
+    x = restore_image(prior, op, y, sigma_y,
+                      RestoreOptions(sampler=method, steps=steps, tile=tile, options=options or {}),
+                      generator=torch.Generator().manual_seed(seed))[0]
     return x, time.perf_counter() - t0
 
 
@@ -276,7 +269,7 @@ def metrics(est: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def run_benchmark(args, prior, prior_info: dict) -> dict:
     from restoreflow.models import corpus
-    from restoreflow.stages.restore import default_options
+    from restoreflow.samplers import resolve_options
 
     photos = corpus.held_out_photos()[: args.images]
     items = load_images(photos, astro_paths(args.astro), args.size)
@@ -291,7 +284,7 @@ def run_benchmark(args, prior, prior_info: dict) -> dict:
                     continue
                 opts = None
                 if m in SAMPLER_METHODS:
-                    opts = {**default_options(m, task, sigma_y), **user_opts.get(m, {})}
+                    opts = {**resolve_options(m, task, sigma_y), **user_opts.get(m, {})}
                 x, sec = run_method(prior, op, y, sigma_y, m, args.steps, args.seed, opts)
                 if item in items[: args.figure] and m in ("bm3d", "ddpg"):
                     shown.setdefault((task, item["name"]), {"clean": item["x"], "y": y})[m] = x
@@ -358,14 +351,14 @@ def side_by_side(shown: dict, stem: str, cols=("clean", "y", "bm3d", "ddpg"),
 def run_curve(args, prior, prior_info: dict) -> dict:
     """DDPG PSNR against the number of steps, photos only, default options."""
     from restoreflow.models import corpus
-    from restoreflow.stages.restore import default_options
+    from restoreflow.samplers import resolve_options
 
     items = load_images(corpus.held_out_photos()[: args.images], [], args.size)
     rows = []
     for task in args.tasks:
         for item in items:
             op, y, sigma_y = degrade(task, item, args.seed)
-            opts = default_options("ddpg", task, sigma_y)
+            opts = resolve_options("ddpg", task, sigma_y)
             for n in args.curve:
                 x, sec = run_method(prior, op, y, sigma_y, "ddpg", n, args.seed, opts)
                 rows.append({"task": task, "image": item["name"], "steps": n,
@@ -463,7 +456,7 @@ def markdown(res: dict) -> str:
         lines += ["", *[f"- {x}" for x in deltas]]
     if res.get("figure"):
         lines += ["", f"![side by side]({res['figure']})"]
-    lines += ["", "Options used (restore.DEFAULT_OPTIONS unless overridden):", ""]
+    lines += ["", "Options used (samplers.resolve_options unless overridden):", ""]
     seen = set()
     for r in res["rows"]:
         if r["options"] is not None and (r["task"], r["method"]) not in seen:

@@ -37,6 +37,7 @@ def more_samples(prior, rec: dict, st: dict, y: np.ndarray, k: int):
     import torch
 
     from restoreflow.degradation import DegradationSpec, make_generator, seed_for
+    from restoreflow.spec import RestoreOptions
     from restoreflow.stages.restore import restore_image
 
     task = rec["task"]
@@ -46,8 +47,9 @@ def more_samples(prior, rec: dict, st: dict, y: np.ndarray, k: int):
     gr = torch.Generator().manual_seed(
         seed_for(spec.hash, st["seed"], f"{rec['id']}/restore-more"))
     return restore_image(prior, deg.operator, torch.from_numpy(y), deg.sigma_y,
-                         sampler=SAMPLER, steps=st["steps"], generator=gr, num_samples=k,
-                         options=dict(st["options"][task])).numpy()
+                         RestoreOptions(sampler=SAMPLER, steps=st["steps"], posterior_samples=k,
+                                        options=dict(st["options"][task])),
+                         generator=gr).numpy()
 
 
 def main() -> None:

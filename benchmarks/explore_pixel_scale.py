@@ -27,8 +27,10 @@ from restoreflow.quality.rcps import (
     calibrate_lambda,
     interval_scale,
 )
+from restoreflow.samplers import resolve_options
+from restoreflow.spec import RestoreOptions
 from restoreflow.stages.calibrate import LAMBDA_GRID, local_grid
-from restoreflow.stages.restore import default_options, restore_image
+from restoreflow.stages.restore import restore_image
 
 torch.set_num_threads(1)
 items = [it for it in pool_items(120, 2, 64, 512, 0) if it["k"] == 0]
@@ -55,7 +57,7 @@ res = {}
 t0 = time.time()
 for task in TASKS:
     spec = DegradationSpec.parse(TASKS[task])
-    opts = default_options(SAMPLER, task, spec.sigma_y)
+    opts = resolve_options(SAMPLER, task, spec.sigma_y)
     for dom, its in (("photo", ph), ("astro", ast)):
         curves = {f: [] for f in FAM}
         bw = {f: [] for f in FAM}
@@ -65,17 +67,10 @@ for task in TASKS:
             deg = spec.build(tuple(x.shape), generator=g)
             y = deg.apply(x[None], g)[0].float()
             gr = torch.Generator().manual_seed(seed_for(spec.hash, 0, f"{it['id']}/restore"))
-            s = restore_image(
-                prior,
-                deg.operator,
-                y,
-                deg.sigma_y,
-                sampler=SAMPLER,
-                steps=25,
-                generator=gr,
-                num_samples=4,
-                options=dict(opts),
-            ).numpy()
+            s = restore_image(prior, deg.operator, y, deg.sigma_y,
+                              RestoreOptions(sampler=SAMPLER, steps=25, posterior_samples=4,
+                                             options=dict(opts)),
+                              generator=gr).numpy()
             lo, hi = base_intervals(s)
             t = x.clamp(0, 1).double().numpy()
             e0 = np.maximum(lo - t, t - hi)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from restoreflow.settings import Settings
 from restoreflow.storage.sources import (
-    _GLOB_CHARS,
-    _glob,
+    GLOB_CHARS,
+    expand_glob,
     has_image_extension,
     printable,
     strip_credentials,
@@ -62,7 +62,7 @@ def _local(path: str) -> str:
 # ---- S3 -------------------------------------------------------------------------------
 
 
-def _s3fs(settings: Settings):
+def s3_filesystem(settings: Settings):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
@@ -93,9 +93,9 @@ def _split_s3(field: str, uri: str, no_bucket: str) -> tuple[str, str, str]:
 
 def _s3_source(field: str, uri: str, settings: Settings) -> None:
     bucket, key, shown = _split_s3(field, uri, "no bucket in S3 URI")
-    fs = _s3fs(settings)
+    fs = s3_filesystem(settings)
     try:
-        if any(c in key for c in _GLOB_CHARS):
+        if any(c in key for c in GLOB_CHARS):
             found = [k for k in fs.glob(f"{bucket}/{key}") if has_image_extension(k)]
             if not found:
                 raise PreflightError(field, f"{shown}: no objects match the pattern")
@@ -120,7 +120,7 @@ def _s3_source(field: str, uri: str, settings: Settings) -> None:
 
 def _s3_store(field: str, uri: str, settings: Settings) -> None:
     bucket, key, shown = _split_s3(field, uri, "an S3 store needs s3://bucket[/prefix]")
-    fs = _s3fs(settings)
+    fs = s3_filesystem(settings)
     try:
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/" if key else "",
                    MaxKeys=1)
@@ -157,8 +157,8 @@ def _local_source(field: str, src: str) -> None:
         return
     if os.path.lexists(path):
         return  # a file (or a link, a fifo...): ingest reads it or rejects it by name
-    if any(c in path for c in _GLOB_CHARS):
-        if not any(os.path.isdir(m) or has_image_extension(m) for m in _glob(path)):
+    if any(c in path for c in GLOB_CHARS):
+        if not any(os.path.isdir(m) or has_image_extension(m) for m in expand_glob(path)):
             raise PreflightError(field, f"{_shown(src)}: no image files match the pattern")
         return
     raise PreflightError(field, f"{_shown(src)}: no such file or directory")
@@ -212,7 +212,7 @@ def _check_writable(field: str, shown: str, path: str, want: str) -> None:
 
 
 def _local_store(field: str, uri: str, settings: Settings) -> None:
-    from restoreflow.storage.store import _STORE_ROOT_ENTRY, TileStore
+    from restoreflow.storage.store import STORE_ROOT_ENTRY, TileStore
 
     root = os.path.abspath(_local(uri))
     shown = _shown(uri)
@@ -226,7 +226,7 @@ def _local_store(field: str, uri: str, settings: Settings) -> None:
             raise PreflightError(field, f"{shown}: {exc}") from None
         return
     try:
-        foreign = [e for e in os.listdir(root) if not _STORE_ROOT_ENTRY.match(e)]
+        foreign = [e for e in os.listdir(root) if not STORE_ROOT_ENTRY.match(e)]
     except OSError as exc:
         raise PreflightError(field, f"{shown}: cannot list: {exc.strerror}") from None
     if foreign:
@@ -350,15 +350,15 @@ def check_unet_dir(field: str, ref: str | None, default) -> None:
     and safetensors weights; pickled weights are refused; only headers are read."""
     from restoreflow.models.prior import (
         ModelLoadError,
-        _check_safetensors,
-        _resolve_dirs,
+        check_safetensors,
+        resolve_dirs,
         resolve_model_path,
     )
 
     try:
         root = resolve_model_path(ref or default)
-        unet_dir, sched = _resolve_dirs(root)
-        _check_safetensors(unet_dir)
+        unet_dir, sched = resolve_dirs(root)
+        check_safetensors(unet_dir)
     except ModelLoadError as exc:
         raise PreflightError(field, str(exc)) from None
     except OSError as exc:

@@ -32,6 +32,13 @@ from pydantic import (
 )
 
 from .degradation import DegradationSpec, SpecError, resolve_path
+from .samplers import (
+    DEFAULT_METHOD,
+    DEFAULT_SAMPLER,
+    SamplerName,
+    canonical_options,
+    default_steps,
+)
 
 __all__ = [
     "AdaptOptions",
@@ -50,7 +57,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _no_credentials(value):
+def no_credentials(value):
     """Refuse ``scheme://user:secret@host/...`` in a URI field: the spec is written into
     manifests and sent to Prefect as a flow parameter, so a secret in it would leak.
     The message does not repeat the value."""
@@ -63,7 +70,7 @@ def _no_credentials(value):
     return value
 
 
-def _canonical_degradation(v: str) -> str:
+def canonical_degradation(v: str) -> str:
     """A degradation field holds the canonical text of its spec (refused when invalid)."""
     try:
         return DegradationSpec.parse(v).text
@@ -84,8 +91,6 @@ def with_default_method(data: Any) -> Any:
         task = DegradationSpec.parse(data["degradation"]).task
     except SpecError:
         return data  # refused by the degradation field
-    from restoreflow.samplers import DEFAULT_METHOD
-
     sampler, steps = DEFAULT_METHOD.get(task, DEFAULT_METHOD["other"])
     filled = {**restore, "sampler": sampler}
     if filled.get("steps") is None:
@@ -101,8 +106,7 @@ class RestoreOptions(_Strict):
     """How to restore: the sampler with its options, steps, tiling, posterior samples
     (``restore:`` of a run spec, and ``RestoreConfig.restore``)."""
 
-    # the sampler registry's names (tests/test_runspec.py checks they agree)
-    sampler: Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"] = "hqs"
+    sampler: SamplerName = DEFAULT_SAMPLER
     steps: int = Field(None, ge=1, le=1000, validate_default=False,
                        description="prior evaluations per sample (default: the sampler's)")
     tile: int = Field(256, ge=32, le=4096)
@@ -118,8 +122,6 @@ class RestoreOptions(_Strict):
     def _sampler_default_steps(cls, data: Any) -> Any:
         """No ``steps`` (or None): the sampler's own default (its signature's)."""
         if isinstance(data, dict) and data.get("steps") is None:
-            from restoreflow.samplers import default_steps
-
             sampler = data.get("sampler", cls.model_fields["sampler"].default)
             if isinstance(sampler, str):
                 try:
@@ -131,11 +133,21 @@ class RestoreOptions(_Strict):
     @field_validator("options")
     @classmethod
     def _options_of_the_sampler(cls, options: dict, info: ValidationInfo) -> dict:
-        from restoreflow.samplers import check_options
+        """The sampler's own options model validates them (a typo, a type or a range is
+        refused here, before any work) and they are kept coerced and canonical: one
+        settings hash whatever their spelling (``8``, ``8.0``, ``"8"``)."""
+        if "sampler" not in info.data:
+            return options  # the sampler itself is refused
+        return canonical_options(info.data["sampler"], options)
 
-        if "sampler" in info.data:  # else the sampler itself is refused
-            check_options(info.data["sampler"], options)  # typo, type, range: refused here
-        return options
+    @classmethod
+    def for_task(cls, task: str, **fields: Any) -> RestoreOptions:
+        """The default solver and steps of ``task`` (:data:`DEFAULT_METHOD`), with
+        ``fields`` set over them."""
+        sampler, steps = DEFAULT_METHOD.get(task, DEFAULT_METHOD["other"])
+        if "sampler" in fields and fields["sampler"] != sampler:
+            steps = None  # another sampler's own default
+        return cls(**{"sampler": sampler, "steps": steps, **fields})
 
 
 class AdaptSettings(_Strict):
@@ -165,7 +177,7 @@ class AdaptOptions(AdaptSettings):
 
     corpus: list[str] = Field(default_factory=list, description="reference images (sources)")
 
-    _corpus_without_credentials = field_validator("corpus")(_no_credentials)
+    _corpus_without_credentials = field_validator("corpus")(no_credentials)
 
 
 class CalibrationOptions(_Strict):
@@ -193,7 +205,7 @@ class CalibrationOptions(_Strict):
         "image, the folder it came from (several crops of one photo in one folder), or a "
         "metadata key (metadata:OBJECT, a FITS header keyword)")
 
-    _clean_without_credentials = field_validator("clean")(_no_credentials)
+    _clean_without_credentials = field_validator("clean")(no_credentials)
 
 
 class ExportOptions(_Strict):
@@ -219,8 +231,8 @@ class RunSpec(_Strict):
     export: ExportOptions | None = None
     report: str | None = "report.html"
 
-    _uris_without_credentials = field_validator("sources", "store", "prior")(_no_credentials)
-    _degradation_canonical = field_validator("degradation")(_canonical_degradation)
+    _uris_without_credentials = field_validator("sources", "store", "prior")(no_credentials)
+    _degradation_canonical = field_validator("degradation")(canonical_degradation)
     _default_method = model_validator(mode="before")(with_default_method)
 
     @property

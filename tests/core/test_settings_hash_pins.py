@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from restoreflow.compat import legacy_settings_hashes
 from restoreflow.spec import RestoreOptions
 from restoreflow.stages.config import RestoreConfig
 
@@ -32,7 +33,9 @@ PINS = {
     "018ddbaf3ed58324": RestoreConfig(degradation=D, adapt=True, adapt_alpha=16.0, adapt_lr=1e-4,
                                       adapt_targets=("to_q", "to_v"), adapt_max_t=250,
                                       match_degradation=False),
-    "3ab8375923047883": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
+    # 3ab8375923047883 (zeta_prime written 20.0) hashes as 20 since options are canonical:
+    # test_a_float_spelled_option_keeps_its_old_hash_as_legacy
+    "e9b302f7d4c7866a": RestoreConfig(degradation="sr(factor=4)+gaussian_noise(sigma=0.01)",
                                       sampler="dps", steps=50,
                                       options=(("eta", 0.5), ("zeta_prime", 20.0))),
     "64fd6dec93db69ef": RestoreConfig(degradation=D, options=(("gamma", 8),
@@ -83,3 +86,36 @@ def test_matched_retrieval_has_its_own_hash():
         new.settings_hash(PRIOR_HASH)
     off = RestoreConfig(degradation=D, match_degradation=False)
     assert off.settings_hash(PRIOR_HASH) == "ae7bc4c077c55519"
+
+
+def test_a_float_spelled_option_keeps_its_old_hash_as_legacy():
+    """Options are stored canonical (``20.0``, ``20`` and ``"20"`` hash alike, as ``20``);
+    the hash older versions gave ``zeta_prime: 20.0`` is its legacy hash, under which
+    stored restorations and calibrations are still found."""
+    deg = "sr(factor=4)+gaussian_noise(sigma=0.01)"
+    spellings = [{"eta": 0.5, "zeta_prime": z} for z in (20.0, 20, "20", "20.0")]
+    cfgs = [RestoreConfig(degradation=deg, sampler="dps", steps=50, options=o) for o in spellings]
+    assert {c.settings_hash(PRIOR_HASH) for c in cfgs} == {"e9b302f7d4c7866a"}
+    assert legacy_settings_hashes(cfgs[0], PRIOR_HASH) == ["3ab8375923047883"]
+    # options with no integral float were hashed alike in any spelling: no legacy hash
+    assert legacy_settings_hashes(PINS["e50f4211587980ce"], PRIOR_HASH) == []
+
+
+def test_stored_outputs_under_a_legacy_hash_are_found(tmp_path):
+    import numpy as np
+
+    from restoreflow.settings import Settings
+    from restoreflow.stages.calibrate import calibration_path, load_calibration
+    from restoreflow.stages.restore import is_restored
+    from restoreflow.storage.store import TileStore
+
+    store = TileStore(str(tmp_path / "st"), Settings())
+    store.create_image("restored", "a", (3, 8, 8), np.float32,
+                       attrs={"collection_attrs": {"settings_hash": "3ab8375923047883"}})
+    store.put_bytes(calibration_path("3ab8375923047883"),
+                    b'{"settings_hash": "3ab8375923047883", "alpha": 0.1}')
+    assert not is_restored(store, "a", "e9b302f7d4c7866a")
+    assert is_restored(store, "a", "e9b302f7d4c7866a", legacy=["3ab8375923047883"])
+    assert load_calibration(store, "e9b302f7d4c7866a") is None
+    cal = load_calibration(store, "e9b302f7d4c7866a", legacy=["3ab8375923047883"])
+    assert cal == {"settings_hash": "e9b302f7d4c7866a", "alpha": 0.1}

@@ -234,11 +234,11 @@ def test_format_is_case_insensitive(tmp_path):
 def test_every_store_option_has_one_help_text():
     import typer
 
-    from restoreflow.cli.options import _STORE_HELP
+    from restoreflow.cli.options import STORE_HELP
     from restoreflow.settings import Settings
 
     assert Settings.model_fields["store"].default == "restoreflow-store"
-    assert "$RESTOREFLOW_STORE, else ./restoreflow-store" in _STORE_HELP
+    assert "$RESTOREFLOW_STORE, else ./restoreflow-store" in STORE_HELP
 
     def walk(cmd, name):
         for sub_name, sub in (getattr(cmd, "commands", None) or {}).items():
@@ -251,7 +251,7 @@ def test_every_store_option_has_one_help_text():
     assert {"ls", "ingest", "export", "simulate", "restore", "calibrate", "report",
             "index build", "index search"} <= set(found)
     # rerun's --store overrides the manifest's store: its own wording
-    assert {v: h for v, h in found.items() if v != "rerun" and h != _STORE_HELP} == {}
+    assert {v: h for v, h in found.items() if v != "rerun" and h != STORE_HELP} == {}
 
 
 @pytest.mark.s3

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import make_tiny_unet
+from restoreflow.spec import RestoreOptions
 
 
 def _photo(size: int = 64) -> torch.Tensor:
@@ -133,8 +134,9 @@ def test_every_solver_runs_on_the_denoiser_and_gives_distinct_samples(ffdnet, sa
     spec = DegradationSpec.parse("gaussian_blur(sigma=1.5)+gaussian_noise(sigma=0.03)")
     deg = spec.build((3, 32, 32), generator=make_generator(spec, 0, "x"))
     y = deg.apply(x[None], torch.Generator().manual_seed(0))[0]
-    out = restore_image(denoiser_prior(ffdnet), deg.operator, y, deg.sigma_y, sampler=sampler,
-                        steps=6, num_samples=4, generator=torch.Generator().manual_seed(2))
+    out = restore_image(denoiser_prior(ffdnet), deg.operator, y, deg.sigma_y,
+                        RestoreOptions(sampler=sampler, steps=6, posterior_samples=4),
+                        generator=torch.Generator().manual_seed(2))
     assert out.shape == (4, 3, 32, 32) and bool(torch.isfinite(out).all())
     # four different samples (how well their spread tracks the error: bench_posterior_spread)
     pairs = [float((out[i] - out[j]).abs().max()) for i in range(4) for j in range(i + 1, 4)]
@@ -155,7 +157,8 @@ def test_hqs_on_ffdnet_beats_the_regularised_pseudo_inverse(ffdnet):
     with torch.no_grad():
         y_m = 2 * y[None] - op.A(torch.ones(1, 3, 96, 96))
         pinv = ((op.A_dagger(y_m, eta=(2 * deg.sigma_y) ** 2) + 1) / 2).clamp(0, 1)[0]
-    out = restore_image(denoiser_prior(ffdnet), op, y, deg.sigma_y, sampler="hqs", steps=8)[0]
+    out = restore_image(denoiser_prior(ffdnet), op, y, deg.sigma_y,
+                        RestoreOptions(sampler="hqs", steps=8))[0]
     assert _psnr(out, x) > _psnr(pinv, x) + 1.5
 
 
@@ -184,9 +187,9 @@ def test_plug_and_play_steps_are_not_bound_by_the_diffusion_range(ffdnet):
     spec = DegradationSpec.parse("gaussian_blur(sigma=1)+gaussian_noise(sigma=0.02)")
     deg = spec.build((3, 16, 16), generator=make_generator(spec, 0, "x"))
     y = deg.apply(_photo(16)[None], torch.Generator().manual_seed(0))[0]
-    out = restore_image(prior, deg.operator, y, deg.sigma_y, sampler="hqs",
-                        steps=prior.t_start + 5)
+    out = restore_image(prior, deg.operator, y, deg.sigma_y,
+                        RestoreOptions(sampler="hqs", steps=prior.t_start + 5))
     assert out.shape == (1, 3, 16, 16)
     with pytest.raises(ValueError, match="for this prior"):
-        restore_image(prior, deg.operator, y, deg.sigma_y, sampler="ddpg",
-                      steps=prior.t_start + 5)
+        restore_image(prior, deg.operator, y, deg.sigma_y,
+                      RestoreOptions(sampler="ddpg", steps=prior.t_start + 5))

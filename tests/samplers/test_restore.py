@@ -8,7 +8,8 @@ import torch
 from restoreflow.models.tiled import tile_starts
 from restoreflow.operators import BicubicDownsample, Colorise, GaussianBlur, Identity, Inpainting
 from restoreflow.samplers import SAMPLERS
-from restoreflow.stages.restore import DEFAULT_OPTIONS, default_options, restore_image, task_kind
+from restoreflow.spec import RestoreOptions
+from restoreflow.stages.restore import restore_image, task_kind
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -31,20 +32,25 @@ def noisy(op, x: torch.Tensor, sigma: float, seed: int = 5) -> torch.Tensor:
 def test_output_shape_range_and_determinism(tiny_prior):
     op = Inpainting.random_pixels(24, 24, 0.5, gen(1))
     y = noisy(op, photo(24, 24), 0.05)
-    a = restore_image(tiny_prior, op, y, 0.05, steps=5, generator=gen(0), num_samples=2)
-    b = restore_image(tiny_prior, op, y, 0.05, steps=5, generator=gen(0), num_samples=2)
+    a = restore_image(tiny_prior, op, y, 0.05,
+                      RestoreOptions(steps=5, posterior_samples=2),
+                      generator=gen(0))
+    b = restore_image(tiny_prior, op, y, 0.05,
+                      RestoreOptions(steps=5, posterior_samples=2),
+                      generator=gen(0))
     assert a.shape == (2, 3, 24, 24)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
     # generator=None is reproducible too (seed 0)
-    c = restore_image(tiny_prior, op, y, 0.05, steps=5, num_samples=2)
+    c = restore_image(tiny_prior, op, y, 0.05, RestoreOptions(steps=5, posterior_samples=2))
     assert torch.equal(a, c)
     # y given as a loader (large images: then only restore_image holds it): same result
-    d = restore_image(tiny_prior, op, lambda: y.clone(), 0.05, steps=5, generator=gen(0),
-                      num_samples=2)
+    d = restore_image(tiny_prior, op, lambda: y.clone(), 0.05,
+                      RestoreOptions(steps=5, posterior_samples=2),
+                      generator=gen(0))
     assert torch.equal(a, d)
     with pytest.raises(ValueError, match="loader"):
-        restore_image(tiny_prior, op, lambda: y[0], 0.05, steps=5)
+        restore_image(tiny_prior, op, lambda: y[0], 0.05, RestoreOptions(steps=5))
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -57,7 +63,8 @@ def test_unit_conversion_with_oracle(sampler, kind, oracle_prior):
         Inpainting.random_pixels(16, 16, 0.5, gen(1)) if kind == "inpaint" else BicubicDownsample(2)
     )
     y = op.A(x[None])[0]
-    out = restore_image(oracle_prior(2 * x[None] - 1), op, y, 0.01, sampler=sampler, steps=10)
+    out = restore_image(oracle_prior(2 * x[None] - 1), op, y, 0.01,
+                        RestoreOptions(sampler=sampler, steps=10))
     assert (out[0] - x).abs().max() < 1e-3
 
 
@@ -66,7 +73,7 @@ def test_greyscale_is_replicated_and_averaged(oracle_prior):
     op = GaussianBlur(1.0)
     y = op.A(grey[None])[0]
     prior = oracle_prior(2 * grey.expand(3, -1, -1)[None] - 1)
-    out = restore_image(prior, op, y, 0.0, steps=10, num_samples=2)
+    out = restore_image(prior, op, y, 0.0, RestoreOptions(steps=10, posterior_samples=2))
     assert out.shape == (2, 1, 16, 16)
     assert (out - grey).abs().max() < 1e-3
 
@@ -75,7 +82,7 @@ def test_colorisation_keeps_grey_measurement(oracle_prior):
     x = photo(16, 16, 4)
     op = Colorise(3)
     y = op.A(x[None])[0]  # (1, H, W): one channel, but the image has three
-    out = restore_image(oracle_prior(2 * x[None] - 1), op, y, 0.0, steps=10)
+    out = restore_image(oracle_prior(2 * x[None] - 1), op, y, 0.0, RestoreOptions(steps=10))
     assert out.shape == (1, 3, 16, 16)
     assert (out[0] - x).abs().max() < 1e-3
 
@@ -86,28 +93,22 @@ def test_task_kinds_and_options():
     assert task_kind(Inpainting.random_pixels(8, 8, 0.5, gen())) == "inpaint"
     assert task_kind(Identity()) == "denoise"
     assert task_kind(Colorise(3)) == "other"
-    assert set(DEFAULT_OPTIONS) == set(SAMPLERS)
-    for sampler, table in DEFAULT_OPTIONS.items():
-        assert set(table) == {"deblur", "sr", "inpaint", "denoise", "other"}, sampler
-    opts = default_options("ddpg", "deblur", 0.05)
-    opts["gamma"] = -1.0  # a copy: the table is not modified
-    assert DEFAULT_OPTIONS["ddpg"]["deblur"].get("gamma") != -1.0
-    assert default_options("ddpg", "deblur", 0.0)["step_size"] == "constant"
-    with pytest.raises(ValueError, match="task"):
-        default_options("ddpg", "dehaze")
     with pytest.raises(ValueError, match="sampler"):
-        restore_image(None, Identity(), torch.zeros(3, 8, 8), 0.1, sampler="nope")
+        RestoreOptions(sampler="nope")
 
 
 def test_options_override_defaults(tiny_prior):
     op = GaussianBlur(1.0)
     y = noisy(op, photo(16, 16), 0.05)
-    a = restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4)
-    b = restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4, options={"zeta": 0.3})
+    a = restore_image(tiny_prior, op, y, 0.05, RestoreOptions(sampler="ddpg", steps=4))
+    b = restore_image(tiny_prior, op, y, 0.05,
+                      RestoreOptions(sampler="ddpg", steps=4, options={"zeta": 0.3}))
     assert not torch.equal(a, b)
-    with pytest.raises(TypeError):
-        restore_image(tiny_prior, op, y, 0.05, sampler="ddpg", steps=4,
-                      options={"no_such_option": 1})
+    c = restore_image(tiny_prior, op, y, 0.05, RestoreOptions(sampler="ddpg", steps=4,
+                                                              options={"zeta": "0.3"}))
+    assert torch.equal(b, c)  # the coerced option, not the string, reaches the sampler
+    with pytest.raises(ValueError, match="unknown option 'no_such_option'"):
+        RestoreOptions(sampler="ddpg", steps=4, options={"no_such_option": 1})
 
 
 # --- tiling ---------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def test_tiled_close_to_untiled_for_conv_prior(sampler, conv_prior):
     op = GaussianBlur(1.0)
     y = noisy(op, photo(64, 64, 1), 0.02)
     kw = dict(sampler=sampler, steps=10)
-    full = restore_image(conv_prior, op, y, 0.02, tile=64, generator=gen(0), **kw)
-    tiled = restore_image(conv_prior, op, y, 0.02, tile=32, overlap=16, generator=gen(0), **kw)
+    full = restore_image(conv_prior, op, y, 0.02, RestoreOptions(**kw, tile=64), generator=gen(0))
+    tiled = restore_image(conv_prior, op, y, 0.02, RestoreOptions(**kw, tile=32, overlap=16),
+                          generator=gen(0))
     rel = float((full - tiled).norm() / (full - 0.5).norm())
     assert rel < 0.02 and float((full - tiled).abs().mean()) < 2e-3, rel
 
@@ -154,9 +156,9 @@ def test_no_seams_along_tile_borders(perturbed_prior):
     y = noisy(op, photo(128, 128, 2), 0.02)
     ratios = {}
     for overlap in (8, 0):
-        out = restore_image(
-            perturbed_prior, op, y, 0.02, sampler="ddpg", steps=10, generator=gen(0), tile=32,
-            overlap=overlap)
+        out = restore_image(perturbed_prior, op, y, 0.02,
+                            RestoreOptions(sampler="ddpg", steps=10, tile=32, overlap=overlap),
+                            generator=gen(0))
         ratios[overlap] = seam_ratio(out[0], 128, 32, overlap)
     assert abs(ratios[8] - 1) < 0.05, ratios
     assert abs(ratios[0] - 1) > 0.05, ratios

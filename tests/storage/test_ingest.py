@@ -188,10 +188,10 @@ def test_sources_globs_and_symlink_loops(make_store, tmp_path):
 
 @pytest.mark.s3
 def test_s3_sources(make_store, tmp_path, s3_server, s3_settings):
-    from restoreflow.storage.sources import _s3fs
+    from restoreflow.storage.sources import s3_filesystem
 
     store = make_store("s3")
-    fs = _s3fs(s3_settings)
+    fs = s3_filesystem(s3_settings)
     prefix = f"{s3_server.bucket}/sources-{tmp_path.name}"
     files = {f"photos/a{i}.png": png_bytes(smooth_image((30, 40, 3), i)) for i in range(2)}
     files["photos/sub/b.fits"] = fits_bytes(rng_image((20, 20), "float32"))

@@ -8,25 +8,25 @@ import os
 
 import typer
 
-from restoreflow.cli.runtime import _error_line, _fail, _profile_settings
-from restoreflow.cli.store_checks import _listed_images
+from restoreflow.cli.runtime import error_line, fail, profile_settings
+from restoreflow.cli.store_checks import listed_images
 
 _LOG_FILE: str | None = None
 
 
-def _log_to_file(verb: str) -> None:
+def log_to_file(verb: str) -> None:
     """Prefect's logs of this verb: warnings on the terminal, tracebacks in a log file
     (see restoreflow.clilog); call before anything imports Prefect."""
     global _LOG_FILE
     from restoreflow.clilog import configure
 
-    _LOG_FILE = configure(verb, _profile_settings())
+    _LOG_FILE = configure(verb, profile_settings())
 
 
 _WORK_COLLECTIONS = ("input", "degraded", "restored")
 
 
-def _image_names(uri: str) -> dict[str, set[str]] | None:
+def image_names(uri: str) -> dict[str, set[str]] | None:
     """The image names (directory listings, no metadata read) in the store's work
     collections and calibration collections, or None when they cannot be listed."""
     from restoreflow.storage.store import TileStore
@@ -38,7 +38,7 @@ def _image_names(uri: str) -> dict[str, set[str]] | None:
         out = {}
         for coll in ts.collections():
             if coll in _WORK_COLLECTIONS or coll.startswith("calibration-"):
-                out[coll] = _listed_images(ts, coll)
+                out[coll] = listed_images(ts, coll)
         return out
     except Exception:  # noqa: BLE001 - only the wording of the failure hint depends on it
         return None
@@ -49,7 +49,7 @@ def _completed_since(uri: str, before: dict[str, set[str]] | None) -> dict[str, 
     complete), or None when unknown."""
     from restoreflow.storage.store import TileStore
 
-    after = _image_names(uri)
+    after = image_names(uri)
     if before is None or after is None:
         return None
     try:
@@ -61,7 +61,7 @@ def _completed_since(uri: str, before: dict[str, set[str]] | None) -> dict[str, 
     return {c: n for c, n in done.items() if n}
 
 
-def _flow_failed(what: str, exc: BaseException, uri: str,
+def flow_failed(what: str, exc: BaseException, uri: str,
                  before: dict[str, set[str]] | None, again: str) -> None:
     """One line for a flow that failed mid-run: the error; what it completed (kept,
     and skipped by ``again``) or that it completed nothing; and the log file that holds
@@ -80,10 +80,10 @@ def _flow_failed(what: str, exc: BaseException, uri: str,
         hint = "No image was completed: fix the cause and run again."
     where = (f" Log: {_LOG_FILE}" if _LOG_FILE is not None and os.path.isfile(_LOG_FILE)
              else "")
-    _fail(f"{what} failed: {_error_line(exc)}. {hint}{where}", code=1)
+    fail(f"{what} failed: {error_line(exc)}. {hint}{where}", code=1)
 
 
-def _on_dask(flow_obj):
+def on_dask(flow_obj):
     """The flow with the configured Dask task runner (embedded LocalCluster or address)."""
     from restoreflow.settings import get_settings
     from restoreflow.tasks.runner import dask_task_runner

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import typer
 
-from restoreflow.cli.options import _STORE_HELP
-from restoreflow.cli.runtime import _fail
-from restoreflow.cli.store_checks import _open_store
+from restoreflow.cli.options import STORE_HELP
+from restoreflow.cli.runtime import fail
+from restoreflow.cli.store_checks import open_cli_store
 from restoreflow.cli.typer_app import app, index_app
 
 
@@ -39,7 +39,7 @@ def train_prior_cmd(
 @index_app.command("build")
 def index_build(
     corpus: list[str] = typer.Option(..., "--corpus", help="Reference images (sources)"),
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     embedder: str = typer.Option("efficientnet-lite0", "--embedder",
                                  help="efficientnet-lite0 or clip:<dir-or-hub-id>"),
     name: str = typer.Option("default", "--name"),
@@ -49,7 +49,7 @@ def index_build(
     from restoreflow.settings import get_settings
     from restoreflow.storage.ingest import ingest as run_ingest
 
-    ts = _open_store(store)
+    ts = open_cli_store(store)
     with ts.lock("restoreflow index build", log=lambda m: typer.echo(m, err=True)):
         rep = run_ingest(corpus, ts, ts.settings, progress=True)
         for row in rep.rejected:
@@ -64,7 +64,7 @@ def index_build(
 def index_search(
     image: str = typer.Argument(..., help="An image file"),
     k: int = typer.Option(5, "-k", min=1),
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     name: str = typer.Option("default", "--name"),
 ) -> None:
     """Print the k reference images nearest to IMAGE, with scores."""
@@ -76,14 +76,14 @@ def index_search(
     from restoreflow.storage.readers import read_image
     from restoreflow.storage.values import normalisation, to_normalised
 
-    ts = _open_store(store)
+    ts = open_cli_store(store)
     index = load_index(ts, name)
     if index is None:
-        _fail(f"{ts.uri} has no index {name!r}; run `restoreflow index build`")
+        fail(f"{ts.uri} has no index {name!r}; run `restoreflow index build`")
     try:
         arr, _ = read_image(open(image, "rb").read(), image)
     except (OSError, ImageRejected) as exc:
-        _fail(f"{image}: {exc}")
+        fail(f"{image}: {exc}")
     x = torch.from_numpy(to_normalised(arr, *normalisation(arr)))
     x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
     emb = get_embedder(index.embedder_name)

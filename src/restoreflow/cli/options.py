@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from restoreflow.cli.runtime import _fail
+from restoreflow.cli.runtime import fail
 
 # the sampler registry's names as a typer choice, without importing torch for --help
 # (tests/flows/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
@@ -14,8 +14,8 @@ SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"]
 _SAMPLER_NAMES = get_args(SamplerName)
 ExportFormat = Literal["png", "tiff", "fits"]
 # the one wording of every --store option (restoreflow.settings.Settings.store)
-_STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
-_OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
+STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
+OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
                 "refused with the sampler's options.")
 
 
@@ -27,7 +27,7 @@ _CONFIG_FLAGS = {"degradation": "--degradation", "seed": "--seed", "prior": "--p
                  "adapt.steps": "--adapt-steps", "clean": "--clean", "alpha": "--alpha"}
 
 
-def _sampler_options(items: list[str] | None) -> dict:
+def sampler_options(items: list[str] | None) -> dict:
     """``--option KEY=VALUE`` (repeatable) as a dict: ``8`` an int, ``0.5`` or ``1e-5`` a
     float, ``true``/``false`` a bool, anything else the text (as a run spec's YAML)."""
     out: dict = {}
@@ -35,9 +35,9 @@ def _sampler_options(items: list[str] | None) -> dict:
         key, sep, text = item.partition("=")
         key, text = key.strip(), text.strip()
         if not sep or not key:
-            _fail(f"--option: expected KEY=VALUE, got {item!r}")
+            fail(f"--option: expected KEY=VALUE, got {item!r}")
         if key in out:
-            _fail(f"--option: {key!r} given twice")
+            fail(f"--option: {key!r} given twice")
         out[key] = _option_value(text)
     return out
 
@@ -53,7 +53,7 @@ def _option_value(text: str):
     return text
 
 
-def _validated(model, **fields):
+def validated_model(model, **fields):
     """``model(**fields)`` (the restore settings, the calibration options): a bad value is
     one line naming its flag, before anything is opened or written."""
     from pydantic import ValidationError
@@ -64,4 +64,4 @@ def _validated(model, **fields):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
         msg = " ".join(err["msg"].removeprefix("Value error, ").split())
-        _fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {msg}")
+        fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {msg}")

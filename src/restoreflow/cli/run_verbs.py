@@ -8,21 +8,21 @@ import os
 import typer
 
 from restoreflow.cli.flow_runs import (
-    _flow_failed,
-    _image_names,
-    _log_to_file,
-    _on_dask,
+    flow_failed,
+    image_names,
+    log_to_file,
+    on_dask,
     print_summary,
 )
 from restoreflow.cli.options import (
-    _OPTION_HELP,
-    _STORE_HELP,
+    OPTION_HELP,
+    STORE_HELP,
     SamplerName,
-    _sampler_options,
-    _validated,
+    sampler_options,
+    validated_model,
 )
-from restoreflow.cli.runtime import _error_line, _fail, _preflight
-from restoreflow.cli.store_checks import _need_images, _no_collection, _open_store
+from restoreflow.cli.runtime import error_line, fail, run_preflight
+from restoreflow.cli.store_checks import need_images, no_collection, open_cli_store
 from restoreflow.cli.typer_app import app
 
 
@@ -31,16 +31,16 @@ def _run_spec(spec, verb: str) -> dict:
     from restoreflow.preflight import check_run
     from restoreflow.settings import get_settings
 
-    _preflight(check_run, spec, get_settings(), "spec")
-    _log_to_file(verb)
+    run_preflight(check_run, spec, get_settings(), "spec")
+    log_to_file(verb)
     uri = spec.store or get_settings().store
-    before = _image_names(uri)
+    before = image_names(uri)
     from restoreflow.flows.pipeline import pipeline_flow
 
     try:
-        summary = _on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+        summary = on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
-        _flow_failed(f"run {spec.name!r}", exc, uri, before, "run the same spec again")
+        flow_failed(f"run {spec.name!r}", exc, uri, before, "run the same spec again")
     print_summary(summary)
     return summary
 
@@ -53,7 +53,7 @@ def run_cmd(spec_path: str = typer.Argument(..., metavar="SPEC.yaml")) -> None:
     try:
         spec = RunSpec.from_yaml(spec_path)
     except SpecError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _run_spec(spec, "run")
 
 
@@ -77,14 +77,14 @@ def rerun_cmd(
         # against the current directory, and recorded absolute in the new manifest
         spec = spec.resolved(os.getcwd(), where=manifest, degradation_files=False)
     except (OSError, ValueError, KeyError, TypeError, SpecError) as exc:
-        _fail(f"{manifest}: not a run manifest ({_error_line(exc)})")
+        fail(f"{manifest}: not a run manifest ({error_line(exc)})")
     _run_spec(spec, "rerun")
 
 
 @app.command("restore")
 def restore_cmd(
     degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     sampler: SamplerName = typer.Option(None, "--sampler",
                                         help="Solver [default: per task, see README]"),
     steps: int = typer.Option(None, "--steps", min=1, max=1000,
@@ -99,7 +99,7 @@ def restore_cmd(
     prior: str = typer.Option(None, "--prior", help="ffdnet (default), unet, hybrid, a weight "
                               "file, or a diffusers model dir / hub id"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
-                                     help=_OPTION_HELP),
+                                     help=OPTION_HELP),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
     from restoreflow.preflight import (
@@ -115,32 +115,32 @@ def restore_cmd(
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
-        _fail(str(exc))
-    cfg = _validated(
+        fail(str(exc))
+    cfg = validated_model(
         RestoreConfig, degradation=spec.text, seed=seed, prior=prior,
         restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
-                 "options": _sampler_options(option)},
+                 "options": sampler_options(option)},
         adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
     settings = get_settings()
-    _preflight(check_degradation_files, "--degradation", spec.text)
-    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+    run_preflight(check_degradation_files, "--degradation", spec.text)
+    run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
                else "the default prior", prior or settings.prior)
-    _preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
-    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+    run_preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
+    run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
-    ts = _open_store(store)
-    _need_images(ts)
+    ts = open_cli_store(store)
+    need_images(ts)
     if collection not in ts.collections():
-        _no_collection(ts, collection)
-    _log_to_file("restore")
-    before = _image_names(ts.uri)
+        no_collection(ts, collection)
+    log_to_file("restore")
+    before = image_names(ts.uri)
     from restoreflow.flows.restore import restore_flow
 
     try:
-        res = _on_dask(restore_flow)(store=ts.uri, cfg=cfg, y_collection=collection, out=out,
+        res = on_dask(restore_flow)(store=ts.uri, cfg=cfg, y_collection=collection, out=out,
                                      progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
-        _flow_failed("restore", exc, ts.uri, before, "run the same command again")
+        flow_failed("restore", exc, ts.uri, before, "run the same command again")
     typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
 
 
@@ -148,7 +148,7 @@ def restore_cmd(
 def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
     degradation: str = typer.Option(..., "--degradation", "-d"),
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     sampler: SamplerName = typer.Option(None, "--sampler",
                                         help="Solver [default: per task, see README]"),
     steps: int = typer.Option(None, "--steps", min=1, max=1000,
@@ -167,7 +167,7 @@ def calibrate_cmd(
         "(Waudby-Smith-Ramdas, adapts to the data: narrower) or hb (Hoeffding-Bentkus)"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
-                                     help=_OPTION_HELP),
+                                     help=OPTION_HELP),
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
     from restoreflow.preflight import (
@@ -183,30 +183,30 @@ def calibrate_cmd(
     try:
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
-        _fail(str(exc))
-    cfg = _validated(
+        fail(str(exc))
+    cfg = validated_model(
         RestoreConfig, degradation=spec.text, prior=prior,
         restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
-                 "options": _sampler_options(option)})
-    calibration = _validated(CalibrationOptions, clean=clean, alpha=alpha, group_by=group_by,
+                 "options": sampler_options(option)})
+    calibration = validated_model(CalibrationOptions, clean=clean, alpha=alpha, group_by=group_by,
                              pixel_scale=pixel_scale, pixel_bound=pixel_bound)
     settings = get_settings()
-    _preflight(check_degradation_files, "--degradation", spec.text)
-    _preflight(check_sources, "--clean", clean, settings, False)
-    _preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+    run_preflight(check_degradation_files, "--degradation", spec.text)
+    run_preflight(check_sources, "--clean", clean, settings, False)
+    run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
                else "the default prior", prior or settings.prior)
-    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+    run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
-    ts = _open_store(store)
-    _log_to_file("calibrate")
-    before = _image_names(ts.uri)
+    ts = open_cli_store(store)
+    log_to_file("calibrate")
+    before = image_names(ts.uri)
     from restoreflow.flows.pipeline import calibrate_flow
 
     try:
-        res = _on_dask(calibrate_flow)(store=ts.uri, cfg=cfg, calibration=calibration,
+        res = on_dask(calibrate_flow)(store=ts.uri, cfg=cfg, calibration=calibration,
                                        progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
-        _flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
+        flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
     typer.echo(calibration_line(res))
     for w in res.get("warnings") or []:
         typer.echo(f"warning: {w}", err=True)
@@ -227,15 +227,15 @@ def calibration_line(res: dict) -> str:
 
 @app.command("report")
 def report_cmd(
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     run: str = typer.Option(None, "--run", help="Run id (default: the latest)"),
     out: str = typer.Option("report.html", "--out", help="Output HTML file"),
 ) -> None:
     """Write a static, self-contained HTML report of a run."""
     from restoreflow.report.html import build_report
 
-    ts = _open_store(store)
-    _need_images(ts)
+    ts = open_cli_store(store)
+    need_images(ts)
     path = build_report(ts, out, run)
     typer.echo(f"report: {path}")
 
@@ -270,16 +270,16 @@ def serve_cmd(
     try:
         spec = RunSpec.from_yaml(spec_path)
     except SpecError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         from prefect.client.schemas.schedules import CronSchedule
 
         CronSchedule(cron=cron)
     except ValueError as exc:  # pydantic's ValidationError is one; its first message
         errors = getattr(exc, "errors", None)
-        _fail(f"--cron {cron!r}: {errors()[0]['msg'] if errors else exc}")
+        fail(f"--cron {cron!r}: {errors()[0]['msg'] if errors else exc}")
     from restoreflow.flows.pipeline import pipeline_flow
 
     typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")
-    _on_dask(pipeline_flow).serve(name=name or spec.name, cron=cron,
+    on_dask(pipeline_flow).serve(name=name or spec.name, cron=cron,
                                   parameters={"spec": spec.model_dump(mode="json")})

@@ -13,7 +13,7 @@ _PREFECT_USER_SETTINGS = ("PREFECT_API_URL", "PREFECT_HOME",
                           "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
-def _profile_settings() -> dict:
+def profile_settings() -> dict:
     """The settings of the active Prefect profile in the user's profiles.toml ({} if
     none); read as TOML, without importing Prefect."""
     import os
@@ -39,7 +39,7 @@ def _private_prefect_db() -> None:
     import shutil
     import tempfile
 
-    profile = _profile_settings()
+    profile = profile_settings()
     if any(os.environ.get(k) or profile.get(k) for k in _PREFECT_USER_SETTINGS):
         return
     tmp = tempfile.mkdtemp(prefix=f"restoreflow-prefect-{os.getpid()}-")
@@ -49,7 +49,7 @@ def _private_prefect_db() -> None:
         f"sqlite+aiosqlite:///{os.path.join(tmp, 'prefect.db')}")
 
 
-def _prefect_env() -> None:
+def prefect_env() -> None:
     """Quiet, offline Prefect settings for every verb (the user's env wins): no
     analytics (offline they log telemetry errors), WARNING logs, and a private
     ephemeral database per process (see ``_private_prefect_db``)."""
@@ -69,17 +69,17 @@ def _prefect_env() -> None:
     logging.getLogger("distributed").setLevel(level)
 
 
-def _preflight(check, *args) -> None:
+def run_preflight(check, *args) -> None:
     """Run a restoreflow.preflight check; a failure is one line naming the field."""
     from restoreflow.preflight import PreflightError
 
     try:
         check(*args)
     except PreflightError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-def _fail(msg: str, code: int = 2):
+def fail(msg: str, code: int = 2):
     """Print the one-line error and exit. asyncio's "exception was never retrieved"
     reports of the same failure (e.g. zarr's other writes when the disk is full) would
     only repeat it as tracebacks at exit, so they are silenced."""
@@ -90,7 +90,7 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """``Type: message`` on one line (the flow's log above holds the traceback)."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__

@@ -8,10 +8,10 @@ import shlex
 
 import typer
 
-from restoreflow.cli.runtime import _fail
+from restoreflow.cli.runtime import fail
 
 
-def _open_store(store: str | None, tile_size: int | None = None):
+def open_cli_store(store: str | None, tile_size: int | None = None):
     from restoreflow.settings import get_settings
     from restoreflow.storage.sources import strip_credentials
     from restoreflow.storage.store import TileStore
@@ -25,7 +25,7 @@ def _open_store(store: str | None, tile_size: int | None = None):
         raise typer.Exit(2) from exc
 
 
-def _listed_images(ts, collection: str) -> set[str]:
+def listed_images(ts, collection: str) -> set[str]:
     """The image names of a collection from a directory listing (no metadata read)."""
     try:
         listed = ts.fs.ls(ts._full(collection), detail=False)
@@ -34,7 +34,7 @@ def _listed_images(ts, collection: str) -> set[str]:
     return {os.path.basename(str(p).rstrip("/")) for p in listed} - {"zarr.json"}
 
 
-def _need_images(ts, collection: str | None = None, complete: bool = False) -> None:
+def need_images(ts, collection: str | None = None, complete: bool = False) -> None:
     """One line and exit 2 when the store does not exist or holds no images (in
     ``collection``, else in any collection; ``complete``: complete ones), naming the
     next step. Only the verbs that ingest (ingest, run, calibrate, index build) create
@@ -43,14 +43,14 @@ def _need_images(ts, collection: str | None = None, complete: bool = False) -> N
 
     if ts.exists_store:
         for c in [collection] if collection else ts.collections():
-            if ts.image_ids(c) if complete else _listed_images(ts, c):
+            if ts.image_ids(c) if complete else listed_images(ts, c):
                 return
     where = strip_credentials(ts.uri)
-    _fail(f"{where}: no store here (or no images in it): run "
+    fail(f"{where}: no store here (or no images in it): run "
           f"'restoreflow ingest SRC... --store {shlex.quote(where)}' first")
 
 
-def _no_collection(ts, collection: str) -> None:
+def no_collection(ts, collection: str) -> None:
     """One line and exit 2: the store has no such collection (naming those it has)."""
-    _fail(f"{ts.uri} has no collection {collection!r} "
+    fail(f"{ts.uri} has no collection {collection!r} "
           f"(it has: {', '.join(ts.collections()) or 'none'})")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import typer
 
-from restoreflow.cli.flow_runs import _flow_failed, _image_names, _log_to_file
-from restoreflow.cli.options import _STORE_HELP, ExportFormat
-from restoreflow.cli.runtime import _error_line, _fail, _preflight
-from restoreflow.cli.store_checks import _listed_images, _need_images, _no_collection, _open_store
+from restoreflow.cli.flow_runs import flow_failed, image_names, log_to_file
+from restoreflow.cli.options import STORE_HELP, ExportFormat
+from restoreflow.cli.runtime import error_line, fail, run_preflight
+from restoreflow.cli.store_checks import listed_images, need_images, no_collection, open_cli_store
 from restoreflow.cli.typer_app import app
 
 
@@ -17,7 +17,7 @@ def simulate_cmd(
     degradation: str = typer.Option(
         ..., "--degradation", "-d", help="e.g. 'gaussian_blur(sigma=3)+gaussian_noise(sigma=0.05)'"
     ),
-    store: str = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of kernels, masks and noise"),
     collection: str = typer.Option("degraded", "--collection", help="Output collection"),
 ) -> None:
@@ -29,19 +29,19 @@ def simulate_cmd(
         spec = DegradationSpec.parse(degradation)
     except SpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--degradation") from None
-    _preflight(check_degradation_files, "--degradation", spec.text)
-    ts = _open_store(store)
-    _need_images(ts, "input", complete=True)
+    run_preflight(check_degradation_files, "--degradation", spec.text)
+    ts = open_cli_store(store)
+    need_images(ts, "input", complete=True)
     uri = ts.uri
-    _log_to_file("simulate")
-    before = _image_names(uri)
+    log_to_file("simulate")
+    before = image_names(uri)
     from restoreflow.flows.simulate import simulate_flow
 
     try:
         rows = simulate_flow(store=uri, degradation=spec.text, seed=seed,
                              collection=collection, progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
-        _flow_failed("simulate", exc, uri, before, "run the same command again")
+        flow_failed("simulate", exc, uri, before, "run the same command again")
     written = sum(r["status"] == "written" for r in rows)
     typer.echo(f"{collection}: {written} written, {len(rows) - written} already present "
                f"({spec.text}, seed {seed}, hash {spec.hash})")
@@ -52,7 +52,7 @@ def ingest(
     sources: list[str] = typer.Argument(
         ..., metavar="SRC...", help="Files, directories, globs or s3://bucket/prefix."
     ),
-    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any file was rejected."),
     tile_size: int | None = typer.Option(
         None, "--tile-size", min=16, help="Tile edge T for a NEW store."
@@ -70,10 +70,10 @@ def ingest(
     from restoreflow.storage.lock import StoreLocked
 
     settings = get_settings()
-    _preflight(check_sources, "SRC", sources, settings)
-    _preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+    run_preflight(check_sources, "SRC", sources, settings)
+    run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
-    ts = _open_store(store, tile_size)
+    ts = open_cli_store(store, tile_size)
     try:
         with ts.lock("restoreflow ingest", log=lambda m: typer.echo(m, err=True)):
             report = run_ingest(sources, ts, ts.settings, progress=progress, strict=strict)
@@ -84,7 +84,7 @@ def ingest(
         if not isinstance(exc, (ValueError, OSError, StoreLocked)) and not is_backend_error(exc):
             raise
         # the store failed (not a bad file): one line; what was ingested is kept
-        _fail(_error_line(exc))
+        fail(error_line(exc))
     for row in report.rejected:
         typer.echo(f"REJECTED {row.source}: {row.reason}")
     Console(width=160).print(report.summary_table())
@@ -94,7 +94,7 @@ def ingest(
 
 @app.command()
 def export(
-    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
     collection: str = typer.Option("input", "--collection", help="Collection to export."),
     fmt: ExportFormat = typer.Option(..., "--format", case_sensitive=False,
                                      help="File format."),
@@ -107,12 +107,12 @@ def export(
     from restoreflow.storage.export import export as run_export
     from restoreflow.storage.sources import strip_credentials
 
-    ts = _open_store(store)
-    _need_images(ts)
+    ts = open_cli_store(store)
+    need_images(ts)
     if collection not in ts.collections():
-        _no_collection(ts, collection)
+        no_collection(ts, collection)
     if not image_id and not ts.image_ids(collection):
-        _fail(f"{strip_credentials(ts.uri)}: collection {collection!r} has no complete image "
+        fail(f"{strip_credentials(ts.uri)}: collection {collection!r} has no complete image "
               "to export (its images are still being written, or their run failed)")
     try:
         paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
@@ -164,7 +164,7 @@ def _input_roles(ts, collections: list[str]) -> dict[str, str]:
     for c in collections:
         if c != "input":
             (calibration if c.startswith("calibration-") else derived).update(
-                _listed_images(ts, c))
+                listed_images(ts, c))
     corpus: set[str] = set()
     for path in ts.list_files("index"):
         if path.endswith("/index.json"):
@@ -184,7 +184,7 @@ def _input_roles(ts, collections: list[str]) -> dict[str, str]:
 def ls_store(
     collection: str | None = typer.Argument(
         None, help="List this collection's images (default: one row per collection)."),
-    store: str | None = typer.Option(None, "--store", help=_STORE_HELP),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
     images: bool = typer.Option(False, "--images", help="List the images of every collection."),
 ) -> None:
     """Summarise the store: one row per collection (images, complete, writing, megapixels,
@@ -195,11 +195,11 @@ def ls_store(
 
     from restoreflow.storage.ingest import size_text
 
-    ts = _open_store(store)
-    _need_images(ts)
+    ts = open_cli_store(store)
+    need_images(ts)
     cols = ts.collections()
     if collection is not None and collection not in cols:
-        _no_collection(ts, collection)
+        no_collection(ts, collection)
     console = Console(width=160)
     console.print(f"store {ts.uri}  tile size {ts.tile_size}  collections: {len(cols)}")
     if collection is None and not images:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from restoreflow import __version__
-from restoreflow.cli.runtime import _prefect_env
+from restoreflow.cli.runtime import prefect_env
 from restoreflow.clilog import quiet_asyncio_leftovers
 
 app = typer.Typer(
@@ -32,7 +32,7 @@ def main(
     ),
 ) -> None:
     """restoreflow: ingest, degrade, adapt, restore, score and export images."""
-    _prefect_env()  # every verb, before anything imports Prefect
+    prefect_env()  # every verb, before anything imports Prefect
     quiet_asyncio_leftovers()
 
 

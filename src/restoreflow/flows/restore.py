@@ -17,14 +17,17 @@ def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_c
     """Driver side of restoring many images: create outputs, submit one model task per
     image that is not already restored with these settings, record each as it finishes.
     Returns {image_id: result} for the images restored now (skipped ones are absent)."""
+    from restoreflow.compat import legacy_settings_hashes
     from restoreflow.stages.models import prior_hash
     from restoreflow.stages.restore import finish_restore, prepare_restore
     from restoreflow.tasks.common import open_store
 
     settings = get_settings()
     store = open_store(store_uri)
-    shash = cfg.settings_hash(prior_hash(cfg.prior))
-    todo = [i for i in image_ids if prepare_restore(store, i, cfg, shash, y_collection, out)]
+    ph = prior_hash(cfg.prior)
+    shash, legacy = cfg.settings_hash(ph), legacy_settings_hashes(cfg, ph)
+    todo = [i for i in image_ids
+            if prepare_restore(store, i, cfg, shash, y_collection, out, legacy)]
     device = settings.device  # "auto" is resolved by each worker
     if todo and cfg.adapt.enabled and cfg.adapt.match_degradation:
         with model_placement(settings):  # once, before the images retrieve from it

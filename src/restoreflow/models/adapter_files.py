@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from restoreflow.models.lora import (
-    _adapted_prior,
-    _adapter_state,
-    _inject,
-    _merge,
     adapter_hash,
+    adapter_state,
+    inject_lora,
+    lora_adapted_prior,
+    merge_lora,
 )
 from restoreflow.models.prior import PICKLE_SUFFIXES, DiffusionPrior, ModelLoadError
 
@@ -65,7 +65,7 @@ def save_adapter(prior: DiffusionPrior, directory: str | Path) -> Path:
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     tmp.mkdir()
     try:
-        state = _peft_keys(_adapter_state(prior.unet))
+        state = _peft_keys(adapter_state(prior.unet))
         save_file(state, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         config = copy.copy(prior.unet.peft_config["default"])
         config.base_model_name_or_path = info.get("base_model")
@@ -122,7 +122,7 @@ def load_adapter(prior: DiffusionPrior, directory: str | Path) -> DiffusionPrior
     config = LoraConfig.from_pretrained(str(directory))
     state = _module_keys(load_file(weights))
     unet = copy.deepcopy(prior.unet).eval().requires_grad_(False)
-    _inject(unet, config)
+    inject_lora(unet, config)
     result = set_peft_model_state_dict(unet, state)
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     unexpected = list(getattr(result, "unexpected_keys", []))
@@ -132,6 +132,6 @@ def load_adapter(prior: DiffusionPrior, directory: str | Path) -> DiffusionPrior
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     unet.requires_grad_(False)
-    _merge(unet)
-    info = {**info, "adapter_hash": adapter_hash(_adapter_state(unet)), "source": str(directory)}
-    return _adapted_prior(prior, unet, info)
+    merge_lora(unet)
+    info = {**info, "adapter_hash": adapter_hash(adapter_state(unet)), "source": str(directory)}
+    return lora_adapted_prior(prior, unet, info)

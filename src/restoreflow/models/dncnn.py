@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from restoreflow.models.denoiser import Denoiser, load_strict
-from restoreflow.models.ffdnet import _conv_layers, conv_stack
+from restoreflow.models.ffdnet import conv_layers, conv_stack
 from restoreflow.models.prior import ModelLoadError
 
 
@@ -42,7 +42,7 @@ class DnCNNDenoiser(Denoiser):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> DnCNNDenoiser:
-        convs = _conv_layers(state)
+        convs = conv_layers(state)
         if not convs or not cls.matches(state):
             raise ModelLoadError("not a DnCNN state dict (model.0.weight with 1 or 3 input "
                                  "channels expected)")

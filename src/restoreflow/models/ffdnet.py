@@ -33,7 +33,7 @@ def conv_stack(in_ch: int, features: int, out_ch: int, layers: int) -> nn.Sequen
     return nn.Sequential(*mods)
 
 
-def _conv_layers(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def conv_layers(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     keys = sorted(int(k.split(".")[1]) for k in state
                    if k.startswith("model.") and k.endswith(".weight"))
     return [state[f"model.{i}.weight"] for i in keys]
@@ -73,7 +73,7 @@ class FFDNetDenoiser(Denoiser):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> FFDNetDenoiser:
-        convs = _conv_layers(state)
+        convs = conv_layers(state)
         if not convs or not cls.matches(state):
             raise ModelLoadError("not an FFDNet state dict (model.0.weight with 5 or 13 "
                                  "input channels expected)")

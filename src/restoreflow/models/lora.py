@@ -159,7 +159,7 @@ def _fork_rng_devices(device: torch.device) -> list:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def _inject(unet: torch.nn.Module, config) -> None:
+def inject_lora(unet: torch.nn.Module, config) -> None:
     """Inject the LoRA layers without touching the caller's global RNG state."""
     from peft import inject_adapter_in_model
 
@@ -185,13 +185,13 @@ def _init_lora(unet: torch.nn.Module, g: torch.Generator) -> None:
                 layer.lora_B[name].weight.zero_()
 
 
-def _merge(unet: torch.nn.Module) -> None:
+def merge_lora(unet: torch.nn.Module) -> None:
     for _, layer in _lora_layers(unet):
         if not layer.merged:
             layer.merge()
 
 
-def _adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+def adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {
@@ -325,7 +325,7 @@ class LowNoiseAdaptedPrior(DiffusionPrior):
         return torch.where(low.reshape(-1, 1, 1, 1), super().model_output(x_t, tt), base)
 
 
-def _adapted_prior(prior: DiffusionPrior, unet: torch.nn.Module, info: dict) -> DiffusionPrior:
+def lora_adapted_prior(prior: DiffusionPrior, unet: torch.nn.Module, info: dict) -> DiffusionPrior:
     a_hash = info["adapter_hash"]
     model_hash = hashlib.sha256(f"{prior.model_hash}+lora:{a_hash}".encode()).hexdigest()
     max_t = (info.get("settings") or {}).get("max_t")
@@ -394,7 +394,7 @@ def adapt_prior(
     t_start = time.perf_counter()
     unet = copy.deepcopy(prior.unet).eval().requires_grad_(False)
     targets = _present_targets(unet, settings.target_modules)
-    _inject(unet, _lora_config(settings, targets))
+    inject_lora(unet, _lora_config(settings, targets))
     _init_lora(unet, g)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
@@ -413,8 +413,8 @@ def adapt_prior(
             if progress is not None:
                 progress(step + 1, settings.steps, losses[-1])
     unet.requires_grad_(False)
-    state = _adapter_state(unet)
-    _merge(unet)
+    state = adapter_state(unet)
+    merge_lora(unet)
     info = {
         "base_hash": prior.model_hash,
         "base_model": prior_location(prior),
@@ -434,4 +434,4 @@ def adapt_prior(
         losses[0],
         losses[-1],
     )
-    return _adapted_prior(prior, unet, info)
+    return lora_adapted_prior(prior, unet, info)

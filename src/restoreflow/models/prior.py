@@ -65,7 +65,7 @@ def hash_model_dir(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _resolve_dirs(root: Path) -> tuple[Path, Path | None]:
+def resolve_dirs(root: Path) -> tuple[Path, Path | None]:
     """(unet dir, scheduler config file or None) for a pipeline or bare-UNet layout."""
     if (root / "unet").is_dir():
         sched = root / "scheduler" / "scheduler_config.json"
@@ -74,7 +74,7 @@ def _resolve_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, sched if sched.is_file() else None
 
 
-def _check_safetensors(unet_dir: Path) -> None:
+def check_safetensors(unet_dir: Path) -> None:
     if not (unet_dir / "config.json").is_file():
         raise ModelLoadError(f"{unet_dir}: no config.json (not a diffusers UNet directory)")
     if not any(unet_dir.glob("*.safetensors")):
@@ -267,8 +267,8 @@ class DiffusionPrior:
 
         tune_allocator()  # model work in this process: keep step tensors in the heap
         root = resolve_model_path(name_or_path or DEFAULT_PRIOR_DIR)
-        unet_dir, sched_file = _resolve_dirs(root)
-        _check_safetensors(unet_dir)
+        unet_dir, sched_file = resolve_dirs(root)
+        check_safetensors(unet_dir)
         try:
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
         except Exception as exc:  # noqa: BLE001 - re-raised with the directory and reason

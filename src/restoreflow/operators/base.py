@@ -65,7 +65,7 @@ class LinearOperator(torch.nn.Module):
 
     def y_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of ``A x`` for an input of shape ``(B, C, H, W)``; raises ShapeError."""
-        return tuple(_check_shape(x_shape))
+        return tuple(check_shape(x_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)
@@ -162,7 +162,7 @@ def channel_groups(operator, channels: int) -> list[slice]:
     return [slice(None)]
 
 
-def _check_shape(x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def check_shape(x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     if len(x_shape) != 4:
         raise ShapeError(f"expected an image batch of shape (B, C, H, W), got {tuple(x_shape)}")
     return tuple(int(s) for s in x_shape)  # type: ignore[return-value]
@@ -170,7 +170,7 @@ def _check_shape(x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
 
 def check_input(x: torch.Tensor) -> None:
     """Raise ShapeError unless ``x`` is a floating (B, C, H, W) tensor."""
-    _check_shape(tuple(x.shape))
+    check_shape(tuple(x.shape))
     if not x.is_floating_point():
         raise TypeError(f"operators need a floating-point image, got {x.dtype}")
 

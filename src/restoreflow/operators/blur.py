@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fft
-from .base import LinearOperator, ShapeError, _check_shape, check_input, eps_rcond, like
+from .base import LinearOperator, ShapeError, check_input, check_shape, eps_rcond, like
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, uniform_kernel, validate_kernel
 
 Boundary = Literal["circular", "reflect"]
@@ -78,7 +78,7 @@ class Blur(LinearOperator):
         return f"kernel={tuple(self.kernel.shape)}, boundary={self.boundary!r}"
 
     def y_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-        b, c, h, w = _check_shape(x_shape)
+        b, c, h, w = check_shape(x_shape)
         kh, kw = self.kernel.shape
         if h < kh or w < kw:
             raise ShapeError(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .base import LinearOperator, ShapeError, _check_shape, check_input
+from .base import LinearOperator, ShapeError, check_input, check_shape
 from .kernels import box_mask, load_mask, random_box_mask, random_pixel_mask
 
 
@@ -72,7 +72,7 @@ class Inpainting(LinearOperator):
         return f"mask={h}x{w}, missing={self.missing_ratio:.3f}"
 
     def y_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-        b, c, h, w = _check_shape(x_shape)
+        b, c, h, w = check_shape(x_shape)
         mh, mw = self.mask.shape
         if (h, w) != (mh, mw):
             raise ShapeError(f"image {h}x{w} does not match the {mh}x{mw} inpainting mask")

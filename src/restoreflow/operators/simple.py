@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LinearOperator, ShapeError, _check_shape, check_input
+from .base import LinearOperator, ShapeError, check_input, check_shape
 
 
 class Identity(LinearOperator):
@@ -50,7 +50,7 @@ class Colorise(LinearOperator):
         return f"channels={self.channels}"
 
     def y_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-        b, c, h, w = _check_shape(x_shape)
+        b, c, h, w = check_shape(x_shape)
         if c != self.channels:
             raise ShapeError(f"colorisation expects {self.channels} channels, got {c}")
         return (b, 1, h, w)

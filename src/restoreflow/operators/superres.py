@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LinearOperator, ShapeError, _check_shape, check_input, eps_rcond
+from .base import LinearOperator, ShapeError, check_input, check_shape, eps_rcond
 
 FACTORS: tuple[int, ...] = (2, 4, 8)
 
@@ -39,7 +39,7 @@ def _check_factor(factor: int) -> int:
 
 
 def _sr_shape(x_shape: tuple[int, ...], f: int) -> tuple[int, int, int, int]:
-    b, c, h, w = _check_shape(x_shape)
+    b, c, h, w = check_shape(x_shape)
     if h % f or w % f or h < f or w < f:
         raise ShapeError(
             f"image {h}x{w} is not divisible by the super-resolution factor {f}; "

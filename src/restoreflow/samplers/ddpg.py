@@ -26,8 +26,8 @@ step). The output is x~ of the last step (abar_{t-1} = 1 there), in model space.
 Early on delta ~ 0 and the guidance is BP (fast, exact data consistency); as abar_{t-1}
 grows the preconditioner moves to LS, whose noise is not amplified by (AA^T)^{-1}.
 ``c`` (``ls_scale``) should be <= 1/||A||^2 for a stable LS step; "auto" estimates
-||A||^2 by power iteration. Published settings (CelebA/ImageNet, T = 100) are in
-:data:`PUBLISHED`; sigma there is in [0, 1] units (the sampler receives 2 sigma).
+||A||^2 by power iteration. The paper's own settings (CelebA/ImageNet, T = 100) are in
+its evaluation scripts; ours, tuned on our images, are in :func:`resolve_options`.
 """
 
 from __future__ import annotations
@@ -44,21 +44,10 @@ from .schedule import Progress, initial_x, operator_norm_sq, randn, report, setu
 
 StepSize = Literal["auto", "constant", "decay"]
 
-# Published hyper-parameters (evaluation scripts of the paper), sigma_y in [0, 1] units.
-PUBLISHED = {
-    "deblur_gauss_0.05": dict(gamma=8.0, zeta=0.5, eta_tilde=0.7, step_size="decay"),
-    "deblur_gauss_0.01": dict(gamma=11.0, zeta=0.6, eta_tilde=1.0, step_size="constant"),
-    "sr_bicubic4_0.05": dict(gamma=10.0, zeta=0.8, eta_tilde=0.3, step_size="decay"),
-    "sr_bicubic4_0.01": dict(gamma=300.0, zeta=1.0, eta_tilde=1.0, step_size="constant"),
-    "sr_bicubic4_0": dict(zeta=0.7, step_size="constant"),
-    "deblur_gauss_0": dict(zeta=1.0, step_size="constant"),
-}
-
-
-# Default options per restoration task (an operator's ``task``); "other" uses the
-# signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
-# reasons in benchmarks/results/sampler_defaults.md.
-DEFAULTS: dict[str, dict] = {
+# Options per restoration task (an operator's ``task``) where they differ from the
+# signature's: chosen by ``benchmarks/bench_samplers.py --tune``
+# (benchmarks/results/sampler_defaults.md).
+_TASK_OPTIONS: dict[str, dict] = {
     "deblur": dict(gamma=8.0, zeta=1.0, eta_tilde=0.7, step_size="decay"),
     "sr": dict(gamma=300.0, zeta=0.7, eta_tilde=1.0, step_size="constant"),
     "inpaint": dict(gamma=300.0, zeta=0.2, eta_tilde=1.0, step_size="constant"),
@@ -66,10 +55,15 @@ DEFAULTS: dict[str, dict] = {
     "other": {},
 }
 
-def noise_options(task: str, sigma_y: float) -> dict:
-    """A noiseless problem takes the constant step size: the last step then enforces
-    ``A x = y`` exactly, as in the paper's noiseless runs."""
-    return {"step_size": "constant"} if sigma_y == 0 else {}
+def resolve_options(task: str, sigma_y: float) -> dict:
+    """The options DDPG takes for ``task`` at noise ``sigma_y`` ([0, 1] units) where they
+    differ from its signature's defaults. A noiseless problem takes the constant step
+    size: the last step then enforces ``A x = y`` exactly, as in the paper's noiseless
+    runs."""
+    opts = dict(_TASK_OPTIONS[task])
+    if sigma_y == 0:
+        opts["step_size"] = "constant"
+    return opts
 
 
 def sample(

@@ -31,16 +31,22 @@ from annotated_types import Ge, Interval
 
 from .schedule import Progress, initial_x, randn, report, setup, tweedie_x0
 
-# Default options per restoration task (an operator's ``task``); "other" uses the
-# signature's defaults. Chosen by ``benchmarks/bench_samplers.py --tune``; figures and
-# reasons in benchmarks/results/sampler_defaults.md.
-DEFAULTS: dict[str, dict] = {
+# Options per restoration task (an operator's ``task``) where they differ from the
+# signature's: chosen by ``benchmarks/bench_samplers.py --tune``
+# (benchmarks/results/sampler_defaults.md).
+_TASK_OPTIONS: dict[str, dict] = {
     "deblur": dict(eta=1.0, zeta_prime=10.0),
     "sr": dict(eta=1.0, zeta_prime=10.0),
     "inpaint": dict(eta=1.0, zeta_prime=10.0),
     "denoise": dict(eta=1.0, zeta_prime=10.0),
     "other": {},
 }
+
+
+def resolve_options(task: str, sigma_y: float) -> dict:
+    """The options this sampler takes for ``task`` at noise ``sigma_y`` ([0, 1] units)
+    where they differ from its signature's defaults."""
+    return dict(_TASK_OPTIONS[task])
 
 def sample(
     prior,

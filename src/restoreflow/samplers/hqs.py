@@ -29,10 +29,10 @@ from annotated_types import Ge, Gt, Interval
 
 from .schedule import Progress, denoise, pinv_start, randn, setup
 
-# Default options per restoration task (an operator's ``task``): lam tuned on images
+# Options per restoration task (an operator's ``task``): lam tuned on images
 # outside the benchmark set (benchmarks/results/denoiser_prior_tune1.md); inpainting starts
 # at the top of FFDNet's range (holes need a large first noise level).
-DEFAULTS: dict[str, dict] = {
+_TASK_OPTIONS: dict[str, dict] = {
     "deblur": dict(lam=0.1),
     "sr": dict(lam=0.1),
     "inpaint": dict(lam=0.1, sigma_start=75 / 255),
@@ -41,13 +41,18 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
-def noise_options(task: str, sigma_y: float) -> dict:
-    """Deblurring at low noise (sigma_y < 0.03) weighs the data more, lam 0.3: chosen on
-    the tuning images (benchmarks/results/denoiser_prior_tune2.md). Denoising starts at
-    sigma_y itself (with the task's one step, the prior's MMSE estimate D(y, sigma_y))."""
-    if task == "denoise":  # one step at the noise level itself: the denoiser's own estimate
-        return {"sigma_start": min(max(sigma_y, 1 / 255), 1.0)}
-    return {"lam": 0.3} if task == "deblur" and sigma_y < 0.03 else {}
+def resolve_options(task: str, sigma_y: float) -> dict:
+    """The options HQS takes for ``task`` at noise ``sigma_y`` ([0, 1] units) where they
+    differ from its signature's defaults. Deblurring at low noise (sigma_y < 0.03) weighs
+    the data more, lam 0.3 (chosen on the tuning images,
+    benchmarks/results/denoiser_prior_tune2.md). Denoising starts at sigma_y itself: with
+    the task's one step, the prior's MMSE estimate D(y, sigma_y)."""
+    opts = dict(_TASK_OPTIONS[task])
+    if task == "denoise":
+        opts["sigma_start"] = min(max(sigma_y, 1 / 255), 1.0)
+    elif task == "deblur" and sigma_y < 0.03:
+        opts["lam"] = 0.3
+    return opts
 
 
 def sample(

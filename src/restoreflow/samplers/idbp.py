@@ -28,13 +28,10 @@ from annotated_types import Ge, Gt, Interval
 
 from .schedule import Progress, denoise, pinv_start, randn, setup
 
-DEFAULTS: dict[str, dict] = {
-    "deblur": {},
-    "sr": {},
-    "inpaint": {},
-    "denoise": {},
-    "other": {},
-}
+
+def resolve_options(task: str, sigma_y: float) -> dict:
+    """IDBP takes its signature's defaults for every task and noise level."""
+    return {}
 
 
 def sample(

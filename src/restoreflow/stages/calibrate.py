@@ -6,6 +6,7 @@ and certifies exactly the restore settings of that hash."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -246,9 +247,14 @@ def save_calibration(store: TileStore, cal: Calibration) -> None:
                     json.dumps(cal.to_dict(), indent=1).encode())
 
 
-def load_calibration(store: TileStore, shash: str) -> dict | None:
-    p = calibration_path(shash)
-    return json.loads(store.get_bytes(p)) if store.exists(p) else None
+def load_calibration(store: TileStore, shash: str, legacy: Sequence[str] = ()) -> dict | None:
+    """The stored calibration of settings hash ``shash``, else of one of the ``legacy``
+    hashes older versions gave the same settings (then recorded under ``shash``)."""
+    for h in (shash, *legacy):
+        p = calibration_path(h)
+        if store.exists(p):
+            return {**json.loads(store.get_bytes(p)), "settings_hash": shash}
+    return None
 
 
 def score(features: dict, calibration: dict | None, shash: str,

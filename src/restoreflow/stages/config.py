@@ -29,25 +29,10 @@ from restoreflow.spec import (
     RestoreOptions,
     RunSpec,
     Seed,
-    _canonical_degradation,
-    _no_credentials,
+    canonical_degradation,
+    no_credentials,
     with_default_method,
 )
-
-# The flat form RestoreConfig had before it held the run spec's sections (older manifests'
-# "restore_config"; the settings hash is still computed from these names): flat name ->
-# (section, name in that section)
-_FLAT = {
-    "sampler": ("restore", "sampler"), "steps": ("restore", "steps"),
-    "options": ("restore", "options"), "tile": ("restore", "tile"),
-    "overlap": ("restore", "overlap"), "tile_batch": ("restore", "tile_batch"),
-    "posterior_samples": ("restore", "posterior_samples"),
-    "adapt": ("adapt", "enabled"), "neighbours": ("adapt", "neighbours"),
-    "embedder": ("adapt", "embedder"), "adapt_steps": ("adapt", "steps"),
-    "adapt_rank": ("adapt", "rank"), "adapt_alpha": ("adapt", "alpha"),
-    "adapt_lr": ("adapt", "lr"), "adapt_targets": ("adapt", "targets"),
-    "adapt_max_t": ("adapt", "max_t"), "match_degradation": ("adapt", "match_degradation"),
-}
 
 
 class RestoreConfig(BaseModel):
@@ -64,40 +49,17 @@ class RestoreConfig(BaseModel):
     lower_q: float = Field(0.05, gt=0, lt=1, description="posterior-sample quantiles")
     upper_q: float = Field(0.95, gt=0, lt=1)
 
-    _degradation_canonical = field_validator("degradation")(_canonical_degradation)
+    _degradation_canonical = field_validator("degradation")(canonical_degradation)
     _default_method = model_validator(mode="before")(with_default_method)
-    _prior_without_credentials = field_validator("prior")(_no_credentials)
+    _prior_without_credentials = field_validator("prior")(no_credentials)
 
     @model_validator(mode="before")
     @classmethod
     def _from_flat(cls, data: Any) -> Any:
-        """Accept the flat form (``sampler=``, ``adapt=True``, ``adapt_steps=``...)."""
-        if not isinstance(data, dict):
-            return data
-        flat = [k for k in data if k in _FLAT and not (k == "adapt" and isinstance(
-            data[k], (dict, BaseModel)))]
-        if not flat:
-            return data
-        out = {k: v for k, v in data.items() if k not in flat}
-        for section in ("restore", "adapt"):
-            if section in out and any(_FLAT[k][0] == section for k in flat):
-                raise ValueError(f"give {section} settings either as {section}=... or as "
-                                 f"flat fields ({', '.join(flat)}), not both")
-        sections: dict[str, dict] = {"restore": {}, "adapt": {}}
-        for k in flat:
-            section, name = _FLAT[k]
-            v = data[k]
-            if k == "options" and v is not None and not isinstance(v, dict):
-                v = dict(v)  # the old tuple of (name, value) pairs
-            if v is not None:
-                sections[section][name] = v
-        # the flat form predates the denoiser prior: its defaults were DDPG, 100 steps
-        sections["restore"].setdefault("sampler", "ddpg")
-        sections["restore"].setdefault("steps", 100)
-        if sections["adapt"].get("enabled") and "match_degradation" not in data:
-            # the flat form is edcd80a's, whose adaptation retrieved from the clean corpus
-            sections["adapt"]["match_degradation"] = False
-        return {**out, **{s: d for s, d in sections.items() if d}}
+        """Accept the flat form of older manifests (:func:`restoreflow.compat.from_flat`)."""
+        from restoreflow.compat import from_flat
+
+        return from_flat(data)
 
     @model_validator(mode="after")
     def _quantiles_in_order(self) -> RestoreConfig:
@@ -160,14 +122,17 @@ class RestoreConfig(BaseModel):
                 "target_modules": tuple(a.targets) if a.targets else None, "max_t": a.max_t}
         return LoraSettings(seed=self.seed, **{k: v for k, v in over.items() if v is not None})
 
-    def settings_hash(self, prior_hash: str) -> str:
+    def settings_hash(self, prior_hash: str, options: dict | None = None) -> str:
         """What a calibration certifies: everything but the seed, the tile batch and the
         prior's reference (its hash instead). The hashed JSON keeps the flat names it has
-        always had, so the hashes of stored outputs and calibrations stay the same."""
+        always had, so the hashes of stored outputs and calibrations stay the same.
+        ``options``: the sampler options as spelled otherwise (for the hashes older
+        versions gave, :func:`restoreflow.compat.legacy_settings_hashes`)."""
         r, a = self.restore, self.adapt
+        opts = r.options if options is None else options
         d: dict[str, Any] = {
             "degradation": self.spec.text, "sampler": r.sampler, "steps": r.steps,
-            "options": sorted(r.options.items()), "tile": r.tile, "overlap": r.overlap,
+            "options": sorted(opts.items()), "tile": r.tile, "overlap": r.overlap,
             "posterior_samples": r.posterior_samples, "adapt": a.enabled,
             "lower_q": self.lower_q, "upper_q": self.upper_q, "prior_hash": prior_hash,
         }

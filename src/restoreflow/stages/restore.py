@@ -16,7 +16,7 @@ Large images. The prior is wrapped in :class:`~restoreflow.models.tiled.TiledPri
 UNet runs on overlapping tiles (``tile``, ``overlap``, ``tile_batch``) blended into one
 image-sized eps, while the guidance (A, A^T, A^+) acts on the whole image. An image no
 larger than one tile is evaluated in one piece (padded to the UNet's size multiple).
-Memory: the default sampler (DDPG) holds three image-sized tensors (x_t, x0, y in model
+Memory: DDPG holds three image-sized tensors (x_t, x0, y in model
 units) plus, for channel-wise operators, the scratch of one channel. ``y`` may be given
 as a loader (a function returning it): the [0, 1] tensor is then freed as soon as its
 model-units copy exists (a tensor argument stays referenced by the caller).
@@ -29,48 +29,28 @@ channels, restored as a grey RGB image and the output averaged back to 1 channel
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from typing import Literal
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from restoreflow.compat import legacy_settings_hashes
 from restoreflow.degradation import DegradationSpec, make_generator, seed_for
-from restoreflow.samplers import DEFAULT_SAMPLER, TASK_DEFAULTS, get_sampler
+from restoreflow.samplers import get_sampler, resolve_options
 from restoreflow.samplers.schedule import Progress
+from restoreflow.spec import RestoreOptions
 from restoreflow.stages.adapt import adapted_prior, retrieve_neighbours
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.models import MODEL_LOCK, load_prior, prior_hash
 from restoreflow.storage.layout import INPUT, RESTORED
 from restoreflow.storage.store import TileStore
 
-TaskKind = Literal["deblur", "sr", "inpaint", "denoise", "other"]
 
-DEFAULT_OPTIONS: dict[str, dict[str, dict]] = TASK_DEFAULTS  # per sampler, per task kind
-
-
-def task_kind(operator) -> TaskKind:
+def task_kind(operator) -> str:
     """The task kind an operator declares (its ``task`` attribute); "other" without one."""
     return getattr(operator, "task", "other")
-
-
-def default_options(sampler: str, task: str, sigma_y: float | None = None) -> dict:
-    """A copy of the default options of ``sampler`` for ``task`` at noise ``sigma_y``
-    ([0, 1] units): the sampler's ``DEFAULTS[task]``, adjusted by its
-    ``noise_options(task, sigma_y)`` where it has one (DDPG: the constant step size for a
-    noiseless problem; HQS: the deblurring weight at low noise)."""
-    from restoreflow.samplers import noise_options
-
-    get_sampler(sampler)
-    table = DEFAULT_OPTIONS.get(sampler, {})
-    if task not in table:
-        raise ValueError(f"unknown task kind {task!r}; choose one of {', '.join(table)}")
-    opts = copy.deepcopy(table[task])
-    if sigma_y is not None:
-        opts.update(noise_options(sampler, task, sigma_y))
-    return opts
 
 
 def _prior_channels(prior) -> int:
@@ -84,17 +64,12 @@ def restore_image(
     operator,
     y: torch.Tensor,
     sigma_y: float,
-    sampler: str = DEFAULT_SAMPLER,
-    steps: int = 100,
+    settings: RestoreOptions | None = None,
     generator: torch.Generator | None = None,
-    num_samples: int = 1,
-    tile: int = 256,
-    overlap: int = 64,
-    tile_batch: int = 4,
-    options: dict | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Restore one degraded image; returns (num_samples, C, H, W) in [0, 1] (clamped).
+    """Restore one degraded image; returns (J, C, H, W) in [0, 1] (clamped), J =
+    ``settings.posterior_samples``.
 
     Args:
         prior: a DiffusionPrior (or TiledPrior; it is then used as it is).
@@ -102,27 +77,26 @@ def restore_image(
         y: measurements (C', H', W') in [0, 1] units, ``y = A x + n``, or a function
             returning them (see the module docstring: memory).
         sigma_y: std of n in [0, 1] units (0 = noiseless).
-        sampler: name in :data:`restoreflow.samplers.SAMPLERS`.
-        steps: UNet evaluations (DPS also runs a backward pass per step).
+        settings: the validated restore settings (sampler, steps, options, tiling,
+            posterior samples); None: the default solver of the operator's task
+            (:meth:`RestoreOptions.for_task`). The options run are
+            :func:`restoreflow.samplers.resolve_options` of the operator's task kind.
         generator: the only source of randomness; None = ``torch.Generator().manual_seed(0)``
             on the CPU (reproducible by default).
-        num_samples: J posterior samples (for uncertainty), returned on dim 0.
-        tile, overlap, tile_batch: tiled UNet evaluation for images larger than ``tile``.
-        options: sampler options; they override :func:`default_options` for the task
-            kind of ``operator`` key by key.
         progress: optional callback(step_number, total).
     """
     from restoreflow.models.tiled import TiledPrior
 
-    sample = get_sampler(sampler)
+    task = task_kind(operator)
+    r = settings if settings is not None else RestoreOptions.for_task(task)
+    sample = get_sampler(r.sampler)
     if not callable(y) and y.dim() != 3:
         raise ValueError(f"y must be one image (C, H, W), got shape {tuple(y.shape)}")
     if not (math.isfinite(sigma_y) and sigma_y >= 0):
         raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    opts = default_options(sampler, task_kind(operator), sigma_y)
-    opts.update(options or {})
+    opts = resolve_options(r.sampler, task, sigma_y, r.options)
 
     from restoreflow.operators.base import x_shape_of
 
@@ -146,15 +120,16 @@ def restore_image(
     sigma_m = 2.0 * float(sigma_y)
 
     if not isinstance(prior, TiledPrior):
-        prior = TiledPrior(prior, tile=tile, overlap=min(overlap, tile - 1), batch=tile_batch)
+        prior = TiledPrior(prior, tile=r.tile, overlap=min(r.overlap, r.tile - 1),
+                           batch=r.tile_batch)
     x_m = sample(
         prior,
         operator,
         y_m,
         sigma_m,
-        steps,
+        r.steps,
         generator,
-        num_samples=num_samples,
+        num_samples=r.posterior_samples,
         progress=progress,
         **opts,
     )
@@ -210,16 +185,20 @@ def restore_outputs(cfg: RestoreConfig, out: str = RESTORED) -> list[str]:
     return [out, f"{out}.samples_lower", f"{out}.samples_upper"]
 
 
-def is_restored(store: TileStore, image_id: str, shash: str, out: str = RESTORED) -> bool:
+def is_restored(store: TileStore, image_id: str, shash: str, out: str = RESTORED,
+                legacy: Sequence[str] = ()) -> bool:
+    """Whether ``out`` holds this image restored with settings hash ``shash`` (or one of
+    the ``legacy`` hashes older versions gave the same settings)."""
     if not store.has(out, image_id):
         return False
-    return store.attrs(out, image_id).get("collection_attrs", {}).get("settings_hash") == shash
+    stored = store.attrs(out, image_id).get("collection_attrs", {}).get("settings_hash")
+    return stored == shash or stored in legacy
 
 
 def prepare_restore(store: TileStore, image_id: str, cfg: RestoreConfig, shash: str,
-                    y_collection: str, out: str = RESTORED) -> bool:
+                    y_collection: str, out: str = RESTORED, legacy: Sequence[str] = ()) -> bool:
     """Driver: create the output images (metadata only). False if already done."""
-    if is_restored(store, image_id, shash, out):
+    if is_restored(store, image_id, shash, out, legacy):
         return False
     shape = x_shape(store, image_id, y_collection, cfg.spec)
     for coll in restore_outputs(cfg, out):
@@ -267,9 +246,7 @@ def _restore_stored(store, image_id, cfg, y_collection, out, device, progress) -
     samples = restore_image(
         prior, deg.operator,
         lambda: torch.from_numpy(store.read(y_collection, image_id, normalised=True)),
-        deg.sigma_y, sampler=r.sampler, steps=r.steps, generator=g,
-        num_samples=r.posterior_samples, tile=r.tile, overlap=r.overlap,
-        tile_batch=r.tile_batch, options=dict(r.options), progress=progress,
+        deg.sigma_y, r, generator=g, progress=progress,
     )
     timings["restore"] = time.perf_counter() - t2
     x_hat = samples[0] if samples.shape[0] == 1 else samples.mean(0)
@@ -300,8 +277,10 @@ def finish_restore(store: TileStore, image_id: str, cfg: RestoreConfig, result: 
 def restore_one(store: TileStore, image_id: str, cfg: RestoreConfig, y_collection: str,
                 out: str = RESTORED, device: str = "cpu") -> dict | None:
     """prepare -> restore -> finish in one process (tests, calibration without a cluster)."""
-    shash = cfg.settings_hash(prior_hash(cfg.prior))
-    if not prepare_restore(store, image_id, cfg, shash, y_collection, out):
+    ph = prior_hash(cfg.prior)
+    shash = cfg.settings_hash(ph)
+    if not prepare_restore(store, image_id, cfg, shash, y_collection, out,
+                           legacy_settings_hashes(cfg, ph)):
         return None
     res = restore_stored(store, image_id, cfg, y_collection, out, device)
     finish_restore(store, image_id, cfg, res, out)

@@ -295,9 +295,9 @@ def ingest(sources: list[str], store: TileStore, settings: Settings | None = Non
             bar.start()
             task = bar.add_task("", total=len(items))
         if any(it.kind == "s3" and not it.error for it in items):
-            from restoreflow.storage.sources import _s3fs
+            from restoreflow.storage.sources import s3_filesystem
 
-            fs_cache["s3"] = _s3fs(settings)
+            fs_cache["s3"] = s3_filesystem(settings)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
             ahead = None
             for i, item in enumerate(items):

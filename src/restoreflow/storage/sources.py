@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from restoreflow.settings import Settings
 from restoreflow.storage.readers import IMAGE_EXTENSIONS
 
-_GLOB_CHARS = set("*?[")
+GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def has_image_extension(name: str) -> bool:
     return PurePosixPath(name.replace("\\", "/")).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _s3fs(settings: Settings):
+def s3_filesystem(settings: Settings):
     import s3fs
 
     return s3fs.S3FileSystem(use_listings_cache=False, **settings.storage_options())
@@ -111,8 +111,8 @@ def _expand_s3(uri: str, settings: Settings) -> list[SourceItem]:
     if not path:
         return [SourceItem(shown, shown, "s3", error="no bucket in S3 URI")]
     try:
-        fs = _s3fs(settings)
-        if any(c in path for c in _GLOB_CHARS):
+        fs = s3_filesystem(settings)
+        if any(c in path for c in GLOB_CHARS):
             keys = sorted(fs.glob(path))
             keys = [k for k in keys if has_image_extension(k)]
             if not keys:
@@ -172,14 +172,14 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
-def _glob(pattern: str) -> list[str]:
+def expand_glob(pattern: str) -> list[str]:
     """Sorted matches of a glob. Patterns with ``**`` are matched while walking the
     directory tree WITHOUT following symlinked directories (plain ``glob`` follows them
     and loops); files under the walk are matched against the whole pattern."""
     if "**" not in pattern:
         return sorted(glob.glob(pattern))
     parts = pattern.split(os.sep)
-    k = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
+    k = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
     base = os.sep.join(parts[:k]) or ("/" if pattern.startswith("/") else ".")
     rx = _glob_regex("/".join(parts[k:]))
     found = []
@@ -223,8 +223,8 @@ def expand_sources(sources: list[str], settings: Settings) -> list[SourceItem]:
         if os.path.isdir(path):
             for it in _walk(path):
                 add(it)
-        elif not os.path.lexists(path) and any(c in path for c in _GLOB_CHARS):
-            matches = _glob(path)
+        elif not os.path.lexists(path) and any(c in path for c in GLOB_CHARS):
+            matches = expand_glob(path)
             if not matches:
                 add(SourceItem(src, os.path.basename(path), "file",
                                error="no files match the pattern"))
@@ -244,7 +244,7 @@ def read_source(item: SourceItem, settings: Settings, fs=None) -> bytes:
     if item.error:
         raise OSError(item.error)
     if item.kind == "s3":
-        fs = fs or _s3fs(settings)
+        fs = fs or s3_filesystem(settings)
         return fs.cat_file(item.uri[len("s3://"):])
     with open(item.uri, "rb") as f:
         return f.read()

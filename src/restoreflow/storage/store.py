@@ -48,7 +48,7 @@ from restoreflow.storage.tables import jsonable
 from restoreflow.storage.values import to_normalised
 
 # what a store's root holds while a driver creates it (see TileStore._ensure_root)
-_STORE_ROOT_ENTRY = re.compile(r"^(zarr\.json|zarr\.[0-9a-f]{32}\.partial|\.locks)$")
+STORE_ROOT_ENTRY = re.compile(r"^(zarr\.json|zarr\.[0-9a-f]{32}\.partial|\.locks)$")
 
 
 @contextmanager
@@ -183,7 +183,7 @@ class TileStore:
                 entries = [self._root]
             # another driver may be creating this store right now: its root zarr.json,
             # zarr's temporary file for it and the lock directory are not foreign content
-            entries = [e for e in entries if not _STORE_ROOT_ENTRY.match(
+            entries = [e for e in entries if not STORE_ROOT_ENTRY.match(
                 posixpath.basename(str(e).replace("\\", "/").rstrip("/")))]
             if entries and self._load_root_attrs() is None:
                 raise ValueError(

@@ -28,6 +28,7 @@ The degradation of one image is ``y = noise(A x)`` with ``A`` and its random par
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -248,9 +249,15 @@ class DegradationSpec:
     # ---- construction ----
     @classmethod
     def parse(cls, text: str) -> DegradationSpec:
-        """Parse the text form (see module docstring); raises SpecError."""
+        """Parse the text form (see module docstring); raises SpecError. A text is parsed
+        once per process (specs are immutable; the driver and each worker batch ask for
+        the same few texts many times)."""
         if not isinstance(text, str) or not text.strip():
             raise _fail("empty degradation spec")
+        return _parsed(text)
+
+    @classmethod
+    def _parse_text(cls, text: str) -> DegradationSpec:
         ops: list[Term] = []
         noises: list[Term] = []
         for raw in _split_top(text, "+", "spec"):
@@ -429,3 +436,8 @@ def make_generator(
     g = torch.Generator(device=device)
     g.manual_seed(seed_for(spec.hash, seed, image_id))
     return g
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> DegradationSpec:
+    return DegradationSpec._parse_text(text)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from restoreflow.settings import Settings
+from restoreflow.stages.config import chosen_prior
 from restoreflow.storage.sources import (
     GLOB_CHARS,
     expand_glob,
@@ -407,7 +408,7 @@ def check_run(spec, settings: Settings, where: str = "spec") -> None:
         check_sources(f"{where}.calibration.clean", spec.calibration.clean, settings)
     if spec.adapt.enabled and spec.adapt.corpus:
         check_sources(f"{where}.adapt.corpus", spec.adapt.corpus, settings)
-    prior = spec.prior or settings.prior or None  # as stages.config.chosen_prior chooses
+    prior = chosen_prior(spec.prior, settings)
     check_prior(f"{where}.prior" if spec.prior else
                 "RESTOREFLOW_PRIOR" if prior else "the default prior", prior)
     check_adaptable(f"{where}.adapt.enabled", spec.adapt.enabled, prior)

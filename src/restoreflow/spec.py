@@ -268,11 +268,9 @@ class RunSpec(_Strict):
             raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a run spec is a mapping of fields, got {type(data).__name__}")
-        return cls.from_dict(data, where=path).resolved(
-            os.path.dirname(os.path.abspath(path)), where=path)
+        return cls.from_dict(data, where=path).resolved(os.path.dirname(os.path.abspath(path)))
 
-    def resolved(self, base: str, where: str = "run spec",
-                 degradation_files: bool = True) -> RunSpec:
+    def resolved(self, base: str, degradation_files: bool = True) -> RunSpec:
         """This spec with every relative local path made absolute against the directory
         ``base`` (a spec file's own directory, see :meth:`from_yaml`), so that the
         manifest it is recorded in works from any directory: sources, store,
@@ -280,24 +278,30 @@ class RunSpec(_Strict):
         a hub id) and, with ``degradation_files``, the degradation's files (PSF, mask;
         this changes the degradation's hash, hence its seeds). URIs and absolute paths
         are kept as they are."""
-        d = self.model_dump(mode="json")
-        d["sources"] = [resolve_path(s, base) for s in d["sources"]]
-        d["adapt"]["corpus"] = [resolve_path(s, base) for s in d["adapt"]["corpus"]]
-        if d["calibration"]:
-            d["calibration"]["clean"] = [resolve_path(s, base) for s in d["calibration"]["clean"]]
-        if d["store"]:
-            d["store"] = resolve_path(d["store"], base)
-        if d["export"]:
-            d["export"]["out"] = resolve_path(d["export"]["out"], base)
-        if d["report"]:
-            d["report"] = resolve_path(d["report"], base)
-        if d["prior"] and _local_prior(d["prior"], base):
-            d["prior"] = resolve_path(d["prior"], base)
+        def paths(items: list[str]) -> list[str]:
+            return [resolve_path(s, base) for s in items]
+
+        update: dict[str, Any] = {"sources": paths(self.sources),
+                                  "adapt": self.adapt.model_copy(
+                                      update={"corpus": paths(self.adapt.corpus)})}
+        if self.calibration:
+            update["calibration"] = self.calibration.model_copy(
+                update={"clean": paths(self.calibration.clean)})
+        if self.store:
+            update["store"] = resolve_path(self.store, base)
+        if self.export:
+            update["export"] = self.export.model_copy(
+                update={"out": resolve_path(self.export.out, base)})
+        if self.report:
+            update["report"] = resolve_path(self.report, base)
+        if self.prior and _local_prior(self.prior, base):
+            update["prior"] = resolve_path(self.prior, base)
         if degradation_files:
-            d["degradation"] = self.degradation_spec.with_files_resolved(base).text
-        if d == self.model_dump(mode="json"):
-            return self
-        return type(self).from_dict(d, where=where)
+            update["degradation"] = self.degradation_spec.with_files_resolved(base).text
+        # paths made absolute and a canonical degradation text: valid as they are, so the
+        # spec is not validated again
+        resolved = self.model_copy(update=update)
+        return self if resolved == self else resolved
 
     def to_yaml(self) -> str:
         import yaml

@@ -112,6 +112,7 @@ def test_stored_outputs_under_a_legacy_hash_are_found(tmp_path):
     store = TileStore(str(tmp_path / "st"), Settings())
     store.create_image("restored", "a", (3, 8, 8), np.float32,
                        attrs={"collection_attrs": {"settings_hash": "3ab8375923047883"}})
+    store.mark_complete("restored", "a")
     store.put_bytes(calibration_path("3ab8375923047883"),
                     b'{"settings_hash": "3ab8375923047883", "alpha": 0.1}')
     assert not is_restored(store, "a", "e9b302f7d4c7866a")

@@ -127,6 +127,12 @@ def test_other_verbs_check_before_work(ws, env, prior):
           "zeta=3"],
          "error: --option: option zeta=3 of sampler ddpg: Input should be less than or "
          "equal to 1"),
+        (["restore", "-d", DEG, "--store", str(store), "--sampler", "ddpg", "--option",
+          "gamma=eight"],
+         "error: --option: option gamma='eight' of sampler ddpg: Input should be a valid "
+         "number"),
+        (["calibrate", "-d", DEG, "--store", str(store), "--clean", "src", "--option",
+          "zeta=often"], "error: --option: option zeta='often' of sampler hqs:"),
         (["restore", "-d", DEG, "--store", str(store), "--option", "gamma"],
          "error: --option: expected KEY=VALUE, got 'gamma'"),
         (["calibrate", "-d", DEG, "--store", str(store), "--clean", "src", "--sampler", "dps",

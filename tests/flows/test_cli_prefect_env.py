@@ -106,7 +106,7 @@ def test_user_prefect_settings_are_kept(tmp_path, monkeypatch):
     db = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "mine"))
-    runtime._prefect_env()
+    runtime.prefect_env()
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "mine")
     assert db not in os.environ and "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
@@ -114,23 +114,23 @@ def test_user_prefect_settings_are_kept(tmp_path, monkeypatch):
 
     monkeypatch.delenv("PREFECT_HOME")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
-    runtime._prefect_env()
+    runtime.prefect_env()
     assert db not in os.environ
 
     monkeypatch.delenv("PREFECT_API_URL")
     profiles.write_text('active = "srv"\n[profiles.srv]\n'
                         'PREFECT_API_URL = "http://127.0.0.1:1/api"\n')
-    runtime._prefect_env()
+    runtime.prefect_env()
     assert db not in os.environ
 
     profiles.unlink()
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
-    runtime._prefect_env()
+    runtime.prefect_env()
     url = os.environ[db]
     assert url.startswith("sqlite+aiosqlite:///") and f"-{os.getpid()}-" in url
     assert os.path.isdir(os.path.dirname(url.removeprefix("sqlite+aiosqlite:///")))
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"  # the user's choice
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "DEBUG"
-    runtime._prefect_env()  # idempotent: the same database
+    runtime.prefect_env()  # idempotent: the same database
     assert os.environ[db] == url

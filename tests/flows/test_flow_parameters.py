@@ -56,3 +56,30 @@ def test_flow_run_names_read_the_settings_in_either_form(monkeypatch):
                                             "ddpg 5 steps"
         assert names.calibrate_flow_name() == f"calibrate {CFG.degradation}, ddpg 5 steps, " \
                                               "alpha 0.2"
+
+
+def test_flows_validate_their_typed_parameters_after_a_pickle_round_trip():
+    """A served deployment's runner gets the flow cloudpickled by value: the typed
+    parameters (RunSpec, RestoreConfig) must still validate there (string annotations
+    would name types missing from the pickled function's globals)."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from restoreflow.flows.pipeline import calibrate_flow, pipeline_flow
+    from restoreflow.flows.restore import restore_flow
+
+    code = (
+        "import pickle, sys\n"
+        "p, c, r = pickle.loads(sys.stdin.buffer.read())\n"
+        f"spec = {{'sources': ['x'], 'degradation': {D!r}}}\n"
+        "print(type(p.validate_parameters({'spec': spec})['spec']).__name__)\n"
+        f"cfg = {CFG.model_dump(mode='json')!r}\n"
+        "print(type(c.validate_parameters({'store': 's', 'cfg': cfg,\n"
+        "                                  'calibration': {'clean': ['x']}})['cfg']).__name__)\n"
+        "print(type(r.validate_parameters({'store': 's', 'cfg': cfg})['cfg']).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False,
+                         input=cloudpickle.dumps((pipeline_flow, calibrate_flow, restore_flow)))
+    assert out.stdout.decode().split() == ["RunSpec", "RestoreConfig", "RestoreConfig"], \
+        out.stderr.decode()[-2000:]

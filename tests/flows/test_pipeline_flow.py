@@ -34,9 +34,27 @@ def dirs(tmp_path):
     }
 
 
+class _Counting:
+    """A pydantic validator that counts the validations it makes."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name.startswith("validate_"):
+            def counted(*a, **k):
+                self.calls += 1
+                return attr(*a, **k)
+            return counted
+        return attr
+
+
 @pytest.mark.slow
 def test_pipeline_end_to_end_and_resume(prefect_api, dirs, monkeypatch, tmp_path):
+    from restoreflow import degradation
     from restoreflow.flows.pipeline import pipeline_flow
+    from restoreflow.spec import RunSpec
 
     (tmp_path / "bad.png").write_bytes(b"not a png")
     monkeypatch.setenv("RESTOREFLOW_TILE_SIZE", "16")
@@ -54,7 +72,18 @@ def test_pipeline_end_to_end_and_resume(prefect_api, dirs, monkeypatch, tmp_path
         "export": {"format": "png", "out": dirs["out"], "collections": ["restored"]},
         "report": None,
     }
+    # the spec is validated once (where it is made), the degradation text parsed once
+    validator = _Counting(RunSpec.__pydantic_validator__)
+    monkeypatch.setattr(RunSpec, "__pydantic_validator__", validator)
+    parsed: list[str] = []
+    parse = degradation.DegradationSpec._parse_text.__func__
+    monkeypatch.setattr(degradation.DegradationSpec, "_parse_text", classmethod(
+        lambda cls, text: parsed.append(text) or parse(cls, text)))
+    degradation._parsed.cache_clear()
+    spec = RunSpec.model_validate(spec)
     s1 = pipeline_flow(spec)
+    assert validator.calls == 1
+    assert parsed and len(parsed) == len(set(parsed)), parsed
     assert s1["counts"] == {"images": 3, "restored": 3, "skipped": 0, "rejected": 1,
                             "flagged": 3, "exported": 3, "out_of_calibration": 0}
     assert s1["calibration"] == s1["settings_hash"] and s1["mean_psnr_lower"] is not None
@@ -69,6 +98,7 @@ def test_pipeline_end_to_end_and_resume(prefect_api, dirs, monkeypatch, tmp_path
     first = {i: store.read("restored", i) for i in ids}
     # second run of the same spec: nothing to restore, same outputs
     s2 = pipeline_flow(spec)
+    assert validator.calls == 1
     assert s2["counts"]["restored"] == 0 and s2["counts"]["skipped"] == 3
     assert all(np.array_equal(first[i], store.read("restored", i)) for i in ids)
     get_settings.cache_clear()

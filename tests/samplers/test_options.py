@@ -102,3 +102,52 @@ def test_one_canonical_form_whatever_the_spelling(name, spellings, canonical):
 def test_unknown_sampler_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of ddnm, ddpg, diffpir, dps"):
         options_model("ddgp")
+
+
+# one wrong name, one wrong type and one out-of-range value per sampler
+BAD = {
+    "ddpg": ({"gama": 1}, {"gamma": "eight"}, {"zeta": 2}),
+    "ddnm": ({"zeta": 1}, {"eta": "high"}, {"eta": 1.5}),
+    "dps": ({"zeta": 1}, {"zeta_prime": "x"}, {"eta": -1}),
+    "diffpir": ({"gamma": 1}, {"lam": "x"}, {"lam": 0}),
+    "hqs": ({"lambda": 1}, {"zeta": "x"}, {"lam": -1}),
+    "idbp": ({"lam": 1}, {"delta_decay": "x"}, {"delta_decay": 2}),
+}
+GOOD = {"ddpg": {"gamma": "8"}, "ddnm": {"eta": "0.5"}, "dps": {"zeta_prime": "20"},
+        "diffpir": {"lam": "1"}, "hqs": {"lam": "0.3"}, "idbp": {"eps": "1"}}
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_options_through_the_run_spec_are_coerced_or_refused_in_one_line(name):
+    from restoreflow.spec import RunSpec, SpecError
+
+    base = {"sources": ["in"], "degradation": "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.01)"}
+    good = RunSpec.from_dict({**base, "restore": {"sampler": name, "options": GOOD[name]}})
+    key, text = next(iter(GOOD[name].items()))
+    assert good.restore.options == canonical_options(name, {key: float(text)})
+    assert not isinstance(good.restore.options[key], str)  # coerced, not the text
+    for bad in BAD[name]:
+        with pytest.raises(SpecError) as exc:
+            RunSpec.from_dict({**base, "restore": {"sampler": name, "options": bad}})
+        msg = str(exc.value)
+        assert "\n" not in msg and msg.startswith("run spec: restore.options: "), msg
+        assert f"sampler {name}" in msg and repr(next(iter(bad))).strip("'") in msg, msg
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_options_through_the_api_hash_alike_whatever_the_spelling(name):
+    from pydantic import ValidationError
+
+    from restoreflow.stages.config import RestoreConfig
+
+    deg = "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.01)"
+    key, text = next(iter(GOOD[name].items()))
+    spellings = [{key: text}, {key: float(text)}]
+    if float(text).is_integer():
+        spellings.append({key: int(float(text))})
+    hashes = {RestoreConfig(degradation=deg, restore={"sampler": name, "options": s})
+              .settings_hash("p") for s in spellings}
+    assert len(hashes) == 1
+    for bad in BAD[name]:
+        with pytest.raises(ValidationError, match=f"sampler {name}"):
+            RestoreConfig(degradation=deg, restore={"sampler": name, "options": bad})

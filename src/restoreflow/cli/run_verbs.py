@@ -38,7 +38,7 @@ def _run_spec(spec, verb: str) -> dict:
     from restoreflow.flows.pipeline import pipeline_flow
 
     try:
-        summary = on_dask(pipeline_flow)(spec=spec.model_dump(mode="json"), progress=True)
+        summary = on_dask(pipeline_flow)(spec=spec, progress=True)
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         flow_failed(f"run {spec.name!r}", exc, uri, before, "run the same spec again")
     print_summary(summary)
@@ -75,7 +75,7 @@ def rerun_cmd(
                                                                 else {})})
         # manifests record absolute paths; those of older ones (and --store) are taken
         # against the current directory, and recorded absolute in the new manifest
-        spec = spec.resolved(os.getcwd(), where=manifest, degradation_files=False)
+        spec = spec.resolved(os.getcwd(), degradation_files=False)
     except (OSError, ValueError, KeyError, TypeError, SpecError) as exc:
         fail(f"{manifest}: not a run manifest ({error_line(exc)})")
     _run_spec(spec, "rerun")

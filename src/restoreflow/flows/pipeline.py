@@ -1,26 +1,17 @@
-"""Flows: ``pipeline`` (one run spec end to end) and ``calibrate``.
-
-ingest -> (simulate) -> [index the reference corpus] -> [calibrate] -> per image:
-retrieve -> adapt -> restore (one model task) -> score -> intervals -> export -> report,
-then the run's manifest and summary. Wiring only: every step is a task over a core
-function, or a small core call on the driver (scores; the run's rows, summary and
-manifest are built and written by restoreflow.stages.records).
-"""
-
-from __future__ import annotations
-
-import time
-from contextlib import contextmanager
+"""Flows: ``pipeline`` (one run spec end to end) and ``calibrate``. Wiring only: ingest ->
+(simulate) -> [index] -> [calibrate] -> restore (model tasks) -> score -> intervals ->
+export -> report -> manifest; the rules are in restoreflow.stages.run and .records."""
 
 from prefect import flow, get_run_logger
 
 from restoreflow.flows.restore import restore_images
 from restoreflow.flows.simulate import simulate_images
 from restoreflow.settings import get_settings
-from restoreflow.spec import CalibrationOptions
+from restoreflow.spec import CalibrationOptions, RunSpec
+from restoreflow.stages import run as run_stage
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.storage import layout
-from restoreflow.tasks import names
+from restoreflow.tasks import names, ui
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import (
     export_task,
@@ -31,28 +22,12 @@ from restoreflow.tasks.stages import (
 )
 
 
-def _ids(report: dict) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in report["rows"]:
-        if r["status"] != "rejected" and r["image_id"]:
-            seen.setdefault(r["image_id"], None)
-    return list(seen)
-
-
-def _require_images(ids: list[str], rejected: list[dict], what: str) -> None:
-    """Stop before any other work when the sources gave no image."""
-    if ids:
-        return
-    why = (f"all {len(rejected)} file(s) were rejected (e.g. {rejected[0]['source']}: "
-           f"{rejected[0]['reason']})" if rejected else "they hold no image files")
-    raise ValueError(f"{what}: no images to work on: {why}")
-
-
 def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
     """True PSNR/SSIM of each restored image (CPU tasks over batches of images)."""
-    from restoreflow.flows.batches import cpu_batches
+    from restoreflow.stages.run import cpu_batches
+    from restoreflow.tasks.runner import n_workers
 
-    futures = [metrics_task.submit(uri, b, out) for b in cpu_batches(store, ids)]
+    futures = [metrics_task.submit(uri, b, out) for b in cpu_batches(store, ids, n_workers())]
     return {i: m for f in futures for i, m in f.result().items()}
 
 
@@ -60,31 +35,17 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
                     calibration: CalibrationOptions, progress: bool) -> dict:
     """Simulate, restore (same settings) and measure the clean calibration images; fit and
     store the calibration under the settings hash. Returns the calibration dict."""
-    from restoreflow.stages.calibrate import (
-        fit_calibration,
-        require_sources,
-        save_calibration,
-        source_of,
-    )
     from restoreflow.stages.models import prior_hash
     from restoreflow.tasks.common import open_store
 
     store = open_store(uri)
-    c = calibration
-    sources = [source_of(store.attrs(layout.INPUT, i), c.group_by) for i in clean_ids]
-    require_sources(sources, c.alpha, c.group_by)
-    shash = cfg.settings_hash(prior_hash(cfg.prior))
-    deg_coll = f"calibration-{cfg.spec.hash}.degraded"
-    out = f"calibration-{shash}.restored"
-    simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, deg_coll, progress)
-    restore_images(uri, clean_ids, cfg, deg_coll, out, progress, label="calibrate")
-    truths = _truth(uri, store, clean_ids, out)
-    rows = [{"image_id": i, "features": store.attrs(out, i)["features"], "source": src,
-             **truths[i]} for i, src in zip(clean_ids, sources, strict=True)]
-    cal = fit_calibration(store, rows, cfg, shash, c.alpha, c.method, c.pixel_epsilon,
-                          c.pixel_delta, out, c.pixel_scale, c.pixel_floor, c.pixel_bound)
-    save_calibration(store, cal)
-    return cal.to_dict()
+    plan = run_stage.calibration_plan(store, cfg, cfg.settings_hash(prior_hash(cfg.prior)),
+                                clean_ids, calibration)
+    simulate_images(uri, clean_ids, cfg.spec.text, cfg.seed, plan.degraded, progress)
+    restore_images(uri, clean_ids, cfg, plan.degraded, plan.restored, progress,
+                   label="calibrate")
+    truths = _truth(uri, store, clean_ids, plan.restored)
+    return run_stage.fit_and_save_calibration(store, cfg, plan, clean_ids, truths, calibration)
 
 
 @flow(name="calibrate", flow_run_name=names.calibrate_flow_name)
@@ -96,217 +57,135 @@ def calibrate_flow(store: str, cfg: RestoreConfig, calibration: CalibrationOptio
 
     cfg = cfg.with_chosen_prior()
     with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
-        rep = ingest_task(store, calibration.clean)
-        _require_images(_ids(rep), [r for r in rep["rows"] if r["status"] == "rejected"],
-                        "clean")
-        cal = run_calibration(store, cfg, _ids(rep), calibration, progress)
+        rep = run_stage.IngestReport.from_rows(ingest_task(store, calibration.clean))
+        cal = run_calibration(store, cfg, rep.require_images("clean").ids, calibration,
+                              progress)
     return {k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n", "sources",
                                 "warnings")}
 
 
 @flow(name="pipeline", flow_run_name=names.pipeline_run_name)
-def pipeline_flow(spec: dict, progress: bool = False) -> dict:
-    """Run one run spec end to end; returns the run summary (also in the store).
+def pipeline_flow(spec: RunSpec, progress: bool = False) -> dict:
+    """Run one run spec end to end; returns the run summary (also in the store). The spec
+    is validated once, where it is made (a YAML file, a manifest, the Prefect UI's JSON).
 
     The run holds the store's writer lock throughout: a second run started on the same
     store waits for it, then skips what this one completed (no double work, no two
     drivers creating the same image or rewriting the same table)."""
-    from restoreflow.spec import RunSpec
     from restoreflow.tasks.common import open_store
 
-    run = RunSpec.from_dict(spec)
-    store = open_store(run.store or get_settings().store)
-    with store.lock(f"restoreflow run {run.name!r}", log=get_run_logger().warning):
+    store = open_store(spec.store or get_settings().store)
+    with store.lock(f"restoreflow run {spec.name!r}", log=get_run_logger().warning):
         summary = _pipeline(spec, progress)
-    _name_flow_run(summary["run_id"])
+    ui.name_flow_run(summary["run_id"])
     return summary
 
 
-def _name_flow_run(name: str) -> None:
-    """Give this flow run the run id recorded in the store, when the one chosen at its
-    start (``names.pipeline_run_name``) differs: the clock moved on before the run id was
-    taken (e.g. while waiting for the store's lock)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    if not flow_run.id or flow_run.name == name:
-        return
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_name(flow_run.id, name)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str):
-    """Record the seconds the block took as ``timings[stage]``."""
-    t = time.perf_counter()
-    yield
-    timings[stage] = time.perf_counter() - t
-
-
-def _pipeline(spec: dict, progress: bool) -> dict:
-    """The run, under the store's lock: its row says "running" from here until its
-    manifest is written (see restoreflow.stages.records), or "failed" when a stage raises."""
-    from restoreflow.spec import RunSpec
+def _pipeline(spec: RunSpec, progress: bool) -> dict:
+    """The run, under the store's lock, recorded as running until its manifest is written
+    (:func:`restoreflow.stages.records.running`)."""
     from restoreflow.stages import records
     from restoreflow.tasks.common import open_store
 
-    log = get_run_logger()
-    run, settings = RunSpec.from_dict(spec), get_settings()
-    uri = run.store or settings.store
+    log, settings = get_run_logger(), get_settings()
+    uri = spec.store or settings.store
     store = open_store(uri)
-    cfg = RestoreConfig.from_run(run)
-    started = time.time()
-    start = records.start_row(
-        records.unique_run_id(store, names.run_id(run.name, run.hash, started)), run, uri,
-        started)
-    for row in records.reconcile_runs(store):
-        log.warning("run %s did not finish (killed?); recorded as %s", row["run_id"],
-                    row["status"])
-    # the row says "running" until the manifest exists; a kill leaves it so, and the
-    # next run on this store marks it "interrupted"; an error marks it "failed" now
-    records.record_run(store, start)
-    try:
-        return _stages(store, uri, run, cfg, settings, start, log, progress)
-    except Exception as exc:
-        records.record_run(store, records.failed_row(start, exc))
-        raise
+    cfg = RestoreConfig.from_run(spec)
+    with records.running(store, spec, uri, names.run_id, log.warning) as start:
+        return _stages(store, uri, spec, cfg, settings, start, log, progress)
 
 
-def _stages(store, uri: str, run, cfg: RestoreConfig, settings, start, log,
+def _stages(store, uri: str, spec: RunSpec, cfg: RestoreConfig, settings, start, log,
             progress: bool) -> dict:
     """The run's stages, ingest to report, and its manifest."""
+    from restoreflow.compat import legacy_settings_hashes
     from restoreflow.stages import calibrate, models, records
 
     timings: dict[str, float] = {}
-    with _timed(timings, "ingest"):
-        ids, rejected = _sources(uri, run, log)
-    y_coll = layout.DEGRADED if run.simulate else layout.INPUT
-    if run.simulate:
-        with _timed(timings, "simulate"):
+    with run_stage.timed(timings, "ingest"):
+        ids, rejected = _sources(uri, spec, log)
+    y_coll = layout.DEGRADED if spec.simulate else layout.INPUT
+    if spec.simulate:
+        with run_stage.timed(timings, "simulate"):
             simulate_images(uri, ids, cfg.degradation, cfg.seed, layout.DEGRADED, progress)
-    if run.adapt.enabled:
-        with _timed(timings, "index"):
-            _index(uri, run, cfg, settings)
+    if spec.adapt.enabled:
+        with run_stage.timed(timings, "index"):
+            _index(uri, spec, cfg, settings)
     prior_hash = models.prior_hash(cfg.prior)
     shash = cfg.settings_hash(prior_hash)
-    calibration = calibrate.load_calibration(store, shash)
-    if run.calibration and calibration is None:
-        with _timed(timings, "calibrate"):
-            calibration = _calibrate(uri, run, cfg, ids, progress)
+    calibration = calibrate.load_calibration(store, shash,
+                                             legacy_settings_hashes(cfg, prior_hash))
+    if spec.calibration and calibration is None:
+        with run_stage.timed(timings, "calibrate"):
+            calibration = _calibrate(uri, spec, cfg, ids, progress)
             for w in calibration.get("warnings", []):
                 log.warning("calibration: %s", w)
-    with _timed(timings, "restore"):
+    with run_stage.timed(timings, "restore"):
         done = restore_images(uri, ids, cfg, y_coll, layout.RESTORED, progress)
-    with _timed(timings, "score"):
-        truth = _truth(uri, store, ids, layout.RESTORED) if run.simulate else {}
-        rows = _score(uri, store, run, cfg, ids, start.run_id, shash, calibration, truth, log)
+    with run_stage.timed(timings, "score"):
+        truth = _truth(uri, store, ids, layout.RESTORED) if spec.simulate else {}
+        rows = _score(uri, store, spec, cfg, ids, start.run_id, shash, calibration, truth, log)
     exported: list[str] = []
-    if run.export:
-        with _timed(timings, "export"):
-            exported = _export(uri, run, ids)
+    if spec.export:
+        with run_stage.timed(timings, "export"):
+            exported = _export(uri, spec, ids)
     summary = records.run_summary(start, cfg, shash, calibration, ids, done, len(rejected),
                                   rows, len(exported), truth, timings)
-    if run.report:
-        summary = _report(store, run, summary)
-    manifest = records.run_manifest(summary, run, cfg, prior_hash, settings, done, rejected,
+    if spec.report:
+        summary = records.write_report(store, spec.report, summary)
+    manifest = records.run_manifest(summary, spec, cfg, prior_hash, settings, done, rejected,
                                     calibration)
     summary = records.finish_run(store, summary, manifest)
-    _artifacts(run.name, summary, rows)
+    ui.publish_run(spec.name, summary, rows)
     return summary.to_row()
 
 
-def _sources(uri: str, run, log) -> tuple[list[str], list[dict]]:
+def _sources(uri: str, spec: RunSpec, log) -> tuple[list[str], list[dict]]:
     """Ingest the run's sources: (image ids, rejected rows); stop when there is no image."""
-    rep = ingest_task(uri, run.sources)
-    ids = _ids(rep)
-    rejected = [r for r in rep["rows"] if r["status"] == "rejected"]
-    for r in rejected:
+    rep = run_stage.IngestReport.from_rows(ingest_task(uri, spec.sources))
+    for r in rep.rejected:
         log.warning("REJECTED %s: %s", r["source"], r["reason"])
-    _require_images(ids, rejected, "spec.sources")
-    return ids, rejected
+    rep.require_images("spec.sources")
+    return rep.ids, rep.rejected
 
 
-def _index(uri: str, run, cfg: RestoreConfig, settings) -> None:
-    """Ingest the reference corpus and index it; refuse fewer images than neighbours."""
-    corpus_ids = _ids(ingest_task(uri, run.adapt.corpus)) if run.adapt.corpus else []
+def _index(uri: str, spec: RunSpec, cfg: RestoreConfig, settings) -> None:
+    """Ingest the reference corpus and index it."""
+    corpus = spec.adapt.corpus
+    corpus_ids = run_stage.IngestReport.from_rows(ingest_task(uri, corpus)).ids if corpus else []
     with model_placement(settings):
         info = index_task.submit(uri, corpus_ids, cfg.index, cfg.adapt.embedder,
                                  settings.device).result()
-    if info["size"] < cfg.adapt.neighbours:
-        raise ValueError(f"adapt.neighbours={cfg.adapt.neighbours} but the reference index "
-                         f"holds {info['size']} images; add to adapt.corpus or lower it")
+    run_stage.check_index_size(info["size"], cfg.adapt.neighbours)
 
 
-def _calibrate(uri: str, run, cfg: RestoreConfig, ids: list[str], progress: bool) -> dict:
+def _calibrate(uri: str, spec: RunSpec, cfg: RestoreConfig, ids: list[str],
+               progress: bool) -> dict:
     """Calibrate on the spec's clean images, held out from the run's sources."""
-    c = run.calibration
-    clean_rep = ingest_task(uri, c.clean)
-    clean_ids = _ids(clean_rep)
-    _require_images(clean_ids, [r for r in clean_rep["rows"] if r["status"] == "rejected"],
-                    "spec.calibration.clean")
-    overlap = sorted(set(clean_ids) & set(ids))
-    if overlap:
-        raise ValueError(f"{len(overlap)} calibration images are also run sources "
-                         f"(e.g. {overlap[0]}); calibration images must be held out")
-    return run_calibration(uri, cfg, clean_ids, c, progress)
+    c = spec.calibration
+    clean = run_stage.IngestReport.from_rows(ingest_task(uri, c.clean))
+    clean.require_images("spec.calibration.clean")
+    run_stage.check_held_out(clean.ids, ids)
+    return run_calibration(uri, cfg, clean.ids, c, progress)
 
 
-def _score(uri: str, store, run, cfg: RestoreConfig, ids: list[str], run_id: str, shash: str,
-           calibration: dict | None, truth: dict[str, dict], log) -> list:
-    """Score each restored image, write its calibrated per-pixel intervals (J >= 2) and
-    its quality row. Returns the rows."""
-    from restoreflow.stages import calibrate, records
+def _score(uri: str, store, spec: RunSpec, cfg: RestoreConfig, ids: list[str], run_id: str,
+           shash: str, calibration: dict | None, truth: dict[str, dict], log) -> list:
+    """Score each restored image, write its calibrated per-pixel intervals (worker tasks)
+    and its quality row. Returns the rows."""
+    from restoreflow.stages import records
 
-    min_psnr = run.calibration.min_psnr if run.calibration else None
-    rows, interval_futures = [], []
-    for i in ids:
-        attrs = store.attrs(layout.RESTORED, i)
-        s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
-        if s["warning"]:
-            log.warning("%s: %s", i, s["warning"])
-        pixel = s.pop("pixel")
-        if pixel is not None and cfg.restore.posterior_samples >= 2:
-            calibrate.prepare_intervals(store, i, pixel)
-            interval_futures.append(intervals_task.submit(uri, i, pixel))
-        rows.append(records.quality_row(i, attrs, run_id, shash, min_psnr, s, truth.get(i)))
-    for f in interval_futures:
-        i = f.result()
-        for coll in (layout.INTERVAL_LO, layout.INTERVAL_HI):
-            store.mark_complete(coll, i)
-    records.record_quality(store, rows)
-    return rows
+    min_psnr = spec.calibration.min_psnr if spec.calibration else None
+    scores = run_stage.score_images(store, cfg, ids, run_id, shash, calibration, truth, min_psnr)
+    for i, w in scores.warnings:
+        log.warning("%s: %s", i, w)
+    futures = [intervals_task.submit(uri, i, pixel) for i, pixel in scores.intervals.items()]
+    run_stage.finish_intervals(store, [f.result() for f in futures])
+    records.record_quality(store, scores.rows)
+    return scores.rows
 
 
-def _export(uri: str, run, ids: list[str]) -> list[str]:
-    futures = [export_task.submit(uri, coll, run.export.format, run.export.out, ids)
-               for coll in run.export.collections]
+def _export(uri: str, spec: RunSpec, ids: list[str]) -> list[str]:
+    futures = [export_task.submit(uri, coll, spec.export.format, spec.export.out, ids)
+               for coll in spec.export.collections]
     return [p for f in futures for p in f.result()]
-
-
-def _report(store, run, summary):
-    """Write the HTML report (it reads the run's row, recorded first); the summary with
-    the report's path and time."""
-    from restoreflow.report.html import build_report
-    from restoreflow.stages import records
-
-    t = time.perf_counter()
-    records.record_run(store, summary)
-    path = str(build_report(store, run.report, summary.run_id))
-    return records.with_report(summary, path, time.perf_counter() - t)
-
-
-def _artifacts(name: str, summary, rows: list) -> None:
-    """Summary (markdown) and per-image quality table in the Prefect UI."""
-    import re
-
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    from restoreflow.stages import records
-
-    key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
-    create_markdown_artifact(markdown=records.summary_markdown(summary), key=f"{key}-summary",
-                             description="restoreflow run summary")
-    table = records.quality_table(rows)
-    if table:
-        create_table_artifact(table=table, key=f"{key}-quality",
-                              description="per-image conformal bounds")

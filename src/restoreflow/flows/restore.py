@@ -1,13 +1,11 @@
 """Flow: restore a degraded collection; and the restore wiring the other flows share."""
 
-from __future__ import annotations
-
 from prefect import flow, get_run_logger
 
-from restoreflow.flows.progress import track_futures
 from restoreflow.settings import get_settings
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.tasks import names
+from restoreflow.tasks.progress import track_futures
 from restoreflow.tasks.runner import model_placement
 from restoreflow.tasks.stages import matched_index_task, restore_task
 

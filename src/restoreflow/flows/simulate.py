@@ -1,11 +1,9 @@
 """Flow: simulate a degradation on every (or the given) input image of a store."""
 
-from __future__ import annotations
-
 from prefect import flow, get_run_logger
 
-from restoreflow.flows.progress import track_futures
 from restoreflow.tasks import names
+from restoreflow.tasks.progress import track_futures
 from restoreflow.tasks.stages import simulate_task
 
 
@@ -14,14 +12,15 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
     """Driver: create outputs, CPU tasks over batches of the images still to do (one
     image per task unless images are small), mark each image complete."""
     from restoreflow.degradation import DegradationSpec
-    from restoreflow.flows.batches import cpu_batches
+    from restoreflow.stages.run import cpu_batches
     from restoreflow.stages.simulate import prepare_simulate
     from restoreflow.tasks.common import open_store
+    from restoreflow.tasks.runner import n_workers
 
     store = open_store(store_uri)
     spec = DegradationSpec.parse(degradation)
     todo = [i for i in image_ids if prepare_simulate(store, i, spec, seed, collection)]
-    batches = cpu_batches(store, todo)
+    batches = cpu_batches(store, todo, n_workers())
     futures = [simulate_task.submit(store_uri, b, spec.text, seed, collection) for b in batches]
     rows = []
     for f in track_futures(futures, "simulate", progress, [len(b) for b in batches]):

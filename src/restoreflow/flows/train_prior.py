@@ -1,7 +1,5 @@
 """Flow: train the default diffusion prior (resumable from its checkpoints)."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from restoreflow.tasks import names

@@ -79,10 +79,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "y_saturation",
 )
 #: Features of the shift guard (what the measurement looks like). ``y_p10`` and
-#: ``y_saturation`` let an astronomy calibration flag photos (a star field's dark floor
-#: is the sky): 68% -> 84% (deblur) and 47% -> 82% (SR x4) of photos flagged at level
-#: 0.1; astronomy images against photos 82-84%; in-distribution 7.7-8.0%
-#: (benchmarks/results/conformal.md).
+#: ``y_saturation`` let an astronomy calibration tell photos apart (a star field's dark
+#: floor is the sky); what the guard flags is measured in benchmarks/results/conformal.md.
 GUARD_FEATURES: tuple[str, ...] = ("y_mean", "y_std", "y_dark_fraction", "y_colour_spread",
                                    "y_p99", "y_p10", "y_saturation")
 DARK_LEVEL = 0.1

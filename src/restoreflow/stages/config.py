@@ -146,10 +146,13 @@ class RestoreConfig(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def chosen_prior(ref: str | None) -> str | None:
+def chosen_prior(ref: str | None, settings=None) -> str | None:
     """The prior a job uses, chosen once on the driver: the run spec's or ``--prior``'s
-    reference, else the ``RESTOREFLOW_PRIOR`` setting, else None (the shipped prior).
-    Workers receive the choice inside the config, never re-read their environment."""
-    from restoreflow.settings import get_settings
+    reference, else the ``RESTOREFLOW_PRIOR`` setting (of ``settings``, default: the
+    process's), else None (the default prior). Workers receive the choice inside the
+    config, never re-read their environment."""
+    if settings is None:
+        from restoreflow.settings import get_settings
 
-    return ref or get_settings().prior or None
+        settings = get_settings()
+    return ref or settings.prior or None

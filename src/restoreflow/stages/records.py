@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from restoreflow.spec import RunSpec
 from restoreflow.stages.config import RestoreConfig
@@ -77,6 +78,26 @@ def failed_row(start: RunRow, exc: BaseException) -> RunRow:
     text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return start.model_copy(update={"status": "failed", "error": text,
                                     "finished": time.time()})
+
+
+@contextmanager
+def running(store: TileStore, spec: RunSpec, uri: str, make_id, warn) -> Iterator[RunRow]:
+    """Record a run as running for the duration of the block (yields its start row): runs
+    of this store that never finished (killed) are first recorded as interrupted (each
+    reported through ``warn``); the row says "running" until the manifest exists, and
+    "failed" when the block raises. ``make_id(name, spec_hash, started)`` gives the run
+    id's base (made unique in the store)."""
+    started = time.time()
+    start = start_row(unique_run_id(store, make_id(spec.name, spec.hash, started)), spec, uri,
+                      started)
+    for row in reconcile_runs(store):
+        warn(f"run {row['run_id']} did not finish (killed?); recorded as {row['status']}")
+    record_run(store, start)
+    try:
+        yield start
+    except Exception as exc:
+        record_run(store, failed_row(start, exc))
+        raise
 
 
 def record_run(store: TileStore, row: RunRow) -> None:
@@ -146,6 +167,17 @@ def with_report(summary: RunRow, report: str, seconds: float) -> RunRow:
     """The summary with the report's path and the time it took to write."""
     return summary.model_copy(update={"report": report,
                                       "timings": {**summary.timings, "report": seconds}})
+
+
+def write_report(store: TileStore, path: str, summary: RunRow) -> RunRow:
+    """Write the HTML report (it reads the run's row, recorded first); the summary with
+    the report's path and time."""
+    from restoreflow.report.html import build_report
+
+    t = time.perf_counter()
+    record_run(store, summary)
+    written = str(build_report(store, path, summary.run_id))
+    return with_report(summary, written, time.perf_counter() - t)
 
 
 def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:

@@ -104,8 +104,8 @@ def pipeline_run_name() -> str:
     from restoreflow.spec import RunSpec, SpecError
 
     spec = _flow_parameters().get("spec") or {}
-    try:
-        run = RunSpec.from_dict(spec)
+    try:  # validated already when the flow was called with a RunSpec (the CLI)
+        run = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
     except SpecError:  # the flow itself reports the bad spec, by field
         return f"{spec.get('name', 'run') if isinstance(spec, Mapping) else 'run'}-invalid-spec"
     return run_id(run.name, run.hash)

@@ -69,3 +69,15 @@ def model_placement(settings: Settings) -> Iterator[None]:
 
     with dask.annotate(resources={settings.gpu_resource: 1}):
         yield
+
+
+def n_workers() -> int:
+    """Workers of the running flow's Dask cluster (4 outside a Dask-run flow)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(getattr(ctx, "task_runner", None), "client", None)
+    try:
+        return max(1, len(client.scheduler_info()["workers"]))
+    except (AttributeError, KeyError, TypeError):
+        return 4

@@ -12,6 +12,7 @@ import pytest
 # Prefect's ephemeral API server gets 20 s to start by default; the suite runs beside
 # other jobs on 2 cores, where a start took longer (the CLI sets the same default)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 TEST_ACCESS_KEY = "restoreflow-test"
 TEST_SECRET_KEY = "restoreflow-test-secret-4c1d2e"
@@ -99,3 +100,14 @@ def store(request, make_store):
 @pytest.fixture
 def store_kind(store):
     return "s3" if store.is_s3 else "local"
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """Prefect test harness: a real (ephemeral, SQLite) Prefect API for the flow tests."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

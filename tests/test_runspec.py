@@ -162,3 +162,16 @@ def test_the_default_solver_is_chosen_per_task(degradation, sampler, steps):
     only_steps = RunSpec.from_dict({**BASE, "degradation": degradation,
                                     "restore": {"steps": 3}})
     assert (only_steps.restore.sampler, only_steps.restore.steps) == (sampler, 3)
+
+
+def test_validator_messages_carry_no_pydantic_prefix():
+    """A validator's own message reaches the user as written, without "Value error, "."""
+    from restoreflow.spec import RunSpec, SpecError
+
+    with pytest.raises(SpecError) as exc:
+        RunSpec.from_dict({"sources": ["x"], "degradation": "gaussian_blur(sigma=-1)"})
+    assert "degradation" in str(exc.value) and "Value error" not in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        RunSpec.from_dict({"sources": ["x"], "degradation": "denoise+gaussian_noise(sigma=0.1)",
+                           "restore": {"sampler": "ddpg", "options": {"gamma": "eight"}}})
+    assert "gamma" in str(exc.value) and "Value error" not in str(exc.value)

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from .degradation import DegradationSpec, SpecError, resolve_path
+from .errors import pydantic_message
 from .samplers import (
     DEFAULT_METHOD,
     DEFAULT_SAMPLER,
@@ -346,4 +347,4 @@ def _describe(err: dict) -> str:
                      for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown field (allowed: {_allowed(loc)})"
-    return f"{where}: {err['msg']}"
+    return f"{where}: {pydantic_message(err)}"

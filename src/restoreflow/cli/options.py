@@ -4,15 +4,17 @@ bad value reported by the flag that set it)."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from restoreflow.cli.runtime import fail
+from restoreflow.errors import pydantic_message
 
 # the sampler registry's names as a typer choice, without importing torch for --help
-# (tests/flows/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
+# (tests/cli/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
 SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"]
-_SAMPLER_NAMES = get_args(SamplerName)
 ExportFormat = Literal["png", "tiff", "fits"]
+SAMPLES_HELP = ("Posterior samples J (J >= 2: uncertainty maps and per-pixel intervals) "
+                "[default: 1]; restore and calibrate must use the same")
 # the one wording of every --store option (restoreflow.settings.Settings.store)
 STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
 OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
@@ -53,6 +55,14 @@ def _option_value(text: str):
     return text
 
 
+def restore_fields(sampler: str | None, steps: int | None, samples: int | None,
+                   option: list[str] | None) -> dict:
+    """The ``restore`` section of the settings from restore's and calibrate's flags: a
+    flag not given is left to the settings' own default (the same for both verbs)."""
+    fields = {"sampler": sampler, "steps": steps, "options": sampler_options(option)}
+    return fields | ({"posterior_samples": samples} if samples is not None else {})
+
+
 def validated_model(model, **fields):
     """``model(**fields)`` (the restore settings, the calibration options): a bad value is
     one line naming its flag, before anything is opened or written."""
@@ -63,5 +73,4 @@ def validated_model(model, **fields):
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
-        fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {msg}")
+        fail(f"{_CONFIG_FLAGS.get(where, where or 'settings')}: {pydantic_message(err)}")

@@ -16,9 +16,10 @@ from restoreflow.cli.flow_runs import (
 )
 from restoreflow.cli.options import (
     OPTION_HELP,
+    SAMPLES_HELP,
     STORE_HELP,
     SamplerName,
-    sampler_options,
+    restore_fields,
     validated_model,
 )
 from restoreflow.cli.runtime import error_line, fail, run_preflight
@@ -92,7 +93,7 @@ def restore_cmd(
     seed: int = typer.Option(0, "--seed"),
     collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
     out: str = typer.Option("restored", "--out", help="Output collection"),
-    samples_: int = typer.Option(1, "--samples", min=1, max=64, help="Posterior samples J"),
+    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
     adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
     neighbours: int = typer.Option(8, "--neighbours", min=1),
     adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
@@ -118,8 +119,7 @@ def restore_cmd(
         fail(str(exc))
     cfg = validated_model(
         RestoreConfig, degradation=spec.text, seed=seed, prior=prior,
-        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
-                 "options": sampler_options(option)},
+        restore=restore_fields(sampler, steps, samples_, option),
         adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
     settings = get_settings()
     run_preflight(check_degradation_files, "--degradation", spec.text)
@@ -129,7 +129,7 @@ def restore_cmd(
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = open_cli_store(store)
-    need_images(ts)
+    need_images(ts, given=store)
     if collection not in ts.collections():
         no_collection(ts, collection)
     log_to_file("restore")
@@ -142,6 +142,16 @@ def restore_cmd(
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         flow_failed("restore", exc, ts.uri, before, "run the same command again")
     typer.echo(f"{out}: {len(res['restored'])} restored, {len(res['skipped'])} already done")
+    typer.echo(bounds_line(res))
+
+
+def bounds_line(res: dict) -> str:
+    """One line: the restorations scored against the calibration of their settings (their
+    bounds are in the report), or why they have no bounds."""
+    if res.get("calibration"):
+        return (f"bounds: {res['scored']} image(s) scored against calibration "
+                f"{res['calibration']} (see 'restoreflow report')")
+    return f"bounds: none ({res.get('note') or 'no calibration'})"
 
 
 @app.command("calibrate")
@@ -153,8 +163,15 @@ def calibrate_cmd(
                                         help="Solver [default: per task, see README]"),
     steps: int = typer.Option(None, "--steps", min=1, max=1000,
                               help="Prior evaluations [default: the solver's]"),
-    samples_: int = typer.Option(4, "--samples", min=1, max=64),
-    alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.999),
+    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
+    alpha: float = typer.Option(None, "--alpha", min=0.001, max=0.999,
+                                help="Miscoverage of the bounds [default: 0.1]"),
+    pixel_epsilon: float = typer.Option(
+        None, "--pixel-epsilon", min=0.001, max=0.999,
+        help="Expected fraction of pixels outside their interval [default: 0.1]"),
+    pixel_delta: float = typer.Option(
+        None, "--pixel-delta", min=0.001, max=0.999,
+        help="Probability that the pixel guarantee fails [default: 0.1]"),
     group_by: str = typer.Option(
         "image", "--group-by", help="Calibration sources: image, folder (crops of one "
         "photo in one folder) or metadata:KEY (e.g. metadata:OBJECT)"),
@@ -186,10 +203,11 @@ def calibrate_cmd(
         fail(str(exc))
     cfg = validated_model(
         RestoreConfig, degradation=spec.text, prior=prior,
-        restore={"sampler": sampler, "steps": steps, "posterior_samples": samples_,
-                 "options": sampler_options(option)})
-    calibration = validated_model(CalibrationOptions, clean=clean, alpha=alpha, group_by=group_by,
-                             pixel_scale=pixel_scale, pixel_bound=pixel_bound)
+        restore=restore_fields(sampler, steps, samples_, option))
+    given = {"alpha": alpha, "pixel_epsilon": pixel_epsilon, "pixel_delta": pixel_delta}
+    calibration = validated_model(CalibrationOptions, clean=clean, group_by=group_by,
+                                  pixel_scale=pixel_scale, pixel_bound=pixel_bound,
+                                  **{k: v for k, v in given.items() if v is not None})
     settings = get_settings()
     run_preflight(check_degradation_files, "--degradation", spec.text)
     run_preflight(check_sources, "--clean", clean, settings, False)
@@ -208,8 +226,24 @@ def calibrate_cmd(
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
         flow_failed("calibrate", exc, ts.uri, before, "run the same command again")
     typer.echo(calibration_line(res))
+    typer.echo(pixel_line(res))
+    if res.get("scored"):
+        typer.echo(f"bounds: {res['scored']} restored image(s) of these settings scored "
+                   "(see 'restoreflow report')")
     for w in res.get("warnings") or []:
         typer.echo(f"warning: {w}", err=True)
+
+
+def pixel_line(res: dict) -> str:
+    """One line: the per-pixel intervals the calibration certified, or why there are none
+    and what to change."""
+    px = res.get("pixel")
+    if not px:
+        return f"per-pixel intervals: none ({(res.get('pixel_note') or 'not fitted')})"
+    width = f", mean width {px['mean_width']:.3f}" if px.get("mean_width") is not None else ""
+    return (f"per-pixel intervals: lambda={px['lam']:.3g}{width}; expected fraction of pixels "
+            f"outside <= {px['epsilon']:g} over new images, with probability "
+            f"{1 - px['delta']:.0%}")
 
 
 def calibration_line(res: dict) -> str:
@@ -235,8 +269,11 @@ def report_cmd(
     from restoreflow.report.html import build_report
 
     ts = open_cli_store(store)
-    need_images(ts)
-    path = build_report(ts, out, run)
+    need_images(ts, given=store)
+    try:
+        path = build_report(ts, out, run)
+    except ValueError as exc:  # --run names no run of this store
+        fail(f"--run {run}: {exc}" if run else str(exc))
     typer.echo(f"report: {path}")
 
 
@@ -265,6 +302,7 @@ def serve_cmd(
 
     Needs a Prefect server (PREFECT_API_URL), e.g. `prefect server start --host 127.0.0.1`.
     """
+    from restoreflow.errors import pydantic_message
     from restoreflow.spec import RunSpec, SpecError
 
     try:
@@ -277,7 +315,7 @@ def serve_cmd(
         CronSchedule(cron=cron)
     except ValueError as exc:  # pydantic's ValidationError is one; its first message
         errors = getattr(exc, "errors", None)
-        fail(f"--cron {cron!r}: {errors()[0]['msg'] if errors else exc}")
+        fail(f"--cron {cron!r}: {pydantic_message(errors()[0]) if errors else exc}")
     from restoreflow.flows.pipeline import pipeline_flow
 
     typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")

@@ -51,11 +51,15 @@ def _private_prefect_db() -> None:
 
 def prefect_env() -> None:
     """Quiet, offline Prefect settings for every verb (the user's env wins): no
-    analytics (offline they log telemetry errors), WARNING logs, and a private
-    ephemeral database per process (see ``_private_prefect_db``)."""
+    analytics (offline they log telemetry errors) and no SDK telemetry (``DO_NOT_TRACK``:
+    no usage notice, no device id written) unless the user turned analytics on, WARNING
+    logs, and a private ephemeral database per process (see ``_private_prefect_db``)."""
     import os
 
     level = os.environ.get("RESTOREFLOW_LOG_LEVEL", "WARNING").upper()
+    opted_in = os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "").lower() in ("1", "true")
+    if not opted_in:
+        os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
     # the private ephemeral server gets 20 s to start by default: a loaded machine (two

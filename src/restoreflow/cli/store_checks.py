@@ -34,11 +34,13 @@ def listed_images(ts, collection: str) -> set[str]:
     return {os.path.basename(str(p).rstrip("/")) for p in listed} - {"zarr.json"}
 
 
-def need_images(ts, collection: str | None = None, complete: bool = False) -> None:
+def need_images(ts, collection: str | None = None, complete: bool = False,
+                given: str | None = "") -> None:
     """One line and exit 2 when the store does not exist or holds no images (in
     ``collection``, else in any collection; ``complete``: complete ones), naming the
-    next step. Only the verbs that ingest (ingest, run, calibrate, index build) create
-    a store, so a mistyped store fails here and nothing is created."""
+    next step; ``given`` is the verb's --store (None: not given, the store is the
+    default). Only the verbs that ingest (ingest, run, calibrate, index build) create a
+    store, so a mistyped store fails here and nothing is created."""
     from restoreflow.storage.sources import strip_credentials
 
     if ts.exists_store:
@@ -46,6 +48,11 @@ def need_images(ts, collection: str | None = None, complete: bool = False) -> No
             if ts.image_ids(c) if complete else listed_images(ts, c):
                 return
     where = strip_credentials(ts.uri)
+    if given is None:
+        source = ("RESTOREFLOW_STORE" if os.environ.get("RESTOREFLOW_STORE") else
+                  "the default store")
+        fail(f"no --store given, and {source} {where} holds no images: pass --store PATH, "
+             f"or run 'restoreflow ingest SRC... --store {shlex.quote(where)}' first")
     fail(f"{where}: no store here (or no images in it): run "
           f"'restoreflow ingest SRC... --store {shlex.quote(where)}' first")
 

@@ -3,6 +3,8 @@ ingest, export, ls, and serve-s3 (a local S3 server to hold stores)."""
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 
 from restoreflow.cli.flow_runs import flow_failed, image_names, log_to_file
@@ -31,7 +33,7 @@ def simulate_cmd(
         raise typer.BadParameter(str(exc), param_hint="--degradation") from None
     run_preflight(check_degradation_files, "--degradation", spec.text)
     ts = open_cli_store(store)
-    need_images(ts, "input", complete=True)
+    need_images(ts, "input", complete=True, given=store)
     uri = ts.uri
     log_to_file("simulate")
     before = image_names(uri)
@@ -108,17 +110,23 @@ def export(
     from restoreflow.storage.sources import strip_credentials
 
     ts = open_cli_store(store)
-    need_images(ts)
+    need_images(ts, given=store)
     if collection not in ts.collections():
         no_collection(ts, collection)
-    if not image_id and not ts.image_ids(collection):
+    complete = ts.image_ids(collection)
+    if not image_id and not complete:
         fail(f"{strip_credentials(ts.uri)}: collection {collection!r} has no complete image "
               "to export (its images are still being written, or their run failed)")
+    missing = sorted(set(image_id or ()) - set(complete))
+    if missing:  # before anything is written
+        where = strip_credentials(ts.uri)
+        fail(f"--id {missing[0]}: no complete image {missing[0]!r} in collection "
+             f"{collection!r} of {where} (its ids: 'restoreflow ls {collection} --store "
+             f"{shlex.quote(where)}')")
     try:
         paths = run_export(ts, collection, fmt, out, image_ids=image_id or None)
     except (KeyError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     for p in paths:
         typer.echo(str(p))
     typer.echo(f"{len(paths)} file(s) written to {out}", err=True)
@@ -196,7 +204,7 @@ def ls_store(
     from restoreflow.storage.ingest import size_text
 
     ts = open_cli_store(store)
-    need_images(ts)
+    need_images(ts, given=store)
     cols = ts.collections()
     if collection is not None and collection not in cols:
         no_collection(ts, collection)

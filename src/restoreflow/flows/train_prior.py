@@ -20,10 +20,9 @@ def train_prior_flow(
     lr: float = 2e-4,
 ) -> str:
     """Train on ``images`` (default: the project's photo corpus) and export the EMA prior."""
-    from restoreflow.models import corpus
+    from restoreflow.models.corpus import training_sets
 
-    train = images or [str(p) for p in corpus.training_photos()]
-    evals = [str(p) for p in corpus.held_out_photos()] if images is None else []
+    train, evals = training_sets(images)
     config = dict(out_dir=out_dir, steps=steps, batch_size=batch_size, device=device,
                   max_minutes=max_minutes, num_threads=num_threads, seed=seed,
                   init_from=init_from, lr=lr)

@@ -113,6 +113,14 @@ def held_out_photos(root: Path | None = None) -> list[Path]:
             + _existing(HELD_OUT_OPENCV, root))
 
 
+def training_sets(images: list[str] | None) -> tuple[list[str], list[str]]:
+    """(training files, evaluation files) of a prior's training: ``images`` without an
+    evaluation set, or by default the training photos evaluated on the held-out ones."""
+    if images:
+        return list(images), []
+    return [str(p) for p in training_photos()], [str(p) for p in held_out_photos()]
+
+
 def benchmark_photos(root: Path | None = None) -> list[Path]:
     """More photos never trained on (monuments, animals, landscapes, musicians), extracted
     from gcompris-qt-data by ``scripts/fetch-corpus.sh``: sources for the source-grouped

@@ -42,6 +42,8 @@ from typing import Literal
 
 import torch
 
+from restoreflow.errors import pydantic_message
+
 from . import ddnm, ddpg, diffpir, dps, hqs, idbp
 from .schedule import respaced_steps, respaced_timesteps
 
@@ -124,7 +126,7 @@ def canonical_options(name: str, options: Mapping[str, object]) -> dict:
             raise ValueError(f"unknown option {key!r} of sampler {name}; its options: "
                              f"{', '.join(model.model_fields)}") from None
         raise ValueError(f"option {key}={given.get(key)!r} of sampler {name}: "
-                         f"{err['msg']}") from None
+                         f"{pydantic_message(err)}") from None
     return {k: _canonical_value(getattr(typed, k)) for k in sorted(given)}
 
 

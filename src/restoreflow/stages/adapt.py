@@ -50,13 +50,27 @@ def degraded_like(spec: DegradationSpec, seed: int):
     return prepare
 
 
+def build_reference_index(store: TileStore, image_ids: list[str], name: str, embedder: str,
+                          device: str) -> dict:
+    """Index the stored reference images ``image_ids`` (the clean corpus) as ``name``;
+    returns the index's description (its ``size`` among others)."""
+    return build_index(store, image_ids, name, embedder, device)
+
+
+def _stored_index(store: TileStore, name: str):
+    """The reference index ``name``; ValueError saying how to make one if it is missing
+    or empty."""
+    index = load_index(store, name)
+    if index is None or len(index.ids) == 0:
+        raise ValueError(f"{store.uri}: no reference index {name!r}; run `restoreflow "
+                         "index build` (or give the run spec an adapt.corpus)")
+    return index
+
+
 def build_matched_index(store: TileStore, name: str, spec: DegradationSpec, seed: int,
                         embedder: str, device: str, progress=None) -> dict:
     """Index the references of index ``name`` degraded like the queries of ``spec``."""
-    clean = load_index(store, name)
-    if clean is None or len(clean.ids) == 0:
-        raise ValueError(f"{store.uri}: no reference index {name!r}; "
-                         "run `restoreflow index build` or set adapt.corpus")
+    clean = _stored_index(store, name)
     return build_index(store, [str(i) for i in clean.ids], matched_index_name(name, spec.hash),
                        embedder, device, progress, degraded_like(spec, seed))
 
@@ -69,10 +83,7 @@ def retrieve_neighbours(store: TileStore, image_id: str, y: torch.Tensor, deg, k
     from restoreflow.models.embedders import get_embedder
     from restoreflow.retrieval.index import prepare_query
 
-    index = load_index(store, index_name)
-    if index is None or len(index.ids) == 0:
-        raise ValueError(f"{store.uri}: no reference index {index_name!r}; "
-                         "run `restoreflow index build` or set adapt.corpus")
+    index = _stored_index(store, index_name)
     emb = get_embedder(embedder, device)
     index.check_embedder(emb.name, emb.weights_hash)
     q = prepare_query(y, deg.operator, deg.sigma_y)

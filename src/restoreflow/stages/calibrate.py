@@ -82,6 +82,7 @@ class Calibration:
     guard: dict | None = None
     sources: int = 0
     warnings: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the RestoreConfig it was made for
 
     def to_dict(self) -> dict:
         d = asdict(self) | {"n": len(self.rows)}

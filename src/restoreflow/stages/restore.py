@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -195,10 +196,27 @@ def is_restored(store: TileStore, image_id: str, shash: str, out: str = RESTORED
     return stored == shash or stored in legacy
 
 
-def prepare_restore(store: TileStore, image_id: str, cfg: RestoreConfig, shash: str,
-                    y_collection: str, out: str = RESTORED, legacy: Sequence[str] = ()) -> bool:
+@dataclass(frozen=True)
+class SettingsKey:
+    """What keys a restoration in the store: the prior's content hash, the settings hash
+    and the hashes older versions gave the same settings."""
+
+    prior: str
+    current: str
+    legacy: tuple[str, ...]
+
+
+def settings_key(cfg: RestoreConfig) -> SettingsKey:
+    """The key of ``cfg``'s restorations (hashes the prior's file once per process)."""
+    ph = prior_hash(cfg.prior)
+    return SettingsKey(ph, cfg.settings_hash(ph), tuple(legacy_settings_hashes(cfg, ph)))
+
+
+def prepare_restore(store: TileStore, image_id: str, cfg: RestoreConfig, key: SettingsKey,
+                    y_collection: str, out: str = RESTORED) -> bool:
     """Driver: create the output images (metadata only). False if already done."""
-    if is_restored(store, image_id, shash, out, legacy):
+    shash = key.current
+    if is_restored(store, image_id, shash, out, key.legacy):
         return False
     shape = x_shape(store, image_id, y_collection, cfg.spec)
     for coll in restore_outputs(cfg, out):
@@ -277,10 +295,7 @@ def finish_restore(store: TileStore, image_id: str, cfg: RestoreConfig, result: 
 def restore_one(store: TileStore, image_id: str, cfg: RestoreConfig, y_collection: str,
                 out: str = RESTORED, device: str = "cpu") -> dict | None:
     """prepare -> restore -> finish in one process (tests, calibration without a cluster)."""
-    ph = prior_hash(cfg.prior)
-    shash = cfg.settings_hash(ph)
-    if not prepare_restore(store, image_id, cfg, shash, y_collection, out,
-                           legacy_settings_hashes(cfg, ph)):
+    if not prepare_restore(store, image_id, cfg, settings_key(cfg), y_collection, out):
         return None
     res = restore_stored(store, image_id, cfg, y_collection, out, device)
     finish_restore(store, image_id, cfg, res, out)

@@ -11,12 +11,14 @@ tasks and calls these.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from restoreflow.spec import CalibrationOptions
+from restoreflow.spec import CalibrationOptions, RunSpec
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.storage import layout
 from restoreflow.storage.store import TileStore
@@ -39,14 +41,17 @@ class IngestReport:
     rejected: list[dict] = field(default_factory=list)
 
     @classmethod
-    def from_rows(cls, report: dict) -> IngestReport:
+    def from_rows(cls, report: dict, warn=None) -> IngestReport:
         """From the ingest's report (``{"rows": [{"status", "image_id", "source",
-        "reason"}...]}``)."""
+        "reason"}...]}``); each rejected file is reported through ``warn`` if given."""
         seen: dict[str, None] = {}
         for r in report["rows"]:
             if r["status"] != "rejected" and r["image_id"]:
                 seen.setdefault(r["image_id"], None)
-        return cls(list(seen), [r for r in report["rows"] if r["status"] == "rejected"])
+        rejected = [r for r in report["rows"] if r["status"] == "rejected"]
+        for r in rejected if warn else ():
+            warn(f"REJECTED {r['source']}: {r['reason']}")
+        return cls(list(seen), rejected)
 
     def require_images(self, what: str) -> IngestReport:
         """This report; ValueError (before any other work) when the sources ``what`` gave
@@ -57,6 +62,12 @@ class IngestReport:
         why = (f"all {len(r)} file(s) were rejected (e.g. {r[0]['source']}: {r[0]['reason']})"
                if r else "they hold no image files")
         raise ValueError(f"{what}: no images to work on: {why}")
+
+
+def observed(spec: RunSpec) -> str:
+    """The collection that holds a run's observations y: the simulated degradation of its
+    sources, or the sources themselves (already degraded)."""
+    return layout.DEGRADED if spec.simulate else layout.INPUT
 
 
 def check_held_out(clean_ids: Iterable[str], ids: Iterable[str]) -> None:
@@ -111,8 +122,69 @@ def fit_and_save_calibration(store: TileStore, cfg: RestoreConfig, plan: Calibra
     cal = fit_calibration(store, rows, cfg, plan.settings_hash, c.alpha, c.method,
                           c.pixel_epsilon, c.pixel_delta, out, c.pixel_scale, c.pixel_floor,
                           c.pixel_bound)
+    cal.settings = cfg.model_dump(mode="json")  # what a later mismatch names
     save_calibration(store, cal)
     return cal.to_dict()
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """``field (x vs y)`` for each leaf where the settings dicts ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else k)]
+    return [] if a == b else [f"{where} ({a!r} vs {b!r})"]
+
+
+@dataclass
+class VerbScoring:
+    """What the restore and calibrate verbs score: the restorations of ``ids`` made with
+    the settings hashed ``shash``, against ``calibration``; or, with no calibration, the
+    ``note`` saying why there are no bounds."""
+
+    shash: str
+    ids: list[str]
+    calibration: dict | None
+    note: str | None = None
+
+
+def verb_scoring(store: TileStore, cfg: RestoreConfig, ids: list[str],
+                 out: str = layout.RESTORED) -> VerbScoring:
+    """The stored calibration of ``cfg``'s settings and the images of ``ids`` restored
+    with them into ``out`` (bounds are kept for the ``restored`` collection only)."""
+    from restoreflow.stages.calibrate import load_calibration
+    from restoreflow.stages.restore import is_restored, settings_key
+
+    key = settings_key(cfg)
+    if out != layout.RESTORED:
+        return VerbScoring(key.current, [], None,
+                           f"bounds are given for the {layout.RESTORED!r} collection")
+    calibration = load_calibration(store, key.current, key.legacy)
+    if calibration is None:
+        return VerbScoring(key.current, [], None, no_calibration_reason(store, cfg))
+    return VerbScoring(key.current, [i for i in ids if is_restored(
+        store, i, key.current, legacy=key.legacy)], calibration)
+
+
+def no_calibration_reason(store: TileStore, cfg: RestoreConfig) -> str:
+    """Why no stored calibration applies to ``cfg``'s restorations: there is none, or
+    those there were made with other settings (naming the fields that differ)."""
+    from restoreflow.stages.calibrate import calibration_path
+
+    mine = cfg.model_dump(mode="json")
+    folder = calibration_path("h").rsplit("/", 1)[0]
+    paths = [p for p in store.list_files(folder) if p.endswith(".json")]
+    if not paths:
+        return ("the store holds no calibration: run 'restoreflow calibrate' with the same "
+                "settings (degradation, sampler, steps, samples, prior)")
+    reasons = []
+    for p in paths:
+        stored = json.loads(store.get_bytes(p))
+        diff = _differences(stored.get("settings"), mine) if stored.get("settings") else []
+        reasons.append((len(diff) if diff else 99, stored.get("settings_hash", "?"), diff))
+    n, shash, diff = min(reasons)
+    what = ", ".join(diff[:4]) if diff else "settings not recorded (an older calibration)"
+    return (f"no calibration for these settings; the closest ({shash}) differs in {what}: "
+            "calibrate with the same settings")
 
 
 @dataclass
@@ -125,14 +197,22 @@ class Scores:
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
+def calibration_summary(cal: dict) -> dict:
+    """What the calibrate verb reports of a calibration it made."""
+    return {**{k: cal[k] for k in ("settings_hash", "alpha", "coverage", "n", "sources",
+                                   "warnings", "pixel")},
+            "pixel_note": (cal.get("coverage") or {}).get("pixel_note")}
+
+
 def score_images(store: TileStore, cfg: RestoreConfig, ids: list[str], run_id: str,
                  shash: str, calibration: dict | None, truth: dict[str, dict],
-                 min_psnr: float | None) -> Scores:
-    """Score each restored image against the calibration; prepare the interval images of
-    those that get a per-pixel rule (written by worker tasks, then
-    :func:`finish_intervals`)."""
+                 options: CalibrationOptions | None) -> Scores:
+    """Score each restored image against the calibration (an image is flagged under the
+    ``options``' ``min_psnr``); prepare the interval images of those that get a per-pixel
+    rule (written by worker tasks, then :func:`finish_intervals`)."""
     from restoreflow.stages import calibrate, records
 
+    min_psnr = options.min_psnr if options else None
     out = Scores()
     for i in ids:
         attrs = store.attrs(layout.RESTORED, i)

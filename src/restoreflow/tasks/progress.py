@@ -6,12 +6,15 @@ from collections.abc import Iterable, Iterator
 
 
 def track_futures(futures: list, description: str, show: bool,
-                  sizes: list[int] | None = None) -> Iterator:
+                  sizes: list[int] | None = None, artifact: str | None = None) -> Iterator:
     """Yield futures as they finish, with a rich progress bar (images, ETA) if ``show``;
-    ``sizes`` are the images per future (1 each by default)."""
+    ``sizes`` are the images per future (1 each by default). With ``artifact``, a Prefect
+    progress artifact of that description follows them too (the UI's bar)."""
     from prefect.futures import as_completed
 
     done: Iterable = as_completed(futures)
+    if artifact and futures:
+        done = _with_artifact(done, len(futures), artifact)
     if not show or not futures:
         yield from done
         return
@@ -32,3 +35,12 @@ def track_futures(futures: list, description: str, show: bool,
         for f in done:
             bar.advance(t, size[id(f)])
             yield f
+
+
+def _with_artifact(done: Iterable, total: int, description: str) -> Iterator:
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    bar = create_progress_artifact(0.0, description=description)
+    for n, f in enumerate(done, 1):
+        yield f
+        update_progress_artifact(bar, 100.0 * n / total)

@@ -24,9 +24,9 @@ RETRY = dict(retries=2, retry_delay_seconds=[2, 10])
 @task(name="ingest", task_run_name=names.ingest_task_name, cache_policy=NO_CACHE,
       **RETRY)
 def ingest_task(store_uri: str, sources: list[str]) -> dict:
-    from restoreflow.storage.ingest import ingest
+    from restoreflow.stages.ingest import ingest_sources
 
-    return ingest(sources, open_store(store_uri), progress=False).as_dict()
+    return ingest_sources(open_store(store_uri), sources)
 
 
 @task(name="simulate", task_run_name=names.simulate_task_name, cache_policy=NO_CACHE, retries=2,
@@ -47,9 +47,10 @@ def simulate_task(store_uri: str, image_ids: list[str], degradation: str, seed: 
       **RETRY)
 def index_task(store_uri: str, image_ids: list[str], name: str, embedder: str,
                device: str) -> dict:
-    from restoreflow.retrieval.stored import build_index
+    from restoreflow.stages.adapt import build_reference_index
 
-    return build_index(open_store(store_uri), image_ids, name, embedder, resolve_device(device))
+    return build_reference_index(open_store(store_uri), image_ids, name, embedder,
+                                 resolve_device(device))
 
 
 @task(name="build-matched-index", task_run_name=names.matched_index_task_name,
@@ -96,6 +97,6 @@ def intervals_task(store_uri: str, image_id: str, pixel: dict) -> str:
       **RETRY)
 def export_task(store_uri: str, collection: str, fmt: str, out_dir: str,
                 image_ids: list[str]) -> list[str]:
-    from restoreflow.storage.export import export
+    from restoreflow.stages.export import export_images
 
-    return [str(p) for p in export(open_store(store_uri), collection, fmt, out_dir, image_ids)]
+    return export_images(open_store(store_uri), collection, fmt, out_dir, image_ids)

@@ -20,7 +20,7 @@ def _user_env(home) -> dict[str, str]:
     """A new user's environment: no PREFECT_*/RESTOREFLOW_* settings, a fresh HOME (so
     ~/.prefect/prefect.db would be shared by every process)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "RESTOREFLOW_", "AWS_"))}
+           if not k.startswith(("PREFECT_", "RESTOREFLOW_", "AWS_")) and k != "DO_NOT_TRACK"}
     env.update(HOME=str(home), OMP_NUM_THREADS="1")
     return env
 
@@ -77,6 +77,9 @@ def test_two_verbs_at_once_on_different_stores(tmp_path):
     assert all("degraded: 2 written" in out for _, out, _ in results)
     # the user's Prefect home was not used (nothing to share, nothing left behind)
     assert not (tmp_path / "home" / ".prefect" / "prefect.db").exists()
+    # an offline tool: no usage notice, no telemetry device id
+    assert not (tmp_path / "home" / ".prefect" / ".sdk_telemetry").exists()
+    assert all("anonymous usage" not in out + err for _, out, err in results)
 
 
 @pytest.mark.slow
@@ -98,7 +101,8 @@ def test_user_prefect_settings_are_kept(tmp_path, monkeypatch):
 
     names = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
              "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
-             "PREFECT_LOGGING_LEVEL", "PREFECT_PROFILE", "DASK_LOGGING__DISTRIBUTED")
+             "PREFECT_LOGGING_LEVEL", "PREFECT_PROFILE", "DASK_LOGGING__DISTRIBUTED",
+             "DO_NOT_TRACK")
     for n in names:
         monkeypatch.delenv(n, raising=False)
     profiles = tmp_path / "profiles.toml"
@@ -110,6 +114,7 @@ def test_user_prefect_settings_are_kept(tmp_path, monkeypatch):
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "mine")
     assert db not in os.environ and "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["DO_NOT_TRACK"] == "1"  # no SDK telemetry from an offline tool
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "WARNING"
 
     monkeypatch.delenv("PREFECT_HOME")
@@ -131,6 +136,12 @@ def test_user_prefect_settings_are_kept(tmp_path, monkeypatch):
     assert url.startswith("sqlite+aiosqlite:///") and f"-{os.getpid()}-" in url
     assert os.path.isdir(os.path.dirname(url.removeprefix("sqlite+aiosqlite:///")))
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"  # the user's choice
+    monkeypatch.delenv("DO_NOT_TRACK")
+    runtime.prefect_env()
+    assert "DO_NOT_TRACK" not in os.environ  # they opted in: their telemetry stays on
+    monkeypatch.setenv("DO_NOT_TRACK", "0")
+    runtime.prefect_env()
+    assert os.environ["DO_NOT_TRACK"] == "0"
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "DEBUG"
     runtime.prefect_env()  # idempotent: the same database
     assert os.environ[db] == url

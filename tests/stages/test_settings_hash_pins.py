@@ -2,7 +2,7 @@
 a refactor must not move them. These were computed with the code of ad8a0bd (before the
 stages layer) and of the commit that introduced it; both gave the same values. The configs
 are written in RestoreConfig's flat form (``sampler=``, ``adapt_steps=``...), which it
-still accepts; tests/core/test_restore_config.py checks the nested form hashes alike."""
+still accepts; tests/stages/test_restore_config.py checks the nested form hashes alike."""
 
 from __future__ import annotations
 

@@ -207,10 +207,12 @@ def test_help_lists_the_verbs_in_their_order():
 
 
 def test_sampler_choices_are_the_registry():
-    from restoreflow.cli.options import _SAMPLER_NAMES
+    from typing import get_args
+
+    from restoreflow.cli.options import SamplerName
     from restoreflow.samplers import SAMPLERS
 
-    assert _SAMPLER_NAMES == tuple(SAMPLERS)
+    assert get_args(SamplerName) == tuple(SAMPLERS)
 
 
 def test_bad_format_and_sampler_are_usage_errors(tmp_path):

@@ -20,6 +20,6 @@ def test_bad_cron_is_one_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["serve", "s.yaml", "--cron", "61 * * * *"])
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines == ["error: --cron '61 * * * *': Value error, Invalid cron string: "
+    assert lines == ["error: --cron '61 * * * *': Invalid cron string: "
                      "\"61 * * * *\""], r.output
     assert not (tmp_path / "st").exists()

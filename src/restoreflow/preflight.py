@@ -31,8 +31,9 @@ from restoreflow.storage.sources import (
     strip_credentials,
 )
 
-__all__ = ["PreflightError", "check_adaptable", "check_degradation_files", "check_out_dir",
-           "check_prior", "check_report", "check_run", "check_sources", "check_store"]
+__all__ = ["PreflightError", "check_adaptable", "check_calibration_size",
+           "check_degradation_files", "check_out_dir", "check_prior", "check_report",
+           "check_run", "check_sources", "check_store"]
 
 # a preflight request must fail fast: no botocore retries, short timeouts
 S3_CONFIG = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 1}}
@@ -261,6 +262,24 @@ def check_sources(field: str, sources: Sequence[str], settings: Settings,
             _local_source(name, src)
 
 
+def check_calibration_size(field: str, sources: Sequence[str], settings: Settings,
+                           alpha: float, group_by: str) -> None:
+    """The calibration images make enough sources for a bound at ``alpha`` (counted from
+    the file listing: each file, or each folder with ``group_by: folder``; metadata
+    groups are counted once ingested), before anything is ingested or restored."""
+    from restoreflow.stages.calibrate import require_sources, source_of
+    from restoreflow.storage.sources import expand_sources
+
+    if group_by.startswith("metadata:"):
+        return
+    items = [i for i in expand_sources(list(sources), settings) if i.error is None]
+    try:
+        require_sources([source_of({"source": i.uri}, group_by) for i in items], alpha,
+                        group_by)
+    except ValueError as exc:
+        raise PreflightError(field, str(exc)) from None
+
+
 def check_store(field: str, uri: str, settings: Settings) -> None:
     """The store can be opened and written: a local path whose nearest existing
     directory is writable (an existing store, or an empty or new location), or an S3
@@ -405,7 +424,10 @@ def check_run(spec, settings: Settings, where: str = "spec") -> None:
     check_degradation_files(f"{where}.degradation", spec.degradation)
     check_sources(f"{where}.sources", spec.sources, settings)
     if spec.calibration is not None:
-        check_sources(f"{where}.calibration.clean", spec.calibration.clean, settings)
+        c = spec.calibration
+        check_sources(f"{where}.calibration.clean", c.clean, settings)
+        check_calibration_size(f"{where}.calibration.clean", c.clean, settings, c.alpha,
+                               c.group_by)
     if spec.adapt.enabled and spec.adapt.corpus:
         check_sources(f"{where}.adapt.corpus", spec.adapt.corpus, settings)
     prior = chosen_prior(spec.prior, settings)

@@ -28,6 +28,15 @@ def _one_line(res, code=2) -> str:
     return lines[0]
 
 
+def _clean(tmp_path, n=17):
+    """Enough calibration sources for a bound at the default alpha (0.1)."""
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((24, 24, 3), i, np.uint8)).save(clean / f"c{i}.png")
+    return clean
+
+
 @pytest.fixture()
 def store(tmp_path):
     (tmp_path / "src").mkdir()
@@ -105,9 +114,7 @@ def test_restore_and_calibrate_default_to_the_same_settings(store, tmp_path, mon
         return run
 
     monkeypatch.setattr(run_verbs, "on_dask", capture)
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    Image.fromarray(np.full((24, 24, 3), 9, np.uint8)).save(clean / "c.png")
+    clean = _clean(tmp_path)
     for flags in ([], ["--steps", "3"], ["--samples", "4"]):
         cfgs.clear()
         _cli("restore", "-d", DEG, "--store", store, "--collection", "input", *flags)
@@ -142,9 +149,7 @@ def test_calibrate_takes_the_pixel_guarantee_from_flags(store, tmp_path, monkeyp
         return run
 
     monkeypatch.setattr(run_verbs, "on_dask", capture)
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    Image.fromarray(np.full((24, 24, 3), 9, np.uint8)).save(clean / "c.png")
+    clean = _clean(tmp_path)
     _cli("calibrate", "-d", DEG, "--store", store, "--clean", str(clean),
          "--pixel-epsilon", "0.2", "--pixel-delta", "0.05", "--alpha", "0.2")
     c = seen["calibration"]
@@ -156,3 +161,11 @@ def test_calibrate_takes_the_pixel_guarantee_from_flags(store, tmp_path, monkeyp
     d = CalibrationOptions(clean=["x"])
     c = seen["calibration"]
     assert (c.pixel_epsilon, c.pixel_delta, c.alpha) == (d.pixel_epsilon, d.pixel_delta, d.alpha)
+
+
+def test_adapt_without_an_index_is_refused_before_any_work(store):
+    line = _one_line(_cli("restore", "-d", DEG, "--store", store, "--collection", "input",
+                          "--adapt", "--prior", "unet"))
+    assert line == (f"error: --adapt: the store holds no reference index 'default' to "
+                    f"retrieve neighbours from: run 'restoreflow index build --corpus SRC "
+                    f"--store {store}' first"), line

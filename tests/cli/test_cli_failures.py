@@ -205,19 +205,22 @@ def test_sources_without_images_stop_after_ingest(ws, env):
     assert "spec.sources: no images to work on: all 1 file(s) were rejected" in line
 
 
-@pytest.mark.slow
-def test_too_few_calibration_sources_stop_before_restoring_them(ws, env):
-    """Three clean images cannot give a bound at alpha 0.1: the run says so before it
-    simulates and restores them (it used to restore them all, then report no bound)."""
+def test_too_few_calibration_sources_stop_before_any_work(ws, env):
+    """Three clean images cannot give a bound at alpha 0.1: `run` and `calibrate` say so
+    in one line before they create the store or ingest anything (the run used to restore
+    them all, then report no bound; calibrate failed after ingesting them)."""
     (ws / "cal").mkdir()
     rng = np.random.default_rng(1)
     for i in range(3):
         img = (np.kron(rng.random((4, 4, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8)
         Image.fromarray(img).save(ws / "cal" / f"c{i}.png")
     spec = _write_spec(ws, calibration={"clean": ["cal"], "alpha": 0.1})
-    line, _ = _mid_run_failure(ws, env, spec, "the calibration images make 3 source(s) "
-                               "(grouped by image); a bound at alpha=0.1 needs at least 17")
-    from restoreflow.storage.store import TileStore
-
-    assert not [c for c in TileStore(str(ws / "store")).collections()
-                if c.startswith("calibration-")]
+    why = ("the calibration images make 3 source(s) (grouped by image); a bound at "
+           "alpha=0.1 needs at least 17")
+    r, _ = _cli("run", spec, cwd=ws, env=env)
+    assert r.returncode == 2 and _one_line(r.stderr).startswith(
+        f"error: spec.calibration.clean: {why}"), r.stderr[-2000:]
+    r, _ = _cli("calibrate", "-d", "gaussian_noise(sigma=0.1)", "--clean", "cal", "--store",
+                "store", cwd=ws, env=env)
+    assert r.returncode == 2 and _one_line(r.stderr).startswith(f"error: --clean: {why}")
+    assert not (ws / "store").exists()

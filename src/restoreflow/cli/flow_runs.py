@@ -9,7 +9,6 @@ import os
 import typer
 
 from restoreflow.cli.runtime import error_line, fail, profile_settings
-from restoreflow.cli.store_checks import listed_images
 
 _LOG_FILE: str | None = None
 
@@ -38,7 +37,7 @@ def image_names(uri: str) -> dict[str, set[str]] | None:
         out = {}
         for coll in ts.collections():
             if coll in _WORK_COLLECTIONS or coll.startswith("calibration-"):
-                out[coll] = listed_images(ts, coll)
+                out[coll] = ts.listed_ids(coll)
         return out
     except Exception:  # noqa: BLE001 - only the wording of the failure hint depends on it
         return None

@@ -4,6 +4,7 @@ calibrate, report, demo, and serve (the pipeline on a schedule)."""
 from __future__ import annotations
 
 import os
+import shlex
 
 import typer
 
@@ -22,7 +23,7 @@ from restoreflow.cli.options import (
     restore_fields,
     validated_model,
 )
-from restoreflow.cli.runtime import error_line, fail, run_preflight
+from restoreflow.cli.runtime import error_line, fail, profile_settings, run_preflight
 from restoreflow.cli.store_checks import need_images, no_collection, open_cli_store
 from restoreflow.cli.typer_app import app
 
@@ -132,6 +133,14 @@ def restore_cmd(
     need_images(ts, given=store)
     if collection not in ts.collections():
         no_collection(ts, collection)
+    if adapt:
+        from restoreflow.retrieval.stored import index_paths
+        from restoreflow.storage.sources import strip_credentials
+
+        if not ts.exists(index_paths(cfg.index)[1]):
+            fail(f"--adapt: the store holds no reference index {cfg.index!r} to retrieve "
+                 f"neighbours from: run 'restoreflow index build --corpus SRC --store "
+                 f"{shlex.quote(strip_credentials(ts.uri))}' first")
     log_to_file("restore")
     before = image_names(ts.uri)
     from restoreflow.flows.restore import restore_flow
@@ -188,6 +197,7 @@ def calibrate_cmd(
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
     from restoreflow.preflight import (
+        check_calibration_size,
         check_degradation_files,
         check_prior,
         check_sources,
@@ -211,6 +221,8 @@ def calibrate_cmd(
     settings = get_settings()
     run_preflight(check_degradation_files, "--degradation", spec.text)
     run_preflight(check_sources, "--clean", clean, settings, False)
+    run_preflight(check_calibration_size, "--clean", clean, settings, calibration.alpha,
+                  calibration.group_by)
     run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
                else "the default prior", prior or settings.prior)
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
@@ -316,6 +328,10 @@ def serve_cmd(
     except ValueError as exc:  # pydantic's ValidationError is one; its first message
         errors = getattr(exc, "errors", None)
         fail(f"--cron {cron!r}: {pydantic_message(errors()[0]) if errors else exc}")
+    if not (os.environ.get("PREFECT_API_URL") or profile_settings().get("PREFECT_API_URL")):
+        fail("serve: no Prefect server: PREFECT_API_URL is not set, and a schedule kept by "
+             "this process's ephemeral API would die with it (start one with 'prefect server "
+             "start --host 127.0.0.1' and set PREFECT_API_URL=http://127.0.0.1:4200/api)")
     from restoreflow.flows.pipeline import pipeline_flow
 
     typer.echo(f"serving {name or spec.name} on cron {cron!r} (Ctrl-C stops)")

@@ -25,15 +25,6 @@ def open_cli_store(store: str | None, tile_size: int | None = None):
         raise typer.Exit(2) from exc
 
 
-def listed_images(ts, collection: str) -> set[str]:
-    """The image names of a collection from a directory listing (no metadata read)."""
-    try:
-        listed = ts.fs.ls(ts._full(collection), detail=False)
-    except FileNotFoundError:
-        return set()
-    return {os.path.basename(str(p).rstrip("/")) for p in listed} - {"zarr.json"}
-
-
 def need_images(ts, collection: str | None = None, complete: bool = False,
                 given: str | None = "") -> None:
     """One line and exit 2 when the store does not exist or holds no images (in
@@ -45,7 +36,7 @@ def need_images(ts, collection: str | None = None, complete: bool = False,
 
     if ts.exists_store:
         for c in [collection] if collection else ts.collections():
-            if ts.image_ids(c) if complete else listed_images(ts, c):
+            if ts.image_ids(c) if complete else ts.listed_ids(c):
                 return
     where = strip_credentials(ts.uri)
     if given is None:

@@ -10,8 +10,9 @@ import typer
 from restoreflow.cli.flow_runs import flow_failed, image_names, log_to_file
 from restoreflow.cli.options import STORE_HELP, ExportFormat
 from restoreflow.cli.runtime import error_line, fail, run_preflight
-from restoreflow.cli.store_checks import listed_images, need_images, no_collection, open_cli_store
+from restoreflow.cli.store_checks import need_images, no_collection, open_cli_store
 from restoreflow.cli.typer_app import app
+from restoreflow.stages.roles import input_roles
 
 
 @app.command("simulate")
@@ -159,35 +160,6 @@ def _pixels(attrs: dict) -> int:
     return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
 
 
-def _input_roles(ts, collections: list[str]) -> dict[str, str]:
-    """{image id: role} for the input images that are not (only) sources: "calibration"
-    (in a calibration-* collection: calibrate and a spec's calibration.clean), "corpus"
-    (in a reference index: index build and a spec's adapt.corpus), both joined by ", ",
-    with "source" too when the image was also degraded or restored as a source. The
-    store records roles this way only; an image in none of them is a source."""
-    import json
-
-    calibration: set[str] = set()
-    derived: set[str] = set()
-    for c in collections:
-        if c != "input":
-            (calibration if c.startswith("calibration-") else derived).update(
-                listed_images(ts, c))
-    corpus: set[str] = set()
-    for path in ts.list_files("index"):
-        if path.endswith("/index.json"):
-            try:
-                corpus.update(json.loads(ts.get_bytes(path)).get("ids", []))
-            except (OSError, ValueError):
-                continue
-    roles = {}
-    for iid in calibration | corpus:
-        found = [r for r, ids in (("source", derived), ("calibration", calibration),
-                                  ("corpus", corpus)) if iid in ids]
-        roles[iid] = ", ".join(found)
-    return roles
-
-
 @app.command("ls")
 def ls_store(
     collection: str | None = typer.Argument(
@@ -226,7 +198,7 @@ def ls_store(
     for c in [collection] if collection is not None else cols:
         attrs = ts.image_attrs(c)
         done = sum(1 for a in attrs.values() if a.get("status") == "complete")
-        roles = _input_roles(ts, cols) if c == "input" else None
+        roles = input_roles(ts, cols) if c == "input" else None
         t = Table(title=f"{c}: {len(attrs)} image(s), {done} complete")
         for col in ("image id", "name", "size", "dtype", "status") + (
                 ("role",) if roles is not None else ()):

@@ -1,6 +1,5 @@
-"""Flows: ``pipeline`` (one run spec end to end) and ``calibrate``. Wiring only: ingest ->
-(simulate) -> [index] -> [calibrate] -> restore (model tasks) -> score -> intervals ->
-export -> report -> manifest; the rules are in restoreflow.stages.run and .records."""
+"""Flows ``pipeline`` (a run spec end to end: ingest, simulate, index, calibrate, restore,
+score, export, report, manifest) and ``calibrate``; wiring only (rules: stages.run)."""
 
 from prefect import flow, get_run_logger
 

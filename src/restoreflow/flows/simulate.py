@@ -17,8 +17,7 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
     from restoreflow.tasks.common import open_store
     from restoreflow.tasks.runner import n_workers
 
-    store = open_store(store_uri)
-    spec = DegradationSpec.parse(degradation)
+    store, spec = open_store(store_uri), DegradationSpec.parse(degradation)
     todo = [i for i in image_ids if prepare_simulate(store, i, spec, seed, collection)]
     batches = cpu_batches(store, todo, n_workers())
     futures = [simulate_task.submit(store_uri, b, spec.text, seed, collection) for b in batches]
@@ -35,12 +34,14 @@ def simulate_images(store_uri: str, image_ids: list[str], degradation: str, seed
 @flow(name="simulate", flow_run_name=names.simulate_flow_name)
 def simulate_flow(store: str, degradation: str, seed: int = 0, collection: str = "degraded",
                   image_ids: list[str] | None = None, progress: bool = False) -> list[dict]:
-    """CPU tasks over (batches of) images; returns per-image status rows."""
+    """Degrade the store's source images (or ``image_ids``; never the calibration or corpus
+    images other verbs ingested): CPU tasks over batches; returns per-image status rows."""
     from restoreflow.degradation import DegradationSpec
+    from restoreflow.stages.roles import source_ids
     from restoreflow.tasks.common import open_store
 
     spec = DegradationSpec.parse(degradation)  # fail before any work
     ts = open_store(store)
     with ts.lock("restoreflow simulate", log=get_run_logger().warning):
-        ids = image_ids if image_ids is not None else ts.image_ids("input")
+        ids = image_ids if image_ids is not None else source_ids(ts)
         return simulate_images(store, ids, spec.text, seed, collection, progress)

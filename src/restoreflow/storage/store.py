@@ -251,6 +251,16 @@ class TileStore:
             if not complete_only or grp.attrs.get("status") == STATUS_COMPLETE
         ]
 
+    def listed_ids(self, collection: str) -> set[str]:
+        """The image ids of ``collection`` from a directory listing, whatever their status
+        (no metadata read: cheap on a large collection)."""
+        try:
+            listed = self.fs.ls(self._full(collection), detail=False)
+        except FileNotFoundError:
+            return set()
+        return {posixpath.basename(str(p).replace("\\", "/").rstrip("/"))
+                for p in listed} - {"zarr.json"}
+
     def image_attrs(self, collection: str) -> dict[str, dict]:
         """``{image_id: attrs}`` for every image in ``collection`` (any status)."""
         return {name: dict(grp.attrs) for name, grp in self._image_groups(collection)}

@@ -151,3 +151,28 @@ def test_options_through_the_api_hash_alike_whatever_the_spelling(name):
     for bad in BAD[name]:
         with pytest.raises(ValidationError, match=f"sampler {name}"):
             RestoreConfig(degradation=deg, restore={"sampler": name, "options": bad})
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_options_through_the_cli_are_refused_in_one_line_before_any_work(name, tmp_path,
+                                                                         monkeypatch):
+    """``--option`` of restore: a wrong name, type or range is one line (exit 2) before
+    the store is opened; a text value is coerced (the verb goes on to the store)."""
+    from typer.testing import CliRunner
+
+    from restoreflow.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    args = ["restore", "-d", "gaussian_blur(sigma=2)+gaussian_noise(sigma=0.01)", "--store",
+            "st", "--sampler", name]
+    for bad in BAD[name]:
+        (key, value), = bad.items()
+        r = CliRunner().invoke(app, [*args, "--option", f"{key}={value}"])
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert lines[0].startswith("error: --option") and key in lines[0], lines[0]
+        assert f"sampler {name}" in lines[0], lines[0]
+    (key, value), = GOOD[name].items()
+    r = CliRunner().invoke(app, [*args, "--option", f"{key}={value}"])
+    assert "--option" not in r.output and "no store here" in r.output, r.output
+    assert not (tmp_path / "st").exists()

@@ -104,28 +104,11 @@ def restore_cmd(
                                      help=OPTION_HELP),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
-    from restoreflow.preflight import (
-        check_adaptable,
-        check_degradation_files,
-        check_prior,
-        check_store,
-    )
-    from restoreflow.settings import get_settings
-    from restoreflow.spec import DegradationSpec, SpecError
-    from restoreflow.stages.config import RestoreConfig
+    from restoreflow.preflight import check_adaptable, check_store
 
-    try:
-        spec = DegradationSpec.parse(degradation)
-    except SpecError as exc:
-        fail(str(exc))
-    cfg = validated_model(
-        RestoreConfig, degradation=spec.text, seed=seed, prior=prior,
-        restore=restore_fields(sampler, steps, samples_, option),
+    cfg, settings = _restore_settings(
+        degradation, prior, seed=seed, restore=restore_fields(sampler, steps, samples_, option),
         adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
-    settings = get_settings()
-    run_preflight(check_degradation_files, "--degradation", spec.text)
-    run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
-               else "the default prior", prior or settings.prior)
     run_preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
@@ -163,6 +146,26 @@ def bounds_line(res: dict) -> str:
     return f"bounds: none ({res.get('note') or 'no calibration'})"
 
 
+def _restore_settings(degradation: str, prior: str | None, **fields):
+    """(settings, process settings) of restore's and calibrate's flags: the validated
+    RestoreConfig, its degradation files and prior checked, each failure one line."""
+    from restoreflow.preflight import check_degradation_files, check_prior
+    from restoreflow.settings import get_settings
+    from restoreflow.spec import DegradationSpec, SpecError
+    from restoreflow.stages.config import RestoreConfig
+
+    try:
+        spec = DegradationSpec.parse(degradation)
+    except SpecError as exc:
+        fail(str(exc))
+    cfg = validated_model(RestoreConfig, degradation=spec.text, prior=prior, **fields)
+    settings = get_settings()
+    run_preflight(check_degradation_files, "--degradation", spec.text)
+    run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
+                  else "the default prior", prior or settings.prior)
+    return cfg, settings
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
@@ -196,35 +199,18 @@ def calibrate_cmd(
                                      help=OPTION_HELP),
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
-    from restoreflow.preflight import (
-        check_calibration_size,
-        check_degradation_files,
-        check_prior,
-        check_sources,
-        check_store,
-    )
-    from restoreflow.settings import get_settings
-    from restoreflow.spec import CalibrationOptions, DegradationSpec, SpecError
-    from restoreflow.stages.config import RestoreConfig
+    from restoreflow.preflight import check_calibration_size, check_sources, check_store
+    from restoreflow.spec import CalibrationOptions
 
-    try:
-        spec = DegradationSpec.parse(degradation)
-    except SpecError as exc:
-        fail(str(exc))
-    cfg = validated_model(
-        RestoreConfig, degradation=spec.text, prior=prior,
-        restore=restore_fields(sampler, steps, samples_, option))
+    cfg, settings = _restore_settings(
+        degradation, prior, restore=restore_fields(sampler, steps, samples_, option))
     given = {"alpha": alpha, "pixel_epsilon": pixel_epsilon, "pixel_delta": pixel_delta}
     calibration = validated_model(CalibrationOptions, clean=clean, group_by=group_by,
                                   pixel_scale=pixel_scale, pixel_bound=pixel_bound,
                                   **{k: v for k, v in given.items() if v is not None})
-    settings = get_settings()
-    run_preflight(check_degradation_files, "--degradation", spec.text)
     run_preflight(check_sources, "--clean", clean, settings, False)
     run_preflight(check_calibration_size, "--clean", clean, settings, calibration.alpha,
                   calibration.group_by)
-    run_preflight(check_prior, "--prior" if prior else "RESTOREFLOW_PRIOR" if settings.prior
-               else "the default prior", prior or settings.prior)
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = open_cli_store(store)

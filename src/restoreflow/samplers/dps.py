@@ -29,7 +29,7 @@ from typing import Annotated
 import torch
 from annotated_types import Ge, Interval
 
-from .schedule import Progress, initial_x, randn, report, setup, tweedie_x0
+from .schedule import Progress, initial_x, options_by_task, randn, report, setup, tweedie_x0
 
 # Options per restoration task (an operator's ``task``) where they differ from the
 # signature's: chosen by ``benchmarks/bench_samplers.py --tune``
@@ -43,10 +43,8 @@ _TASK_OPTIONS: dict[str, dict] = {
 }
 
 
-def resolve_options(task: str, sigma_y: float) -> dict:
-    """The options this sampler takes for ``task`` at noise ``sigma_y`` ([0, 1] units)
-    where they differ from its signature's defaults."""
-    return dict(_TASK_OPTIONS[task])
+resolve_options = options_by_task(_TASK_OPTIONS)
+
 
 def sample(
     prior,

@@ -199,3 +199,12 @@ def operator_norm_sq(operator, x_shape: tuple[int, ...], like: torch.Tensor, ite
 def report(progress: Progress | None, step: Step, total: int) -> None:
     if progress is not None:
         progress(step.index + 1, total)
+
+
+def options_by_task(table: dict[str, dict]) -> Callable[[str, float], dict]:
+    """A sampler module's ``resolve_options(task, sigma_y)`` when its options depend on
+    the task only: ``table[task]``, the options that differ from its signature's."""
+    def resolve_options(task: str, sigma_y: float) -> dict:
+        return dict(table[task])
+
+    return resolve_options

@@ -101,4 +101,12 @@ def test_pipeline_end_to_end_and_resume(prefect_api, dirs, monkeypatch, tmp_path
     assert validator.calls == 1
     assert s2["counts"]["restored"] == 0 and s2["counts"]["skipped"] == 3
     assert all(np.array_equal(first[i], store.read("restored", i)) for i in ids)
+    cal_path = f"calibrations/{s1['settings_hash']}.json"
+    assert json.loads(store.get_bytes(cal_path))["alpha"] == 0.3
+    # the same settings with another calibration (alpha): calibrated again, never reused
+    spec3 = spec.model_copy(update={"calibration": spec.calibration.model_copy(
+        update={"alpha": 0.4})})
+    s3 = pipeline_flow(spec3)
+    assert s3["counts"]["restored"] == 0 and s3["calibration"] == s1["settings_hash"]
+    assert json.loads(store.get_bytes(cal_path))["alpha"] == 0.4
     get_settings.cache_clear()

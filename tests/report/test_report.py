@@ -209,7 +209,8 @@ def test_page_shows_latest_run_bounds_and_flags(built):
     assert "2 of 3 (67%)" in html
     # uncertainty value range under the map: widths 0.02 .. 0.40
     assert "interval width 0.020–0.400" in html
-    assert "at most 10% of pixels outside their interval, with probability 90%" in html
+    assert ("on average over new images, at most 10% of pixels outside their interval, "
+            "with probability 90% (a single image may have more)") in html
     assert "empirical coverage" not in html  # that is in the plot, not the text
     assert "calibration plot" in html
 

@@ -17,9 +17,11 @@ def log_to_file(verb: str) -> None:
     """Prefect's logs of this verb: warnings on the terminal, tracebacks in a log file
     (see restoreflow.clilog); call before anything imports Prefect."""
     global _LOG_FILE
+    from restoreflow.cli.runtime import seed_prefect_db
     from restoreflow.clilog import configure
 
     _LOG_FILE = configure(verb, profile_settings())
+    seed_prefect_db()  # the verb runs flows: its Prefect server starts sooner
 
 
 _WORK_COLLECTIONS = ("input", "degraded", "restored")

@@ -45,8 +45,59 @@ def _private_prefect_db() -> None:
     tmp = tempfile.mkdtemp(prefix=f"restoreflow-prefect-{os.getpid()}-")
     # registered before Prefect's own atexit hooks, so it runs after its server stopped
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-        f"sqlite+aiosqlite:///{os.path.join(tmp, 'prefect.db')}")
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{_SQLITE}{tmp}/{_PRIVATE_DB}"
+    seed_prefect_db(create=False)
+
+
+_SQLITE, _PRIVATE_DB = "sqlite+aiosqlite:///", "prefect.db"
+
+
+def _template_db():
+    """Where the migrated, empty Prefect database of this Prefect version is cached."""
+    import os
+    from importlib.metadata import version
+    from pathlib import Path
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return cache / "restoreflow" / f"prefect-{version('prefect')}.db"
+
+
+def seed_prefect_db(create: bool = True) -> None:
+    """Start the process's private Prefect database from a copy of an already migrated
+    empty one: the ephemeral server then starts seconds sooner (migrating a new SQLite
+    database is most of its start). The template is made once per machine and Prefect
+    version (``create``: the verbs that run flows), by ``prefect server database
+    upgrade``; when it cannot be made the server migrates the database itself."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")
+    db = url.removeprefix(_SQLITE)
+    if not (url.startswith(_SQLITE) and db.endswith(f"/{_PRIVATE_DB}")) or os.path.exists(db):
+        return  # the user's own database, or seeded already
+    template = _template_db()
+    if not template.exists() and create:
+        part = template.with_suffix(f".{os.getpid()}.part")
+        try:
+            template.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as home:
+                env = {**os.environ, "PREFECT_HOME": home, "DO_NOT_TRACK": "1",
+                       "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{_SQLITE}{part}"}
+                subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "server",
+                                "database", "upgrade", "-y"], env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+            os.replace(part, template)  # atomic: two verbs making it at once both succeed
+        except (OSError, subprocess.SubprocessError):
+            part.unlink(missing_ok=True)
+            return
+    if template.exists():
+        try:
+            shutil.copyfile(template, db)
+        except OSError:
+            pass
 
 
 def prefect_env() -> None:

@@ -25,8 +25,7 @@ def _truth(uri: str, store, ids: list[str], out: str) -> dict[str, dict]:
 
 def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
                     calibration: CalibrationOptions, progress: bool) -> dict:
-    """Simulate, restore (same settings) and measure the clean calibration images; fit and
-    store the calibration under the settings hash. Returns the calibration dict."""
+    """Simulate, restore and measure the clean images; fit and store the calibration."""
     from restoreflow.stages.restore import settings_key
 
     store = open_store(uri)
@@ -42,14 +41,13 @@ def run_calibration(uri: str, cfg: RestoreConfig, clean_ids: list[str],
 @flow(name="calibrate", flow_run_name=names.calibrate_flow_name)
 def calibrate_flow(store: str, cfg: RestoreConfig, calibration: CalibrationOptions,
                    progress: bool = False) -> dict:
-    """Calibrate conformal bounds for the restore settings ``cfg`` on the clean images
-    ``calibration.clean`` (both validated: built from CLI flags or the Prefect UI)."""
-    cfg = cfg.with_chosen_prior()
-    with open_store(store).lock("restoreflow calibrate", log=get_run_logger().warning):
+    """Calibrate bounds for the settings ``cfg`` on ``calibration.clean`` (both validated),
+    then score the store's restorations made with the same settings."""
+    cfg, ts = cfg.with_chosen_prior(), open_store(store)
+    with ts.lock("restoreflow calibrate", log=get_run_logger().warning):
         rep = run_stage.IngestReport.from_rows(ingest_task(store, calibration.clean))
         cal = run_calibration(store, cfg, rep.require_images("clean").ids, calibration,
                               progress)
-        ts = open_store(store)  # the store's restorations of the same settings get bounds
         scoring = score_verb_restorations(store, ts, cfg, ts.image_ids(layout.RESTORED),
                                           "calibrate")
     return run_stage.calibration_summary(cal) | {"scored": scoring["scored"]}
@@ -93,9 +91,9 @@ def _stages(store, uri: str, spec: RunSpec, cfg: RestoreConfig, settings, start,
             _index(uri, spec, cfg, settings)
     key = settings_key(cfg)
     shash, calibration = key.current, calibrate.load_calibration(store, key.current, key.legacy)
-    if spec.calibration and calibration is None:
+    if spec.calibration:
         with run_stage.timed(timings, "calibrate"):
-            calibration = _calibrate(uri, spec, cfg, ids, progress)
+            calibration = _calibrate(uri, spec, cfg, ids, progress, calibration)
     with run_stage.timed(timings, "restore"):
         done = restore_images(uri, ids, cfg, run_stage.observed(spec), layout.RESTORED,
                               progress)
@@ -130,13 +128,15 @@ def _index(uri: str, spec: RunSpec, cfg: RestoreConfig, settings) -> None:
     run_stage.check_index_size(info["size"], cfg.adapt.neighbours)
 
 
-def _calibrate(uri: str, spec: RunSpec, cfg: RestoreConfig, ids: list[str],
-               progress: bool) -> dict:
-    """Calibrate on the spec's clean images, held out from the run's sources."""
+def _calibrate(uri: str, spec: RunSpec, cfg: RestoreConfig, ids: list[str], progress: bool,
+               stored: dict | None) -> dict:
+    """The stored calibration if made as the spec says, else a new one (held-out images)."""
     c = spec.calibration
     clean = run_stage.IngestReport.from_rows(ingest_task(uri, c.clean)).require_images(
         "spec.calibration.clean")
     run_stage.check_held_out(clean.ids, ids)
+    if run_stage.calibration_applies(stored, c, clean.ids):
+        return stored
     cal = run_calibration(uri, cfg, clean.ids, c, progress)
     for w in cal.get("warnings", []):
         get_run_logger().warning("calibration: %s", w)

@@ -203,8 +203,9 @@ def _pixel_text(row: Mapping, pixel: Mapping | None) -> str:
     delta = number(pixel.get("delta")) if pixel else None
     lam_text = f" (λ = {lam:.3g})" if lam is not None else ""
     if eps is not None and delta is not None:
-        return (f"pixel intervals{lam_text}: at most {100 * eps:.0f}% of pixels outside "
-                f"their interval, with probability {100 * (1 - delta):.0f}%")
+        return (f"pixel intervals{lam_text}: on average over new images, at most "
+                f"{100 * eps:.0f}% of pixels outside their interval, with probability "
+                f"{100 * (1 - delta):.0f}% (a single image may have more)")
     return f"pixel intervals{lam_text}" if lam_text else ""
 
 

@@ -83,6 +83,7 @@ class Calibration:
     sources: int = 0
     warnings: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # the RestoreConfig it was made for
+    made_with: dict = field(default_factory=dict)  # its options and clean images
 
     def to_dict(self) -> dict:
         d = asdict(self) | {"n": len(self.rows)}

@@ -123,8 +123,25 @@ def fit_and_save_calibration(store: TileStore, cfg: RestoreConfig, plan: Calibra
                           c.pixel_epsilon, c.pixel_delta, out, c.pixel_scale, c.pixel_floor,
                           c.pixel_bound)
     cal.settings = cfg.model_dump(mode="json")  # what a later mismatch names
+    cal.made_with = made_with(calibration, clean_ids)
     save_calibration(store, cal)
     return cal.to_dict()
+
+
+def made_with(calibration: CalibrationOptions, clean_ids: Iterable[str]) -> dict:
+    """What a calibration depends on besides the restore settings: its options (alpha,
+    grouping, pixel guarantee; not ``min_psnr``, a flagging threshold of the runs) and
+    the clean images it was fitted on."""
+    options = calibration.model_dump(mode="json", exclude={"clean", "min_psnr"})
+    return {"options": options, "clean": sorted(clean_ids)}
+
+
+def calibration_applies(stored: dict | None, calibration: CalibrationOptions,
+                        clean_ids: Iterable[str]) -> bool:
+    """Whether the stored calibration of a run's settings was made with the run's
+    calibration options on the same clean images (one made by an older version, which
+    did not record them, does not apply: it is made again)."""
+    return stored is not None and stored.get("made_with") == made_with(calibration, clean_ids)
 
 
 def _differences(a: Any, b: Any, where: str = "") -> list[str]:
@@ -209,11 +226,13 @@ def score_images(store: TileStore, cfg: RestoreConfig, ids: list[str], run_id: s
                  options: CalibrationOptions | None) -> Scores:
     """Score each restored image against the calibration (an image is flagged under the
     ``options``' ``min_psnr``); prepare the interval images of those that get a per-pixel
-    rule (written by worker tasks, then :func:`finish_intervals`)."""
+    rule (written by worker tasks, then :func:`finish_intervals`) and remove those of an
+    earlier calibration from the others."""
     from restoreflow.stages import calibrate, records
 
     min_psnr = options.min_psnr if options else None
     out = Scores()
+    held = {c: store.listed_ids(c) for c in (layout.INTERVAL_LO, layout.INTERVAL_HI)}
     for i in ids:
         attrs = store.attrs(layout.RESTORED, i)
         s = calibrate.score(attrs["features"], calibration, shash, min_psnr)
@@ -223,6 +242,9 @@ def score_images(store: TileStore, cfg: RestoreConfig, ids: list[str], run_id: s
         if pixel is not None and cfg.restore.posterior_samples >= 2:
             calibrate.prepare_intervals(store, i, pixel)
             out.intervals[i] = pixel
+        else:  # intervals of an earlier calibration would describe another restoration
+            for coll in (c for c, have in held.items() if i in have):
+                store.delete_image(coll, i)
         out.rows.append(records.quality_row(i, attrs, run_id, shash, min_psnr, s, truth.get(i)))
     return out
 

@@ -64,7 +64,8 @@ def _settings(**kw) -> Settings:
 
 def test_a_good_spec_passes_quickly_and_creates_nothing(ws, prior):
     spec = _spec(ws, prior, degradation="kernel_blur(path=psf.npy)",
-                 calibration={"clean": ["src/p0.png"]}, export={"out": "out/png"},
+                 calibration={"clean": ["src/p0.png", "src/p1.png"], "alpha": 0.5},
+                 export={"out": "out/png"},
                  report="reports/r.html")
     before = sorted(p.name for p in ws.iterdir())
     check_run(spec, _settings())  # warm the imports
@@ -197,3 +198,16 @@ def test_s3_sources_and_store(s3_server, s3_settings):
         check_store("--store", f"s3://{b}/preflight-new-store", denied)
     assert "denied" in str(err.value) and "wrong" not in str(err.value)
     assert json.dumps(str(err.value))  # one printable line
+
+
+def test_too_few_calibration_sources_are_refused_before_any_work(ws, prior):
+    spec = _spec(ws, prior, calibration={"clean": ["src"], "alpha": 0.1})
+    with pytest.raises(PreflightError) as exc:
+        check_run(spec, _settings())
+    assert str(exc.value).startswith(
+        "spec.calibration.clean: the calibration images make 2 source(s) (grouped by image); "
+        "a bound at alpha=0.1 needs at least 17")
+    folder = _spec(ws, prior, calibration={"clean": ["src"], "alpha": 0.3,
+                                           "group_by": "folder"})
+    with pytest.raises(PreflightError, match="make 1 source"):
+        check_run(folder, _settings())

@@ -394,9 +394,10 @@ class DegradationSpec:
         kernel, H or W not a multiple of the SR factor, mask of another size), and
         FileNotFoundError / ValueError for bad kernel or mask files.
         """
-        op = build_operator(
-            self.operator.name, self.operator.params_dict, image_shape, generator, device, dtype
-        )
+        from restoreflow.storage.operator_files import read_operator_file
+
+        op = build_operator(self.operator.name, self.operator.params_dict, image_shape,
+                            generator, device, dtype, read_file=read_operator_file)
         noise = self.noise_model()
         return Degradation(
             spec=self, operator=op, noise=noise, sigma_y=0.0 if noise is None else noise.sigma_y

@@ -401,9 +401,9 @@ def check_degradation_files(field: str, degradation: str) -> None:
     """The files a degradation reads (a kernel_blur PSF, an inpaint_mask mask) load
     and are valid (they are small: loading them is the check)."""
     from restoreflow.degradation import DegradationSpec
-    from restoreflow.operators.kernels import load_kernel, load_mask
+    from restoreflow.storage.operator_files import read_kernel, read_mask
 
-    loaders = {"kernel_blur": load_kernel, "inpaint_mask": load_mask}
+    loaders = {"kernel_blur": read_kernel, "inpaint_mask": read_mask}
     for name, path in DegradationSpec.parse(degradation).files():
         try:
             if name in loaders:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from restoreflow.operators.registry import OPERATORS, build_operator
+from restoreflow.storage.operator_files import read_operator_file
 
 CASES = [(name, params) for name, entry in OPERATORS.items() for params in entry.example_params]
 
@@ -66,7 +67,8 @@ def build_case(tmp_path):
         if "path" in params:
             params = {**params, "path": write_example_file(tmp_path, params["path"], h, w)}
         g = torch.Generator().manual_seed(seed)
-        return build_operator(name, params, (c, h, w), g, dtype=dtype)
+        return build_operator(name, params, (c, h, w), g, dtype=dtype,
+                              read_file=read_operator_file)
 
     return build
 

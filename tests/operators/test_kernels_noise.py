@@ -1,10 +1,9 @@
-"""Kernel and mask generators, file loaders, noise models and shape errors."""
+"""Kernel and mask generators, noise models and shape errors."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,8 +19,6 @@ from restoreflow.operators import (
     PoissonNoise,
     ShapeError,
     gaussian_kernel,
-    load_kernel,
-    load_mask,
     motion_kernel,
     random_box_mask,
     random_pixel_mask,
@@ -68,52 +65,6 @@ def test_random_pixel_mask_has_exact_ratio():
 def test_random_box_mask():
     m = random_box_mask(16, 16, 1, 5, _g(0))
     assert int((~m).sum()) == 25
-
-
-def test_load_kernel_npy_and_fits(tmp_path):
-    from astropy.io import fits
-
-    k = np.arange(1.0, 13.0).reshape(4, 3)
-    np.save(tmp_path / "k.npy", k)
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(k)]).writeto(tmp_path / "k.fits")
-    for name in ("k.npy", "k.fits"):
-        loaded = load_kernel(tmp_path / name)
-        assert torch.allclose(loaded, torch.from_numpy(k / k.sum()))
-
-
-@pytest.mark.parametrize(
-    ("kernel", "message"),
-    [
-        (np.ones((3, 3, 3)), "must be 2-D"),
-        (np.array([[1.0, np.nan], [1.0, 1.0]]), "NaN"),
-        (np.array([[1.0, -0.5], [1.0, 1.0]]), "negative"),
-        (np.zeros((3, 3)), "positive sum"),
-    ],
-)
-def test_invalid_kernels_are_rejected(tmp_path, kernel, message):
-    np.save(tmp_path / "bad.npy", kernel)
-    with pytest.raises(ValueError, match=message):
-        load_kernel(tmp_path / "bad.npy")
-
-
-def test_kernel_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.npy"):
-        load_kernel(tmp_path / "missing.npy")
-    (tmp_path / "k.txt").write_text("1")
-    with pytest.raises(ValueError, match="unsupported"):
-        load_kernel(tmp_path / "k.txt")
-
-
-def test_load_mask_png_and_npy(tmp_path):
-    from PIL import Image
-
-    m = np.zeros((6, 7), dtype=np.uint8)
-    m[1:4, 2:5] = 255
-    Image.fromarray(m).save(tmp_path / "m.png")
-    np.save(tmp_path / "m.npy", m > 0)
-    for name in ("m.png", "m.npy"):
-        loaded = load_mask(tmp_path / name)
-        assert loaded.dtype == torch.bool and torch.equal(loaded, torch.from_numpy(m > 0))
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,6 @@ from .inpaint import Inpainting
 from .kernels import (
     box_mask,
     gaussian_kernel,
-    load_kernel,
-    load_mask,
     motion_kernel,
     random_box_mask,
     random_pixel_mask,
@@ -48,8 +46,6 @@ __all__ = [
     "build_noise",
     "build_operator",
     "gaussian_kernel",
-    "load_kernel",
-    "load_mask",
     "motion_kernel",
     "random_box_mask",
     "random_pixel_mask",

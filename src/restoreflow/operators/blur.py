@@ -20,7 +20,6 @@ reflected border back onto the pixels they were copied from; A^+ by CGLS.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from . import fft
 from .base import LinearOperator, ShapeError, check_input, check_shape, eps_rcond, like
-from .kernels import gaussian_kernel, load_kernel, motion_kernel, uniform_kernel, validate_kernel
+from .kernels import gaussian_kernel, motion_kernel, uniform_kernel, validate_kernel
 
 Boundary = Literal["circular", "reflect"]
 FFT_MIN_TAPS = 49  # reflect boundary: kernels with more taps are applied by FFT
@@ -66,13 +65,6 @@ class Blur(LinearOperator):
         self.halo = max(self.pads)
         self.closed_form_dagger = boundary == "circular"
         self.rcond: float | None = None  # None: sqrt(eps) of the input dtype
-
-    @classmethod
-    def from_file(
-        cls, path: str | Path, boundary: Boundary = "circular", dtype: torch.dtype | None = None
-    ) -> Blur:
-        """Blur with a PSF read from ``.npy`` or FITS (see :func:`load_kernel`)."""
-        return cls(load_kernel(path), boundary=boundary, dtype=dtype)
 
     def extra_repr(self) -> str:
         return f"kernel={tuple(self.kernel.shape)}, boundary={self.boundary!r}"

@@ -8,12 +8,10 @@ A is an orthogonal projection (``A = A^T = A A^T = M``), so
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .base import LinearOperator, ShapeError, check_input, check_shape
-from .kernels import box_mask, load_mask, random_box_mask, random_pixel_mask
+from .kernels import box_mask, random_box_mask, random_pixel_mask
 
 
 class Inpainting(LinearOperator):
@@ -57,11 +55,6 @@ class Inpainting(LinearOperator):
     ) -> Inpainting:
         """One missing rectangle."""
         return cls(box_mask(height, width, top, left, box_height, box_width))
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> Inpainting:
-        """Mask from ``.npy`` or an image file (nonzero = keep)."""
-        return cls(load_mask(path))
 
     @property
     def missing_ratio(self) -> float:

@@ -174,6 +174,8 @@ class Entry:
     # (params, y shape (C, h, w)) -> shape (C, H, W) of the x that A maps onto y;
     # None: the same shape (A keeps the size and the channels)
     x_shape_from_y: Callable[[dict, tuple[int, int, int]], tuple[int, int, int]] | None = None
+    # what the ``path`` parameter names ("kernel", "mask"): read by the caller's reader
+    reads: str | None = None
     param_map: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -245,7 +247,7 @@ def _b_motion(p: dict, shape: tuple, g: torch.Generator) -> LinearOperator:
 
 
 def _b_kernel(p: dict, shape: tuple, g: torch.Generator) -> LinearOperator:
-    return Blur.from_file(p["path"], p["boundary"], dtype=F64)
+    return Blur(p["kernel"], p["boundary"], dtype=F64)
 
 
 def _b_sr(p: dict, shape: tuple, g: torch.Generator) -> LinearOperator:
@@ -275,7 +277,7 @@ def _b_inpaint_box(p: dict, shape: tuple, g: torch.Generator) -> LinearOperator:
 
 
 def _b_inpaint_mask(p: dict, shape: tuple, g: torch.Generator) -> LinearOperator:
-    return Inpainting.from_file(p["path"])
+    return Inpainting(p["mask"])
 
 
 _SIGMA_BLUR = Param("sigma", float, minimum=0, maximum=100, min_exclusive=True, doc="px")
@@ -331,6 +333,7 @@ OPERATORS: dict[str, Entry] = {
             (Param("path", str, doc=".npy or FITS PSF"), _boundary()),
             _b_kernel,
             ({"path": "psf.npy"}, {"path": "psf.fits", "boundary": "reflect"}),
+            reads="kernel",
         ),
         Entry(
             "sr",
@@ -386,6 +389,7 @@ OPERATORS: dict[str, Entry] = {
             (Param("path", str, doc=".npy or PNG, nonzero = keep"),),
             _b_inpaint_mask,
             ({"path": "mask.npy"}, {"path": "mask.png"}),
+            reads="mask",
         ),
     ]
 }
@@ -456,14 +460,21 @@ def build_operator(
     generator: torch.Generator,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    read_file: Callable[[str, str], torch.Tensor] | None = None,
 ) -> LinearOperator:
     """Build a registered operator for images of shape ``(C, H, W)``.
 
-    Random parameters (kernels, masks) are drawn from ``generator``. Raises ParamError
+    Random parameters (kernels, masks) are drawn from ``generator``; an operator that
+    names a file (a PSF, a mask) gets its array from ``read_file(kind, path)``
+    (:func:`restoreflow.storage.operator_files.read_operator_file`). Raises ParamError
     for bad parameters and ShapeError when the image does not fit the operator.
     """
     entry = OPERATORS[ALIASES.get(name, name)]
     p = entry.canonical_params(params)
+    if entry.reads is not None:
+        if read_file is None:
+            raise ParamError(f"{entry.name} reads a {entry.reads} file: give read_file")
+        p = {**p, entry.reads: read_file(entry.reads, p["path"])}
     if len(image_shape) != 3:
         raise ShapeError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
     shape = tuple(int(s) for s in image_shape)

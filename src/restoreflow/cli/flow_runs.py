@@ -21,6 +21,7 @@ def log_to_file(verb: str) -> None:
     from restoreflow.clilog import configure
 
     _LOG_FILE = configure(verb, profile_settings())
+    typer.echo(f"{verb}: starting Prefect and the workers...", err=True)  # a few seconds
     seed_prefect_db()  # the verb runs flows: its Prefect server starts sooner
 
 

@@ -18,20 +18,9 @@ def track_futures(futures: list, description: str, show: bool,
     if not show or not futures:
         yield from done
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*cols, transient=False) as bar:
+    with progress_bar() as bar:
         size = {id(f): s for f, s in zip(futures, sizes or [1] * len(futures), strict=True)}
-        t = bar.add_task(description, total=sum(size.values()))
+        t = start_task(bar, description, sum(size.values()))
         for f in done:
             bar.advance(t, size[id(f)])
             yield f
@@ -44,3 +33,30 @@ def _with_artifact(done: Iterable, total: int, description: str) -> Iterator:
     for n, f in enumerate(done, 1):
         yield f
         update_progress_artifact(bar, 100.0 * n / total)
+
+
+def progress_bar(get_time=None):
+    """The rich progress bar of long work: done / total, elapsed time and an ETA. Its
+    speed is estimated over the whole run (rich's default, the last 30 s, gives no ETA
+    at all while one image takes longer than that)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    return Progress(*cols, transient=False, speed_estimate_period=7 * 24 * 3600,
+                    get_time=get_time)
+
+
+def start_task(bar, description: str, total: int):
+    """A task of ``bar`` whose speed counts from now, so the first finished image
+    already gives an ETA (rich needs a sample before it)."""
+    task = bar.add_task(description, total=total)
+    bar.advance(task, 0)
+    return task

@@ -19,8 +19,10 @@ def log_to_file(verb: str) -> None:
     global _LOG_FILE
     from restoreflow.cli.runtime import seed_prefect_db
     from restoreflow.clilog import configure
+    from restoreflow.watchdog import watch_this_process
 
     _LOG_FILE = configure(verb, profile_settings())
+    watch_this_process()  # the Prefect server and Dask processes end with this verb
     typer.echo(f"{verb}: starting Prefect and the workers...", err=True)  # a few seconds
     seed_prefect_db()  # the verb runs flows: its Prefect server starts sooner
 
@@ -89,7 +91,9 @@ def on_dask(flow_obj):
     """The flow with the configured Dask task runner (embedded LocalCluster or address)."""
     from restoreflow.settings import get_settings
     from restoreflow.tasks.runner import dask_task_runner
+    from restoreflow.watchdog import watch_this_process
 
+    watch_this_process()  # the cluster's processes end with this verb
     return flow_obj.with_options(task_runner=dask_task_runner(get_settings()))
 
 

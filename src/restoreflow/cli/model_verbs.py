@@ -27,6 +27,9 @@ def train_prior_cmd(
 ) -> None:
     """Train (or resume) the diffusion UNet prior; writes OUT/prior in diffusers format."""
     from restoreflow.flows.train_prior import train_prior_flow
+    from restoreflow.watchdog import watch_this_process
+
+    watch_this_process()
     from restoreflow.settings import get_settings
 
     path = train_prior_flow(out_dir=out, steps=steps, batch_size=batch_size,

@@ -232,6 +232,9 @@ def serve_s3(
     signal.signal(signal.SIGTERM, _stop)
 
     from restoreflow.storage.s3server import free_ports, random_credentials, seaweedfs_server
+    from restoreflow.watchdog import watch_this_process
+
+    watch_this_process()  # SeaweedFS ends with this verb, however it ends
 
     key = os.environ.get("AWS_ACCESS_KEY_ID")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")

@@ -267,17 +267,28 @@ def check_calibration_size(field: str, sources: Sequence[str], settings: Setting
     """The calibration images make enough sources for a bound at ``alpha`` (counted from
     the file listing: each file, or each folder with ``group_by: folder``; metadata
     groups are counted once ingested), before anything is ingested or restored."""
-    from restoreflow.stages.calibrate import require_sources, source_of
+    from restoreflow.stages.calibrate import require_sources
+
+    names = calibration_sources(sources, settings, group_by)
+    if names is None:
+        return
+    try:
+        require_sources(names, alpha, group_by)
+    except ValueError as exc:
+        raise PreflightError(field, str(exc)) from None
+
+
+def calibration_sources(sources: Sequence[str], settings: Settings,
+                        group_by: str) -> list[str] | None:
+    """The source of each calibration file, from the file listing (None for metadata
+    groups, known once the files are ingested)."""
+    from restoreflow.stages.calibrate import source_of
     from restoreflow.storage.sources import expand_sources
 
     if group_by.startswith("metadata:"):
-        return
+        return None
     items = [i for i in expand_sources(list(sources), settings) if i.error is None]
-    try:
-        require_sources([source_of({"source": i.uri}, group_by) for i in items], alpha,
-                        group_by)
-    except ValueError as exc:
-        raise PreflightError(field, str(exc)) from None
+    return [source_of({"source": i.uri}, group_by) for i in items]
 
 
 def check_store(field: str, uri: str, settings: Settings) -> None:

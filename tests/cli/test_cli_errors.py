@@ -169,3 +169,20 @@ def test_adapt_without_an_index_is_refused_before_any_work(store):
     assert line == (f"error: --adapt: the store holds no reference index 'default' to "
                     f"retrieve neighbours from: run 'restoreflow index build --corpus SRC "
                     f"--store {store}' first"), line
+
+
+def test_calibrate_warns_before_work_when_no_pixel_intervals_can_come(tmp_path):
+    from restoreflow.cli.run_verbs import pixel_outlook
+    from restoreflow.settings import Settings
+    from restoreflow.spec import CalibrationOptions
+    from restoreflow.stages.config import RestoreConfig
+
+    one = RestoreConfig(degradation=DEG)
+    four = RestoreConfig(degradation=DEG, restore={"posterior_samples": 4})
+    few = CalibrationOptions(clean=[str(_clean(tmp_path, 20))])
+    assert "--samples 1" in pixel_outlook(one, few, Settings())
+    assert pixel_outlook(four, few, Settings()) == (
+        "per-pixel intervals at epsilon=0.1, delta=0.1 need at least 25 calibration "
+        "sources; these images make 20: there will be none (add sources or raise "
+        "--pixel-epsilon)")
+    assert pixel_outlook(four, few.model_copy(update={"pixel_epsilon": 0.2}), Settings()) is None

@@ -421,3 +421,16 @@ def test_local_intervals_control_risk_and_are_narrower_when_images_differ_in_dou
     assert width["hb", "local"] < 0.9 * width["hb", "constant"]
     assert width["wsr", "local"] < 0.99 * width["wsr", "constant"]
     assert width["wsr", "local"] < 0.92 * width["hb", "local"]
+
+
+@pytest.mark.parametrize("bound", ["wsr", "hb"])
+@pytest.mark.parametrize("epsilon, delta", [(0.1, 0.1), (0.3, 0.2), (0.2, 0.05)])
+def test_min_sources_for_a_pixel_guarantee(bound, epsilon, delta):
+    """The fewest sources whose all-zero losses certify epsilon: one fewer cannot."""
+    from restoreflow.quality.rcps import min_sources_for, risk_ucb
+
+    n = min_sources_for(epsilon, delta, bound)
+    assert risk_ucb(np.zeros((n, 1)), delta, bound)[0] <= epsilon
+    assert n == 1 or risk_ucb(np.zeros((n - 1, 1)), delta, bound)[0] > epsilon
+    if (epsilon, delta, bound) == (0.1, 0.1, "wsr"):
+        assert n == 25  # 24 sources: 0.1012 > 0.1 (issue 33)

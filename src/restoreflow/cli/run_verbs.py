@@ -211,6 +211,9 @@ def calibrate_cmd(
     run_preflight(check_sources, "--clean", clean, settings, False)
     run_preflight(check_calibration_size, "--clean", clean, settings, calibration.alpha,
                   calibration.group_by)
+    pixel_warning = pixel_outlook(cfg, calibration, settings)
+    if pixel_warning:
+        typer.echo(f"warning: {pixel_warning}", err=True)
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
                store or settings.store, settings)
     ts = open_cli_store(store)
@@ -230,6 +233,25 @@ def calibrate_cmd(
                    "(see 'restoreflow report')")
     for w in res.get("warnings") or []:
         typer.echo(f"warning: {w}", err=True)
+
+
+def pixel_outlook(cfg, calibration, settings) -> str | None:
+    """Before anything is restored: why this calibration will give no per-pixel
+    intervals (one posterior sample, or fewer sources than the pixel guarantee needs),
+    and what to change; None when it can."""
+    from restoreflow.preflight import calibration_sources
+    from restoreflow.quality.rcps import min_sources_for
+
+    c = calibration
+    if cfg.restore.posterior_samples < 2:
+        return "no per-pixel intervals with --samples 1 (give restore and calibrate --samples 4)"
+    names = calibration_sources(c.clean, settings, c.group_by)
+    need = min_sources_for(c.pixel_epsilon, c.pixel_delta, c.pixel_bound)
+    if names is None or len(set(names)) >= need:
+        return None
+    return (f"per-pixel intervals at epsilon={c.pixel_epsilon:g}, delta={c.pixel_delta:g} "
+            f"need at least {need} calibration sources; these images make "
+            f"{len(set(names))}: there will be none (add sources or raise --pixel-epsilon)")
 
 
 def pixel_line(res: dict) -> str:

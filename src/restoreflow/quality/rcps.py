@@ -299,6 +299,25 @@ def risk_ucb(L: np.ndarray, delta: float, bound: Bound = DEFAULT_BOUND) -> np.nd
     raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
 
 
+def min_sources_for(epsilon: float, delta: float, bound: Bound = DEFAULT_BOUND,
+                    most: int = 100_000) -> int:
+    """Fewest calibration sources with which any per-pixel rule can be certified at
+    (``epsilon``, ``delta``): even all-zero losses have an upper confidence bound above
+    ``epsilon`` with fewer (e.g. 24 sources give 0.1012 > 0.1 under WSR)."""
+    lo, hi = 1, 1
+    while risk_ucb(np.zeros((hi, 1)), delta, bound)[0] > epsilon:
+        lo, hi = hi + 1, hi * 2
+        if hi > most:
+            return most
+    while lo < hi:  # the bound of n zero losses falls as n grows
+        mid = (lo + hi) // 2
+        if risk_ucb(np.zeros((mid, 1)), delta, bound)[0] > epsilon:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def calibrate_lambda(
     losses: np.ndarray | Callable[[float], Any],
     lambdas: Any,

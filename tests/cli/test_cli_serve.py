@@ -8,15 +8,20 @@ from PIL import Image
 from typer.testing import CliRunner
 
 
-def test_bad_cron_is_one_line(tmp_path, monkeypatch):
-    from restoreflow.cli import app
-
+def _spec_here(tmp_path, monkeypatch) -> None:
+    """A valid run spec s.yaml in the current directory (tmp_path)."""
     (tmp_path / "src").mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "src" / "a.png")
     spec = {"name": "n", "sources": ["src"], "store": "st", "report": None,
             "degradation": "gaussian_noise(sigma=0.1)"}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.chdir(tmp_path)
+
+
+def test_bad_cron_is_one_line(tmp_path, monkeypatch):
+    from restoreflow.cli import app
+
+    _spec_here(tmp_path, monkeypatch)
     r = CliRunner().invoke(app, ["serve", "s.yaml", "--cron", "61 * * * *"])
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -29,12 +34,7 @@ def test_serve_refuses_an_ephemeral_api(tmp_path, monkeypatch):
     """A schedule kept by the process's own ephemeral Prefect API would die with it."""
     from restoreflow.cli import app
 
-    (tmp_path / "src").mkdir()
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "src" / "a.png")
-    spec = {"name": "n", "sources": ["src"], "store": "st", "report": None,
-            "degradation": "gaussian_noise(sigma=0.1)"}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
-    monkeypatch.chdir(tmp_path)
+    _spec_here(tmp_path, monkeypatch)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "none.toml"))
     r = CliRunner().invoke(app, ["serve", "s.yaml", "--cron", "0 3 * * *"])

@@ -263,19 +263,20 @@ def check_sources(field: str, sources: Sequence[str], settings: Settings,
 
 
 def check_calibration_size(field: str, sources: Sequence[str], settings: Settings,
-                           alpha: float, group_by: str) -> None:
+                           alpha: float, group_by: str) -> list[str] | None:
     """The calibration images make enough sources for a bound at ``alpha`` (counted from
     the file listing: each file, or each folder with ``group_by: folder``; metadata
-    groups are counted once ingested), before anything is ingested or restored."""
+    groups are counted once ingested), before anything is ingested or restored. Returns
+    each file's source (:func:`calibration_sources`)."""
     from restoreflow.stages.calibrate import require_sources
 
     names = calibration_sources(sources, settings, group_by)
-    if names is None:
-        return
-    try:
-        require_sources(names, alpha, group_by)
-    except ValueError as exc:
-        raise PreflightError(field, str(exc)) from None
+    if names is not None:
+        try:
+            require_sources(names, alpha, group_by)
+        except ValueError as exc:
+            raise PreflightError(field, str(exc)) from None
+    return names
 
 
 def calibration_sources(sources: Sequence[str], settings: Settings,

@@ -4,7 +4,6 @@ calibrate, report, demo, and serve (the pipeline on a schedule)."""
 from __future__ import annotations
 
 import os
-import shlex
 
 import typer
 
@@ -117,13 +116,12 @@ def restore_cmd(
     if collection not in ts.collections():
         no_collection(ts, collection)
     if adapt:
-        from restoreflow.retrieval.stored import index_paths
-        from restoreflow.storage.sources import strip_credentials
+        from restoreflow.stages.adapt import stored_index
 
-        if not ts.exists(index_paths(cfg.index)[1]):
-            fail(f"--adapt: the store holds no reference index {cfg.index!r} to retrieve "
-                 f"neighbours from: run 'restoreflow index build --corpus SRC --store "
-                 f"{shlex.quote(strip_credentials(ts.uri))}' first")
+        try:
+            stored_index(ts, cfg.index)
+        except ValueError as exc:
+            fail(f"--adapt: {exc}")
     log_to_file("restore")
     before = image_names(ts.uri)
     from restoreflow.flows.restore import restore_flow
@@ -209,9 +207,9 @@ def calibrate_cmd(
                                   pixel_scale=pixel_scale, pixel_bound=pixel_bound,
                                   **{k: v for k, v in given.items() if v is not None})
     run_preflight(check_sources, "--clean", clean, settings, False)
-    run_preflight(check_calibration_size, "--clean", clean, settings, calibration.alpha,
-                  calibration.group_by)
-    pixel_warning = pixel_outlook(cfg, calibration, settings)
+    names = run_preflight(check_calibration_size, "--clean", clean, settings,
+                          calibration.alpha, calibration.group_by)
+    pixel_warning = pixel_outlook(cfg, calibration, settings, names)
     if pixel_warning:
         typer.echo(f"warning: {pixel_warning}", err=True)
     run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
@@ -235,17 +233,19 @@ def calibrate_cmd(
         typer.echo(f"warning: {w}", err=True)
 
 
-def pixel_outlook(cfg, calibration, settings) -> str | None:
+def pixel_outlook(cfg, calibration, settings, names: list[str] | None = None) -> str | None:
     """Before anything is restored: why this calibration will give no per-pixel
     intervals (one posterior sample, or fewer sources than the pixel guarantee needs),
-    and what to change; None when it can."""
+    and what to change; None when it can. ``names``: each calibration file's source,
+    when the caller has listed them already."""
     from restoreflow.preflight import calibration_sources
     from restoreflow.quality.rcps import min_sources_for
 
     c = calibration
     if cfg.restore.posterior_samples < 2:
         return "no per-pixel intervals with --samples 1 (give restore and calibrate --samples 4)"
-    names = calibration_sources(c.clean, settings, c.group_by)
+    if names is None:
+        names = calibration_sources(c.clean, settings, c.group_by)
     need = min_sources_for(c.pixel_epsilon, c.pixel_delta, c.pixel_bound)
     if names is None or len(set(names)) >= need:
         return None

@@ -124,12 +124,13 @@ def prefect_env() -> None:
     logging.getLogger("distributed").setLevel(level)
 
 
-def run_preflight(check, *args) -> None:
-    """Run a restoreflow.preflight check; a failure is one line naming the field."""
+def run_preflight(check, *args):
+    """Run a restoreflow.preflight check (returning what it returns); a failure is one
+    line naming the field."""
     from restoreflow.preflight import PreflightError
 
     try:
-        check(*args)
+        return check(*args)
     except PreflightError as exc:
         fail(str(exc))
 

@@ -13,6 +13,7 @@ photos, 80% against the degraded corpus (benchmarks/results/explore_retrieval_de
 from __future__ import annotations
 
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -57,20 +58,24 @@ def build_reference_index(store: TileStore, image_ids: list[str], name: str, emb
     return build_index(store, image_ids, name, embedder, device)
 
 
-def _stored_index(store: TileStore, name: str):
+def stored_index(store: TileStore, name: str):
     """The reference index ``name``; ValueError saying how to make one if it is missing
     or empty."""
+    from restoreflow.storage.sources import strip_credentials
+
     index = load_index(store, name)
     if index is None or len(index.ids) == 0:
-        raise ValueError(f"{store.uri}: no reference index {name!r}; run `restoreflow "
-                         "index build` (or give the run spec an adapt.corpus)")
+        where = shlex.quote(strip_credentials(store.uri))
+        raise ValueError(f"the store holds no reference index {name!r} to retrieve "
+                         f"neighbours from: run 'restoreflow index build --corpus SRC "
+                         f"--store {where}' first")
     return index
 
 
 def build_matched_index(store: TileStore, name: str, spec: DegradationSpec, seed: int,
                         embedder: str, device: str, progress=None) -> dict:
     """Index the references of index ``name`` degraded like the queries of ``spec``."""
-    clean = _stored_index(store, name)
+    clean = stored_index(store, name)
     return build_index(store, [str(i) for i in clean.ids], matched_index_name(name, spec.hash),
                        embedder, device, progress, degraded_like(spec, seed))
 
@@ -83,7 +88,7 @@ def retrieve_neighbours(store: TileStore, image_id: str, y: torch.Tensor, deg, k
     from restoreflow.models.embedders import get_embedder
     from restoreflow.retrieval.index import prepare_query
 
-    index = _stored_index(store, index_name)
+    index = stored_index(store, index_name)
     emb = get_embedder(embedder, device)
     index.check_embedder(emb.name, emb.weights_hash)
     q = prepare_query(y, deg.operator, deg.sigma_y)

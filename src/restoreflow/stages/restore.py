@@ -207,7 +207,7 @@ class SettingsKey:
 
 
 def settings_key(cfg: RestoreConfig) -> SettingsKey:
-    """The key of ``cfg``'s restorations (hashes the prior's file once per process)."""
+    """The key of ``cfg``'s restorations (reads the prior's content hash)."""
     ph = prior_hash(cfg.prior)
     return SettingsKey(ph, cfg.settings_hash(ph), tuple(legacy_settings_hashes(cfg, ph)))
 

@@ -76,3 +76,14 @@ def list_files(store, prefix: str) -> list[str]:
         p = p[len(base):].lstrip("/\\").replace("\\", "/")
         out.append(p)
     return sorted(out)
+
+
+def listed_ids(store, collection: str) -> set[str]:
+    """The image ids of ``collection`` from a directory listing, whatever their status
+    (no metadata read: cheap on a large collection)."""
+    try:
+        listed = store.fs.ls(store._full(collection), detail=False)
+    except FileNotFoundError:
+        return set()
+    return {posixpath.basename(str(p).replace("\\", "/").rstrip("/"))
+            for p in listed} - {"zarr.json"}

@@ -252,14 +252,8 @@ class TileStore:
         ]
 
     def listed_ids(self, collection: str) -> set[str]:
-        """The image ids of ``collection`` from a directory listing, whatever their status
-        (no metadata read: cheap on a large collection)."""
-        try:
-            listed = self.fs.ls(self._full(collection), detail=False)
-        except FileNotFoundError:
-            return set()
-        return {posixpath.basename(str(p).replace("\\", "/").rstrip("/"))
-                for p in listed} - {"zarr.json"}
+        """:func:`restoreflow.storage.files.listed_ids` on this store."""
+        return files.listed_ids(self, collection)
 
     def image_attrs(self, collection: str) -> dict[str, dict]:
         """``{image_id: attrs}`` for every image in ``collection`` (any status)."""

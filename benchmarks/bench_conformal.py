@@ -86,7 +86,8 @@ TASKS: dict[str, str] = {
     "sr": "sr(factor=4,kernel=bicubic)+gaussian_noise(sigma=0.01)",
 }
 DOMAINS = ("photo", "astro")
-METHODS = ("residual", "cqr")
+METHODS = ("full", "residual", "cqr")  # full conformal (the default), split conformal
+DEFAULT_METHOD_BOUND = "full"
 REF_METHODS = ("residual+refs", "refs only")  # with the in-context reference feature
 SAMPLER = "ddpg"  # the explore_* scripts' caches (earlier bench_conformal runs: DDPG on the UNet)
 CACHE_DIR = RESULTS / "tmp"
@@ -153,12 +154,15 @@ def load_crop(item: dict, crop: int, short_side: int, seed: int):
 
 def settings(args, prior_hash: str) -> dict:
     from restoreflow.degradation import DegradationSpec
-    from restoreflow.samplers import resolve_options
+    from restoreflow.samplers import options_model, resolve_options
 
     opts = {}
+    defaults = options_model(args.sampler)().model_dump()
     for task, text in TASKS.items():
         spec = DegradationSpec.parse(text)
-        opts[task] = resolve_options(args.sampler, task, spec.sigma_y)
+        full = resolve_options(args.sampler, task, spec.sigma_y)
+        # the options that differ from the solver's defaults (the caches' key since v2)
+        opts[task] = {k: v for k, v in full.items() if defaults.get(k) != v}
     return {"crop": args.crop, "short_side": args.short_side, "seed": args.seed,
             "steps": args.steps, "samples": args.samples, "sampler": args.sampler,
             "options": opts, "tasks": TASKS, "floors": list(FLOORS),
@@ -379,12 +383,11 @@ class Domain:
 def _bound(d: Domain, cal, test, target, alpha, rng, method, X=None) -> np.ndarray:
     """Bounds of the test rows (``-inf`` when the calibration fold has too few sources);
     features ``X`` (default the domain's)."""
-    from restoreflow.quality.conformal import ConformalLowerBound
+    from restoreflow.quality.conformal import fit_lower_bound
 
     X = d.X if X is None else X
     try:
-        m = ConformalLowerBound.fit(X[cal], d.v[target][cal], alpha, rng, method=method,
-                                    groups=d.src[cal])
+        m = fit_lower_bound(method, X[cal], d.v[target][cal], alpha, rng, groups=d.src[cal])
     except ValueError:  # calibration fold too small for a finite quantile
         return np.full(test.size, -math.inf)
     return m.bound(X[test])
@@ -483,7 +486,7 @@ def analyse_domain(d: Domain, args) -> dict:
                 tb = _trivial(d, cal, target, args.alpha)
                 add((target, n_cal, "trivial"), float(np.mean(vt >= tb)),
                     float(np.mean(vt - tb)))
-                for method in METHODS if target == "psnr" else ("residual",):
+                for method in METHODS if target == "psnr" else ("full", "residual"):
                     b = _bound(d, cal, test, target, args.alpha,
                                np.random.default_rng([args.seed, s, 1]), method)
                     add((target, n_cal, method), float(np.mean(vt >= b)),
@@ -676,13 +679,18 @@ def bars(res: dict, args) -> dict:
     for task, tr in res["tasks"].items():
         for dom, d in tr["domains"].items():
             psnr = d["bounds"]["psnr"]
-            covs = {n: b["residual"]["coverage_mean"] for n, b in psnr.items()
-                    if not b["residual"]["infinite_bounds"]}
-            row = {"task": task, "domain": dom, "coverage": covs,
-                   "no_bound_at": [n for n, b in psnr.items() if b["residual"]["infinite_bounds"]],
+            m = DEFAULT_METHOD_BOUND
+            covs = {n: b[m]["coverage_mean"] for n, b in psnr.items()
+                    if not b[m]["infinite_bounds"]}
+            row = {"task": task, "domain": dom, "method": m, "coverage": covs,
+                   "no_bound_at": [n for n, b in psnr.items() if b[m]["infinite_bounds"]],
                    "coverage_ok": bool(covs) and all(0.87 <= c <= 1 for c in covs.values())}
+            # issue 33: the default bound never looser than the feature-free one
+            row["gap_vs_trivial_by_n"] = {n: b[m]["gap_vs_trivial"] for n, b in psnr.items()
+                                          if not b[m]["infinite_bounds"]}
+            row["never_looser_ok"] = all(g <= 0 for g in row["gap_vs_trivial_by_n"].values())
             if n_max in psnr:
-                row["gap_vs_trivial"] = psnr[n_max]["residual"]["gap_vs_trivial"]
+                row["gap_vs_trivial"] = psnr[n_max][m]["gap_vs_trivial"]
                 row["tighter_ok"] = row["gap_vs_trivial"] <= -1.0
             row["guard_in_flagged"] = d["guard_in_distribution_flagged"] or {}
             row["guard_in_ok"] = {lev: f < 0.10 for lev, f in row["guard_in_flagged"].items()}
@@ -794,7 +802,7 @@ def markdown(res: dict, args) -> str:
     for task, tr in res["tasks"].items():
         for dom, d in tr["domains"].items():
             b = d["bounds"].get("ssim", {}).get(n_max)
-            for method in ("trivial", "residual") if b else ():
+            for method in ("trivial", "full", "residual") if b else ():
                 s = b[method]
                 lines.append(f"| {task} | {dom} | {method} | {s['coverage_mean']:.3f} "
                              f"({s['coverage_p5']:.3f}) | {_f(s['gap_mean'], 3)} | "
@@ -857,8 +865,10 @@ def markdown(res: dict, args) -> str:
         covs = ", ".join([f"n={n}: {c:.3f}" for n, c in r["coverage"].items()]
                          + [f"n={n}: no bound" for n in r["no_bound_at"]])
         lines.append(
-            f"- {r['task']} {r['domain']}: residual coverage {covs} ([0.87, 1]: "
-            f"{_ok(r['coverage_ok'])}); gap vs trivial at n={n_max} "
+            f"- {r['task']} {r['domain']}: {r['method']} coverage {covs} ([0.87, 1]: "
+            f"{_ok(r['coverage_ok'])}); gap vs trivial "
+            + ", ".join(f"n={n}: {_f(g, 2, True)}" for n, g in r["gap_vs_trivial_by_n"].items())
+            + f" dB (never looser: {_ok(r['never_looser_ok'])}); at n={n_max} "
             f"{_f(r.get('gap_vs_trivial'), 2, True)} dB (<= -1.0: {_ok(r.get('tighter_ok'))}); "
             "in-distribution flagged " + ", ".join(
                 f"{r['guard_in_flagged'][lev]:.3f} at level {lev} (< 0.10: {_ok(ok)})"

@@ -206,7 +206,7 @@ def test_too_few_calibration_sources_are_refused_before_any_work(ws, prior):
         check_run(spec, _settings())
     assert str(exc.value).startswith(
         "spec.calibration.clean: the calibration images make 2 source(s) (grouped by image); "
-        "a bound at alpha=0.1 needs at least 17")
+        "a bound at alpha=0.1 needs at least 9")
     folder = _spec(ws, prior, calibration={"clean": ["src"], "alpha": 0.3,
                                            "group_by": "folder"})
     with pytest.raises(PreflightError, match="make 1 source"):

@@ -263,7 +263,8 @@ def check_sources(field: str, sources: Sequence[str], settings: Settings,
 
 
 def check_calibration_size(field: str, sources: Sequence[str], settings: Settings,
-                           alpha: float, group_by: str) -> list[str] | None:
+                           alpha: float, group_by: str, method: str = "full"
+                           ) -> list[str] | None:
     """The calibration images make enough sources for a bound at ``alpha`` (counted from
     the file listing: each file, or each folder with ``group_by: folder``; metadata
     groups are counted once ingested), before anything is ingested or restored. Returns
@@ -273,7 +274,7 @@ def check_calibration_size(field: str, sources: Sequence[str], settings: Setting
     names = calibration_sources(sources, settings, group_by)
     if names is not None:
         try:
-            require_sources(names, alpha, group_by)
+            require_sources(names, alpha, group_by, method)
         except ValueError as exc:
             raise PreflightError(field, str(exc)) from None
     return names
@@ -439,7 +440,7 @@ def check_run(spec, settings: Settings, where: str = "spec") -> None:
         c = spec.calibration
         check_sources(f"{where}.calibration.clean", c.clean, settings)
         check_calibration_size(f"{where}.calibration.clean", c.clean, settings, c.alpha,
-                               c.group_by)
+                               c.group_by, c.method)
     if spec.adapt.enabled and spec.adapt.corpus:
         check_sources(f"{where}.adapt.corpus", spec.adapt.corpus, settings)
     prior = chosen_prior(spec.prior, settings)

@@ -185,7 +185,10 @@ class CalibrationOptions(_Strict):
     clean: list[str] = Field(description="clean calibration images (sources), held out")
     alpha: float = Field(0.1, gt=0, lt=1)
     min_psnr: float | None = Field(None, ge=0, le=100)
-    method: Literal["residual", "cqr"] = "residual"
+    method: Literal["full", "residual", "cqr"] = Field(
+        "full", description="the PSNR/SSIM lower bound: full conformal ridge regression "
+        "on every calibration source (full), or split conformal (half the sources fit a "
+        "ridge regression (residual) or a quantile regression (cqr), half calibrate it)")
     pixel_epsilon: float = Field(0.1, gt=0, lt=1)
     pixel_delta: float = Field(0.1, gt=0, lt=1)
     pixel_scale: Literal["local", "spread", "constant"] = Field(

@@ -137,6 +137,8 @@ def test_other_verbs_check_before_work(ws, env, prior):
          "error: --option: expected KEY=VALUE, got 'gamma'"),
         (["calibrate", "-d", DEG, "--store", str(store), "--clean", "src", "--sampler", "dps",
           "--option", "zeta=0.5"], "error: --option: unknown option 'zeta' of sampler dps"),
+        (["calibrate", "-d", DEG, "--store", str(store), "--clean", "src", "--method",
+          "split"], "error: --method: Input should be 'full', 'residual' or 'cqr'"),
         (["calibrate", "-d", DEG, "--store", str(store), "--clean", "cal/"],
          "error: --clean: cal/ (= {ws}/cal): no such file or directory"),
         (["calibrate", "-d", "kernel_blur(path=k.npy)", "--store", str(store), "--clean",
@@ -216,7 +218,7 @@ def test_too_few_calibration_sources_stop_before_any_work(ws, env):
         Image.fromarray(img).save(ws / "cal" / f"c{i}.png")
     spec = _write_spec(ws, calibration={"clean": ["cal"], "alpha": 0.1})
     why = ("the calibration images make 3 source(s) (grouped by image); a bound at "
-           "alpha=0.1 needs at least 17")
+           "alpha=0.1 needs at least 9")
     r, _ = _cli("run", spec, cwd=ws, env=env)
     assert r.returncode == 2 and _one_line(r.stderr).startswith(
         f"error: spec.calibration.clean: {why}"), r.stderr[-2000:]

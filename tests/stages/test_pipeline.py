@@ -157,9 +157,12 @@ def test_calibrate_and_score(store, prior_dir):
     assert hb.lam >= loaded["pixel"]["lam"]
     old = json.loads(OLD_CALIBRATION.read_text())
     assert set(old) <= set(loaded) and set(old["pixel"]) <= set(loaded["pixel"])
-    # folds by source, out-of-sample bounds and coverage (leave one source out)
-    assert loaded["sources"] == 10 and {r["fold"] for r in loaded["rows"]} == {"fit",
-                                                                                 "calibration"}
+    # full conformal: every source calibrates (one row each); out-of-sample bounds and
+    # coverage (leave one source out)
+    assert loaded["sources"] == 10 and {r["fold"] for r in loaded["rows"]} == {"calibration"}
+    assert loaded["psnr"]["kind"] == "FullConformalBound"
+    split = fit_calibration(store, rows, c, shash, alpha=0.3, method="residual").to_dict()
+    assert {r["fold"] for r in split["rows"]} == {"fit", "calibration"}
     assert loaded["coverage"]["method"] == "leave one source out"
     assert any("fewer than 20" in w for w in loaded["warnings"])
     # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
@@ -176,11 +179,14 @@ def test_calibrate_and_score(store, prior_dir):
     assert lo.min() >= 0.0 and hi.max() <= 1.0  # cut to the data range
     inside = (lo > 0) & (hi < 1)  # (with the tiny prior most intervals are all of it)
     assert np.all(hi >= lo) and np.all((hi - lo)[inside] >= 2 * s["lambda"] - 1e-6)
-    # alpha 0.1 needs 17 sources (9 in the calibration fold): no bound, and it says why
-    few = fit_calibration(store, rows, c, shash, alpha=0.1)
-    assert few.psnr is None and any("needs at least 17" in w for w in few.warnings)
+    # alpha 0.05 needs 19 sources (full conformal; split conformal at 0.1 needs 17, 9 in
+    # its calibration fold): no bound, and it says why
+    few = fit_calibration(store, rows, c, shash, alpha=0.05)
+    assert few.psnr is None and any("needs at least 19" in w for w in few.warnings)
     s = score(rows[0]["features"], few.to_dict(), shash)
-    assert s["psnr_lower"] is None and "needs at least 17" in s["warning"]
+    assert s["psnr_lower"] is None and "needs at least 19" in s["warning"]
+    few = fit_calibration(store, rows, c, shash, alpha=0.1, method="residual")
+    assert few.psnr is None and any("needs at least 17" in w for w in few.warnings)
 
 
 OLD_CALIBRATION = Path(__file__).parent / "data" / "calibration-edcd80a.json"

@@ -26,7 +26,10 @@ _CONFIG_FLAGS = {"degradation": "--degradation", "seed": "--seed", "prior": "--p
                  "restore.sampler": "--sampler", "restore.steps": "--steps",
                  "restore.options": "--option", "restore.posterior_samples": "--samples",
                  "adapt.enabled": "--adapt", "adapt.neighbours": "--neighbours",
-                 "adapt.steps": "--adapt-steps", "clean": "--clean", "alpha": "--alpha"}
+                 "adapt.steps": "--adapt-steps", "clean": "--clean", "alpha": "--alpha",
+                 "method": "--method", "group_by": "--group-by",
+                 "pixel_scale": "--pixel-scale", "pixel_bound": "--pixel-bound",
+                 "pixel_epsilon": "--pixel-epsilon", "pixel_delta": "--pixel-delta"}
 
 
 def sampler_options(items: list[str] | None) -> dict:

@@ -192,6 +192,9 @@ def calibrate_cmd(
     pixel_bound: str = typer.Option(
         "wsr", "--pixel-bound", help="Risk bound certifying the per-pixel intervals: wsr "
         "(Waudby-Smith-Ramdas, adapts to the data: narrower) or hb (Hoeffding-Bentkus)"),
+    method: str = typer.Option(
+        "full", "--method", help="PSNR/SSIM bound: full (full conformal ridge on every "
+        "source), residual or cqr (split conformal: half the sources fit, half calibrate)"),
     prior: str = typer.Option(None, "--prior"),
     option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help=OPTION_HELP),
@@ -205,10 +208,11 @@ def calibrate_cmd(
     given = {"alpha": alpha, "pixel_epsilon": pixel_epsilon, "pixel_delta": pixel_delta}
     calibration = validated_model(CalibrationOptions, clean=clean, group_by=group_by,
                                   pixel_scale=pixel_scale, pixel_bound=pixel_bound,
+                                  method=method,
                                   **{k: v for k, v in given.items() if v is not None})
     run_preflight(check_sources, "--clean", clean, settings, False)
     names = run_preflight(check_calibration_size, "--clean", clean, settings,
-                          calibration.alpha, calibration.group_by)
+                          calibration.alpha, calibration.group_by, calibration.method)
     pixel_warning = pixel_outlook(cfg, calibration, settings, names)
     if pixel_warning:
         typer.echo(f"warning: {pixel_warning}", err=True)

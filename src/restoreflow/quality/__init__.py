@@ -1,10 +1,11 @@
-"""Quality of restorations: full-reference metrics, no-reference features, split-conformal
-lower bounds on PSNR/SSIM and risk-controlled per-pixel intervals (RCPS).
+"""Quality of restorations: full-reference metrics, no-reference features, conformal
+lower bounds (full and split) on PSNR/SSIM and risk-controlled per-pixel intervals (RCPS).
 
 Pure numpy/scipy/torch core; no Prefect, no storage.
 """
 
 from .conformal import ConformalLowerBound, TrivialLowerBound, calibration_from_dict, flag
+from .full_conformal import FullConformalBound
 from .features import (
     FEATURE_NAMES,
     compute_features,
@@ -44,6 +45,7 @@ __all__ = [
     "PixelCalibration",
     "RiskControlError",
     "TrivialLowerBound",
+    "FullConformalBound",
     "base_intervals",
     "calibrate_lambda",
     "calibration_from_dict",

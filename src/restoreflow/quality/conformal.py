@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .features import feature_vector
+from .full_conformal import FullConformalBound, full_min_sources
 from .linear import LinearModel, features_2d
 from .quantiles import (
     check_alpha,
@@ -53,7 +54,10 @@ from .ridge import fit_ridge
 
 __all__ = [
     "ConformalLowerBound",
+    "FullConformalBound",
+    "fit_lower_bound",
     "min_sources",
+    "method_min_sources",
     "split_by_group",
     "Method",
     "TrivialLowerBound",
@@ -63,6 +67,8 @@ __all__ = [
 
 Method = Literal["residual", "cqr"]
 _METHODS = ("residual", "cqr")
+#: every bound a calibration can use: full conformal ridge, or split conformal
+BOUND_METHODS = ("full", *_METHODS)
 FORMAT_VERSION = 1
 
 
@@ -353,13 +359,37 @@ class TrivialLowerBound:
 
 _KINDS: dict[str, Any] = {
     "ConformalLowerBound": ConformalLowerBound,
+    "FullConformalBound": FullConformalBound,
     "TrivialLowerBound": TrivialLowerBound,
 }
 
 
+def method_min_sources(method: str, alpha: float) -> int:
+    """Fewest calibration sources with a finite bound by ``method`` at ``alpha``: full
+    conformal uses them all; split conformal calibrates on half of them."""
+    if method == "full":
+        return full_min_sources(alpha)
+    _check_method(method)
+    return 2 * min_sources(alpha) - 1
+
+
+def fit_lower_bound(method: str, features: Any, true_values: Any, alpha: float,
+                    rng: np.random.Generator, feature_names: Sequence[str] | None = None,
+                    target: str = "psnr", settings_hash: str = "", groups: Any = None
+                    ) -> FullConformalBound | ConformalLowerBound:
+    """A lower bound fitted by ``method`` (one of :data:`BOUND_METHODS`): the full
+    conformal ridge bound, or a split conformal bound whose folds ``rng`` draws."""
+    if method == "full":
+        return FullConformalBound.fit(features, true_values, alpha, rng, feature_names,
+                                      target, settings_hash, groups)
+    return ConformalLowerBound.fit(features, true_values, alpha, rng, method=method,
+                                   feature_names=feature_names, target=target,
+                                   settings_hash=settings_hash, groups=groups)
+
+
 def calibration_from_dict(
     d: Mapping[str, Any],
-) -> ConformalLowerBound | TrivialLowerBound:
+) -> ConformalLowerBound | FullConformalBound | TrivialLowerBound:
     """Rebuild any serialised calibration from its ``kind`` field."""
     kind = d.get("kind")
     if kind not in _KINDS:

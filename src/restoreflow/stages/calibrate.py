@@ -91,18 +91,19 @@ class Calibration:
         return d
 
 
-def sources_needed(alpha: float) -> int:
-    """Fewest calibration sources with a bound at ``alpha``: half fit the predictor, the
-    other half (at least :func:`~restoreflow.quality.conformal.min_sources`) calibrate."""
-    from restoreflow.quality.conformal import min_sources
+def sources_needed(alpha: float, method: str = "full") -> int:
+    """Fewest calibration sources with a bound at ``alpha`` by ``method``
+    (:func:`~restoreflow.quality.conformal.method_min_sources`)."""
+    from restoreflow.quality.conformal import method_min_sources
 
-    return 2 * min_sources(alpha) - 1
+    return method_min_sources(method, alpha)
 
 
-def require_sources(sources: list[str], alpha: float, group_by: str) -> None:
+def require_sources(sources: list[str], alpha: float, group_by: str,
+                    method: str = "full") -> None:
     """Before any restoring: ValueError (one line) when the calibration images make too
     few sources for a bound at ``alpha`` (it would restore them all to say so)."""
-    n, need = len(set(sources)), sources_needed(alpha)
+    n, need = len(set(sources)), sources_needed(alpha, method)
     if n < need:
         raise ValueError(
             f"the calibration images make {n} source(s) (grouped by {group_by}); a bound at "
@@ -131,15 +132,14 @@ def _loso_bounds(X, v, groups, alpha, method, names, seed) -> np.ndarray | None:
     """Each row's bound from a calibration fitted without the row's source (leave one
     source out), or None when some calibration without one source has no finite
     bound."""
-    from restoreflow.quality.conformal import ConformalLowerBound
+    from restoreflow.quality.conformal import fit_lower_bound
 
     out = np.empty(v.size)
     for k, g in enumerate(np.unique(groups)):
         rest = groups != g
         try:
-            m = ConformalLowerBound.fit(X[rest], v[rest], alpha, np.random.default_rng([seed, k]),
-                                        method=method, feature_names=names,
-                                        groups=groups[rest])
+            m = fit_lower_bound(method, X[rest], v[rest], alpha,
+                                np.random.default_rng([seed, k]), names, groups=groups[rest])
         except ValueError:
             return None
         out[~rest] = m.bound(X[~rest])
@@ -152,24 +152,28 @@ def _source_mean(hit: np.ndarray, groups: np.ndarray) -> float:
 
 
 def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shash: str,
-                    alpha: float, method: str = "residual", pixel_epsilon: float = 0.1,
+                    alpha: float, method: str = "full", pixel_epsilon: float = 0.1,
                     pixel_delta: float = 0.1, out: str = RESTORED,
                     pixel_scale: str = "constant",
                     pixel_floor: float | None = None,
                     pixel_bound: str = DEFAULT_BOUND) -> Calibration:
     """Fit conformal lower bounds on PSNR and SSIM, the shift guard and the per-pixel
     interval rule from the calibration rows ``{image_id, source, psnr_true, ssim_true,
-    features}`` (``source`` defaults to the image). Folds are split by source and every
-    source weighs one. Each row gets its ``fold`` and its out-of-sample bounds
+    features}`` (``source`` defaults to the image). ``method`` ``full`` (full conformal:
+    one row per source, each row's ``fold`` ``calibration`` or ``unused``) or a split
+    method (``residual``, ``cqr``: folds ``fit`` and ``calibration`` split by source,
+    every source weighing one). Each row gets its out-of-sample bounds
     ``{target}_bound`` (from a calibration without its source); ``coverage`` is their
     coverage (mean over sources), never that of the rows a model was fitted on.
     Too few sources for a finite bound: no bound (``psnr``/``ssim`` None) and a warning."""
     from restoreflow.quality.conformal import (
         ConformalLowerBound,
+        FullConformalBound,
         TrivialLowerBound,
         split_by_group,
     )
     from restoreflow.quality.features import GUARD_FEATURES, feature_vector
+    from restoreflow.quality.full_conformal import one_row_per_source
     from restoreflow.quality.novelty import NoveltyGuard
 
     names = feature_names(cfg.restore.posterior_samples)
@@ -181,18 +185,26 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
         warnings.append(f"{n_sources} calibration sources (fewer than {FEW_SOURCES}): the "
                         "bounds are loose; calibrate on more distinct images")
     seed = seed_for(shash, cfg.seed, "calibration/folds")
-    i_fit, i_cal = split_by_group(groups, np.random.default_rng(seed), 0.5) \
-        if n_sources >= 3 else (np.arange(0), np.arange(len(rows)))
-    fold = np.full(len(rows), "calibration", dtype=object)
-    fold[i_fit] = "fit"
+    if method == "full":
+        fold = np.full(len(rows), "unused", dtype=object)
+        fold[one_row_per_source(groups, np.random.default_rng(seed))] = "calibration"
+    else:
+        i_fit, i_cal = split_by_group(groups, np.random.default_rng(seed), 0.5) \
+            if n_sources >= 3 else (np.arange(0), np.arange(len(rows)))
+        fold = np.full(len(rows), "calibration", dtype=object)
+        fold[i_fit] = "fit"
     models, trivial, coverage = {}, {}, {}
     for target in ("psnr", "ssim"):
         v = np.array([r[f"{target}_true"] for r in rows])
         trivial[target] = TrivialLowerBound.fit(v, alpha, target, shash, groups=groups).to_dict()
         try:
-            m = ConformalLowerBound.fit_split(X[i_fit], v[i_fit], X[i_cal], v[i_cal], alpha,
-                                              method, names, target=target,
-                                              settings_hash=shash, cal_groups=groups[i_cal])
+            if method == "full":  # the same generator: the rows the folds name
+                m = FullConformalBound.fit(X, v, alpha, np.random.default_rng(seed), names,
+                                           target, shash, groups)
+            else:
+                m = ConformalLowerBound.fit_split(
+                    X[i_fit], v[i_fit], X[i_cal], v[i_cal], alpha, method, names,
+                    target=target, settings_hash=shash, cal_groups=groups[i_cal])
         except ValueError:
             models[target] = None
             coverage[target] = None
@@ -204,7 +216,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
             r[f"{target}_bound"] = None if bi is None else float(bi)
     if models["psnr"] is None:
         warnings.append(f"no bound: {n_sources} calibration sources; alpha={alpha} needs at "
-                        f"least {sources_needed(alpha)}")
+                        f"least {sources_needed(alpha, method)}")
     for r, f in zip(rows, fold, strict=True):
         r["fold"] = f
         r["source"] = str(r.get("source", r["image_id"]))

@@ -104,7 +104,7 @@ def calibration_plan(store: TileStore, cfg: RestoreConfig, shash: str, clean_ids
 
     c = calibration
     sources = [source_of(store.attrs(layout.INPUT, i), c.group_by) for i in clean_ids]
-    require_sources(sources, c.alpha, c.group_by)
+    require_sources(sources, c.alpha, c.group_by, c.method)
     return CalibrationPlan(sources, shash, f"calibration-{cfg.spec.hash}.degraded",
                            f"calibration-{shash}.restored")
 

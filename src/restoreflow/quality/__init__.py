@@ -5,7 +5,6 @@ Pure numpy/scipy/torch core; no Prefect, no storage.
 """
 
 from .conformal import ConformalLowerBound, TrivialLowerBound, calibration_from_dict, flag
-from .full_conformal import FullConformalBound
 from .features import (
     FEATURE_NAMES,
     compute_features,
@@ -17,6 +16,7 @@ from .features import (
     posterior_spread,
     rca_feature,
 )
+from .full_conformal import FullConformalBound
 from .linear import LinearModel
 from .metrics import mse, psnr, psnr_from_mse, ssim
 from .quantiles import conformal_lower_quantile, conformal_quantile

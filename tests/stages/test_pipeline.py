@@ -168,6 +168,9 @@ def test_calibrate_and_score(store, prior_dir):
     # 10 images cannot certify epsilon = delta = 0.1 (HB bound at zero risk is 0.21)
     strict = fit_calibration(store, rows, c, shash, alpha=0.3)
     assert strict.pixel is None and "more calibration images" in strict.coverage["pixel_note"]
+    # the grids end at intervals spanning everything: the remedy named is more sources
+    assert "10 calibration sources cannot certify" in strict.coverage["pixel_note"]
+    assert "needs at least 25" in strict.coverage["pixel_note"]
     s = score(rows[0]["features"], loaded, shash, min_psnr=99)
     assert s["psnr_lower"] is not None and s["flagged"] is True
     assert s["psnr_lower"] < 99 and s["out_of_calibration"] in (True, False)

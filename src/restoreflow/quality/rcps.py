@@ -367,7 +367,7 @@ def calibrate_lambda(
     if chosen is None:
         raise RiskControlError(
             f"no lambda up to {lam[-1]} controls the miscoverage at epsilon={epsilon}, "
-            f"delta={delta}; widen the grid or use more calibration images"
+            f"delta={delta}"
         )
     return float(lam[chosen])
 

@@ -234,7 +234,7 @@ def fit_calibration(store: TileStore, rows: list[dict], cfg: RestoreConfig, shas
 
 def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor, bound):
     """The RCPS per-pixel rule (one loss per source) and a note when there is none."""
-    from restoreflow.quality.rcps import Intervals, RiskControlError
+    from restoreflow.quality.rcps import Intervals, RiskControlError, min_sources_for
 
     if cfg.restore.posterior_samples < 2:
         return None, "no per-pixel intervals: restore with posterior_samples >= 2"
@@ -249,7 +249,13 @@ def _fit_pixel(store, rows, cfg, out, epsilon, delta, scale, floor, bound):
             grid, epsilon, delta, cfg.lower_q, cfg.upper_q, scale,
             floor, [r["source"] for r in rows], bound), None
     except RiskControlError as exc:
-        return None, f"no per-pixel intervals: {exc}"
+        # every grid ends where the intervals span the whole data range (every loss 0),
+        # so what fails is the number of sources for this epsilon and delta
+        n, need = len(set(r["source"] for r in rows)), min_sources_for(epsilon, delta, bound)
+        return None, (f"no per-pixel intervals: {exc}: {n} calibration sources cannot "
+                      "certify it even with intervals spanning the whole data range (it "
+                      f"needs at least {need}): use more calibration images or raise "
+                      "pixel_epsilon / pixel_delta")
 
 
 def calibration_path(shash: str) -> str:

@@ -48,6 +48,9 @@ def test_the_verb_path_gives_bounds_and_pixel_intervals(tmp_path):
                 "--pixel-delta", "0.2")
     assert "per-pixel intervals: lambda=" in out, out
     assert "bounds: 3 restored image(s) of these settings scored" in out, out
+    # the score verb scores them again, restoring nothing
+    out = _verb(tmp_path, "score", "-d", DEG, "--store", store, "--samples", "2")
+    assert "bounds: 3 image(s) scored against calibration" in out, out
     # restoring again with the same settings scores against the stored calibration
     out = _verb(tmp_path, "restore", "-d", DEG, "--store", store, "--samples", "2")
     assert "3 already done" in out and "bounds: 3 image(s) scored against calibration" in out

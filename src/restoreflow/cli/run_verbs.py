@@ -103,18 +103,8 @@ def restore_cmd(
                                      help=OPTION_HELP),
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
-    from restoreflow.preflight import check_adaptable, check_store
-
-    cfg, settings = _restore_settings(
-        degradation, prior, seed=seed, restore=restore_fields(sampler, steps, samples_, option),
-        adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
-    run_preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
-    run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
-               store or settings.store, settings)
-    ts = open_cli_store(store)
-    need_images(ts, given=store)
-    if collection not in ts.collections():
-        no_collection(ts, collection)
+    cfg, ts = _restore_verb_setup(store, collection, degradation, prior, seed, sampler, steps,
+                                  samples_, option, adapt, neighbours, adapt_steps)
     if adapt:
         from restoreflow.stages.adapt import stored_index
 
@@ -135,6 +125,39 @@ def restore_cmd(
     typer.echo(bounds_line(res))
 
 
+@app.command("score")
+def score_cmd(
+    degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
+    sampler: SamplerName = typer.Option(None, "--sampler",
+                                        help="Solver [default: per task, see README]"),
+    steps: int = typer.Option(None, "--steps", min=1, max=1000,
+                              help="Prior evaluations [default: the solver's]"),
+    seed: int = typer.Option(0, "--seed"),
+    out: str = typer.Option("restored", "--out", help="Collection of the restorations"),
+    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
+    adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
+    neighbours: int = typer.Option(8, "--neighbours", min=1),
+    adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
+    prior: str = typer.Option(None, "--prior"),
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                     help=OPTION_HELP),
+) -> None:
+    """Score restored images against the calibration of their settings (restores nothing;
+    the flags name the settings, as restore's)."""
+    cfg, ts = _restore_verb_setup(store, out, degradation, prior, seed, sampler, steps,
+                                  samples_, option, adapt, neighbours, adapt_steps)
+    log_to_file("score")
+    before = image_names(ts.uri)
+    from restoreflow.flows.restore import score_flow
+
+    try:
+        res = on_dask(score_flow)(store=ts.uri, cfg=cfg, out=out)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file
+        flow_failed("score", exc, ts.uri, before, "run the same command again")
+    typer.echo(bounds_line(res))
+
+
 def bounds_line(res: dict) -> str:
     """One line: the restorations scored against the calibration of their settings (their
     bounds are in the report), or why they have no bounds."""
@@ -142,6 +165,25 @@ def bounds_line(res: dict) -> str:
         return (f"bounds: {res['scored']} image(s) scored against calibration "
                 f"{res['calibration']} (see 'restoreflow report')")
     return f"bounds: none ({res.get('note') or 'no calibration'})"
+
+
+def _restore_verb_setup(store, collection, degradation, prior, seed, sampler, steps, samples_,
+                        option, adapt, neighbours, adapt_steps):
+    """(settings, opened store) of the restore and score verbs' flags, checked before any
+    work: the settings, the prior's adaptability, the store, its ``collection``."""
+    from restoreflow.preflight import check_adaptable, check_store
+
+    cfg, settings = _restore_settings(
+        degradation, prior, seed=seed, restore=restore_fields(sampler, steps, samples_, option),
+        adapt={"enabled": adapt, "neighbours": neighbours, "steps": adapt_steps})
+    run_preflight(check_adaptable, "--adapt", adapt, prior or settings.prior)
+    run_preflight(check_store, "--store" if store else "RESTOREFLOW_STORE",
+                  store or settings.store, settings)
+    ts = open_cli_store(store)
+    need_images(ts, given=store)
+    if collection not in ts.collections():
+        no_collection(ts, collection)
+    return cfg, ts
 
 
 def _restore_settings(degradation: str, prior: str | None, **fields):

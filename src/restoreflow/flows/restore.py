@@ -1,4 +1,5 @@
-"""Flow: restore a degraded collection; and the restore wiring the other flows share."""
+"""Flows: restore a degraded collection, score restored images; and the restore wiring the
+other flows share."""
 
 from prefect import flow, get_run_logger
 
@@ -75,3 +76,13 @@ def restore_flow(store: str, cfg: RestoreConfig, y_collection: str = "degraded",
         done = restore_images(store, ids, cfg, y_collection, out, progress)
         scoring = score_verb_restorations(store, ts, cfg, ids, "restore", out)
     return {"restored": sorted(done), "skipped": sorted(set(ids) - set(done)), **scoring}
+
+
+@flow(name="score", flow_run_name=names.score_flow_name)
+def score_flow(store: str, cfg: RestoreConfig, out: str = "restored") -> dict:
+    """Score the images of ``out`` restored with ``cfg`` against the stored calibration of
+    the same settings; restores nothing."""
+    cfg = cfg.with_chosen_prior()
+    ts = open_store(store)
+    with ts.lock("restoreflow score", log=get_run_logger().warning):
+        return score_verb_restorations(store, ts, cfg, ts.image_ids(out), "score", out)

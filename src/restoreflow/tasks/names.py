@@ -131,6 +131,11 @@ def restore_flow_name() -> str:
             f"{_settings_label(p.get('cfg'))}")
 
 
+def score_flow_name() -> str:
+    p = _flow_parameters()
+    return f"score {p.get('out', 'restored')}: {_settings_label(p.get('cfg'))}"
+
+
 def simulate_flow_name() -> str:
     p = _flow_parameters()
     return (f"simulate {p.get('degradation')} seed {p.get('seed', 0)} -> "

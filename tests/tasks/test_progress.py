@@ -17,3 +17,12 @@ def test_an_image_slower_than_30_s_still_gives_an_eta():
     now[0] = 92.0
     eta = bar.tasks[0].time_remaining
     assert eta is not None and 250 < eta < 300, eta  # 3 images left at ~90 s each
+
+
+def test_the_restore_bar_counts_tiles():
+    """A large image weighs by its tiles in the restore bar (issue 30, item 5)."""
+    from restoreflow.stages.restore import tile_count
+
+    assert tile_count((3, 64, 64), 256) == 1
+    assert tile_count((3, 1000, 600), 256) == 4 * 3
+    assert tile_count((1, 20000, 20000), 256) == 79 * 79

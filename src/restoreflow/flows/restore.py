@@ -6,7 +6,12 @@ from prefect import flow, get_run_logger
 from restoreflow.settings import get_settings
 from restoreflow.stages import records
 from restoreflow.stages.config import RestoreConfig
-from restoreflow.stages.restore import finish_restore, prepare_restore, settings_key
+from restoreflow.stages.restore import (
+    finish_restore,
+    prepare_restore,
+    settings_key,
+    tile_count,
+)
 from restoreflow.stages.run import finish_intervals, score_images, verb_scoring
 from restoreflow.storage.layout import RESTORED
 from restoreflow.tasks import names
@@ -31,8 +36,12 @@ def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_c
     with model_placement(settings):
         futures = [restore_task.submit(store_uri, i, cfg, y_collection, out, device)
                    for i in todo]
+    # the bar counts tiles of the prior's tile grid (an image's cost grows with them)
+    tiles = [tile_count(store.shape(out, i), cfg.restore.tile) for i in todo]
+    if sum(tiles) > len(todo):
+        label = f"{label} (tiles)"
     results = {}
-    for f in track_futures(futures, label, progress, artifact=f"{label}: images restored"):
+    for f in track_futures(futures, label, progress, tiles, artifact=f"{label}: images restored"):
         res = f.result()
         finish_restore(store, res["image_id"], cfg, res, out)
         results[res["image_id"]] = res

@@ -212,6 +212,12 @@ def settings_key(cfg: RestoreConfig) -> SettingsKey:
     return SettingsKey(ph, cfg.settings_hash(ph), tuple(legacy_settings_hashes(cfg, ph)))
 
 
+def tile_count(shape: tuple[int, ...], tile: int) -> int:
+    """Tiles of edge ``tile`` covering an image of ``shape`` (C, H, W): the unit a
+    restoration's cost grows with."""
+    return math.ceil(shape[-2] / tile) * math.ceil(shape[-1] / tile)
+
+
 def prepare_restore(store: TileStore, image_id: str, cfg: RestoreConfig, key: SettingsKey,
                     y_collection: str, out: str = RESTORED) -> bool:
     """Driver: create the output images (metadata only). False if already done."""

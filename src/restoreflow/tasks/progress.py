@@ -7,9 +7,11 @@ from collections.abc import Iterable, Iterator
 
 def track_futures(futures: list, description: str, show: bool,
                   sizes: list[int] | None = None, artifact: str | None = None) -> Iterator:
-    """Yield futures as they finish, with a rich progress bar (images, ETA) if ``show``;
-    ``sizes`` are the images per future (1 each by default). With ``artifact``, a Prefect
-    progress artifact of that description follows them too (the UI's bar)."""
+    """Yield futures as they finish, with a rich progress bar (done / total, ETA) if
+    ``show``; ``sizes`` are the units of work per future (images, or tiles of a large
+    image; 1 each by default), so the ETA weighs a large image by its size. With
+    ``artifact``, a Prefect progress artifact of that description follows them too (the
+    UI's bar)."""
     from prefect.futures import as_completed
 
     done: Iterable = as_completed(futures)

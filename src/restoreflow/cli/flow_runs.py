@@ -8,7 +8,7 @@ import os
 
 import typer
 
-from restoreflow.cli.runtime import error_line, fail, profile_settings
+from restoreflow.cli.runtime import error_line, fail, private_server_ready, profile_settings
 
 _LOG_FILE: str | None = None
 
@@ -94,6 +94,7 @@ def on_dask(flow_obj):
     from restoreflow.watchdog import watch_this_process
 
     watch_this_process()  # the cluster's processes end with this verb
+    private_server_ready()
     return flow_obj.with_options(task_runner=dask_task_runner(get_settings()))
 
 

@@ -124,6 +124,103 @@ def prefect_env() -> None:
     logging.getLogger("distributed").setLevel(level)
 
 
+#: the verbs that run flows: their private Prefect server starts with the verb
+FLOW_VERBS = frozenset({"simulate", "run", "rerun", "restore", "score", "calibrate", "demo"})
+_SERVER: dict = {}  # this process's private Prefect server: process, url, log file
+
+
+def start_private_server(verb: str | None) -> None:
+    """For a flow verb without a Prefect server of the user's: start this process's
+    private Prefect API server (the uvicorn process Prefect's ephemeral mode runs, on a
+    free loopback port, with the private database) in the background NOW, before the
+    verb imports torch and Prefect and checks its inputs, and point ``PREFECT_API_URL``
+    at it. The verb then waits for it only when it first needs it
+    (:func:`private_server_ready`); it is stopped at exit (and by the watchdog if the
+    verb is killed)."""
+    import atexit
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    if verb not in FLOW_VERBS or _SERVER or "--help" in sys.argv[1:]:
+        return
+    if os.environ.get("PREFECT_API_URL") or profile_settings().get("PREFECT_API_URL"):
+        return
+    from restoreflow.watchdog import watch_this_process
+
+    watch_this_process()  # the server ends with this verb, however it ends
+    seed_prefect_db()  # a migrated database: the server starts seconds sooner
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="restoreflow-prefect-server-", suffix=".log",
+                                      delete=False)
+    app_dir = Path(find_spec("prefect").origin).parent.parent
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = url
+    _SERVER.update(process=proc, url=url, log=log.name)
+    atexit.register(_stop_private_server)
+
+
+def private_server_ready(timeout: float = 120.0) -> None:
+    """Wait until the private Prefect server answers (no-op without one); a server that
+    exits or does not answer in ``timeout`` s is a one-line error with its last output."""
+    import time
+    import urllib.request
+
+    proc = _SERVER.get("process")
+    if proc is None or _SERVER.get("ready"):
+        return
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{_SERVER['url']}/health", timeout=2) as r:
+                if r.status == 200:
+                    _SERVER["ready"] = True
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    with open(_SERVER["log"], errors="replace") as f:
+        tail = " ".join(f.read().split())[-300:]
+    state = (f"exited with code {proc.returncode}" if proc.poll() is not None
+             else f"did not answer in {timeout:.0f} s")
+    fail(f"the private Prefect server {state}: {tail or 'no output'} (set PREFECT_API_URL "
+         "to a running Prefect server, or run the verb again)", code=1)
+
+
+def _stop_private_server() -> None:
+    import os
+    import subprocess
+
+    proc = _SERVER.get("process")
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        os.unlink(_SERVER["log"])
+    except (KeyError, OSError):
+        pass
+
+
 def run_preflight(check, *args):
     """Run a restoreflow.preflight check (returning what it returns); a failure is one
     line naming the field."""

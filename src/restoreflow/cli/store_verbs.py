@@ -9,7 +9,7 @@ import typer
 
 from restoreflow.cli.flow_runs import flow_failed, image_names, log_to_file
 from restoreflow.cli.options import STORE_HELP, ExportFormat
-from restoreflow.cli.runtime import error_line, fail, run_preflight
+from restoreflow.cli.runtime import error_line, fail, private_server_ready, run_preflight
 from restoreflow.cli.store_checks import need_images, no_collection, open_cli_store
 from restoreflow.cli.typer_app import app
 from restoreflow.stages.roles import input_roles
@@ -40,6 +40,7 @@ def simulate_cmd(
     before = image_names(uri)
     from restoreflow.flows.simulate import simulate_flow
 
+    private_server_ready()
     try:
         rows = simulate_flow(store=uri, degradation=spec.text, seed=seed,
                              collection=collection, progress=True)

@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from restoreflow import __version__
-from restoreflow.cli.runtime import prefect_env
+from restoreflow.cli.runtime import prefect_env, start_private_server
 from restoreflow.clilog import quiet_asyncio_leftovers
 
 
@@ -68,12 +68,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
     """restoreflow: ingest, degrade, adapt, restore, score and export images."""
     prefect_env()  # every verb, before anything imports Prefect
+    start_private_server(ctx.invoked_subcommand)  # starts while the verb gets ready
     quiet_asyncio_leftovers()
 
 

@@ -13,4 +13,17 @@ from restoreflow.cli import model_verbs  # noqa: F401  train-prior index
 from restoreflow.cli import run_verbs  # noqa: F401  run rerun restore calibrate report demo serve
 # isort: on
 
-__all__ = ["app"]
+
+
+def main() -> None:
+    """The ``restoreflow`` program (console script and ``python -m restoreflow.cli``): the
+    app, as its own process, so a flow verb starts its private Prefect server at once
+    (:func:`restoreflow.cli.runtime.start_private_server`; not when the app is invoked
+    in-process, e.g. by typer's CliRunner, where Prefect may be set up already)."""
+    from restoreflow.cli import runtime
+
+    runtime.AS_PROGRAM = True
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,6 +1,6 @@
 """``python -m restoreflow.cli``: the ``restoreflow`` command."""
 
-from restoreflow.cli import app
+from restoreflow.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

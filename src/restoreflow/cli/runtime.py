@@ -126,6 +126,7 @@ def prefect_env() -> None:
 
 #: the verbs that run flows: their private Prefect server starts with the verb
 FLOW_VERBS = frozenset({"simulate", "run", "rerun", "restore", "score", "calibrate", "demo"})
+AS_PROGRAM = False  # set by restoreflow.cli.main: the CLI is this process's program
 _SERVER: dict = {}  # this process's private Prefect server: process, url, log file
 
 
@@ -146,9 +147,11 @@ def start_private_server(verb: str | None) -> None:
     from importlib.util import find_spec
     from pathlib import Path
 
-    if verb not in FLOW_VERBS or _SERVER or "--help" in sys.argv[1:]:
+    if not AS_PROGRAM or verb not in FLOW_VERBS or _SERVER or "--help" in sys.argv[1:]:
         return
     if os.environ.get("PREFECT_API_URL") or profile_settings().get("PREFECT_API_URL"):
+        return
+    if "prefect" in sys.modules:  # its settings are read: it would not see the server
         return
     from restoreflow.watchdog import watch_this_process
 
@@ -157,8 +160,11 @@ def start_private_server(verb: str | None) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = tempfile.NamedTemporaryFile(prefix="restoreflow-prefect-server-", suffix=".log",
-                                      delete=False)
+    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "").removeprefix(_SQLITE)
+    private = os.path.dirname(db) if db.endswith(f"/{_PRIVATE_DB}") else None
+    log = (open(os.path.join(private, "server.log"), "wb") if private and os.path.isdir(private)
+           else tempfile.NamedTemporaryFile(prefix="restoreflow-prefect-server-",
+                                            suffix=".log", delete=False))
     app_dir = Path(find_spec("prefect").origin).parent.parent
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT__SERVER_FINAL": "1"}
@@ -171,7 +177,7 @@ def start_private_server(verb: str | None) -> None:
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url
     _SERVER.update(process=proc, url=url, log=log.name)
-    atexit.register(_stop_private_server)
+    atexit.register(stop_private_server)
 
 
 def private_server_ready(timeout: float = 120.0) -> None:
@@ -195,15 +201,21 @@ def private_server_ready(timeout: float = 120.0) -> None:
         except OSError:
             pass
         time.sleep(0.1)
+    import re
+
     with open(_SERVER["log"], errors="replace") as f:
-        tail = " ".join(f.read().split())[-300:]
+        lines = [ln.strip() for ln in f if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception)\b", ln)]
+    why = (errors or lines or ["no output"])[-1][:300]
     state = (f"exited with code {proc.returncode}" if proc.poll() is not None
              else f"did not answer in {timeout:.0f} s")
-    fail(f"the private Prefect server {state}: {tail or 'no output'} (set PREFECT_API_URL "
-         "to a running Prefect server, or run the verb again)", code=1)
+    fail(f"the private Prefect server {state}: {why} (set PREFECT_API_URL to a running "
+         "Prefect server, or run the verb again)", code=1)
 
 
-def _stop_private_server() -> None:
+def stop_private_server() -> None:
+    """Stop the private Prefect server (if any) and forget it: at the end of the verb
+    (also when the CLI is invoked in-process) and at exit."""
     import os
     import subprocess
 
@@ -219,6 +231,9 @@ def _stop_private_server() -> None:
         os.unlink(_SERVER["log"])
     except (KeyError, OSError):
         pass
+    if _SERVER and os.environ.get("PREFECT_API_URL") == _SERVER["url"]:
+        del os.environ["PREFECT_API_URL"]
+    _SERVER.clear()
 
 
 def run_preflight(check, *args):

@@ -366,3 +366,12 @@ def test_report_renders_in_chromium(built):
     assert m, f"load script did not run: {res.stdout[:300]!r} {res.stderr[-1000:]}"
     n = len(img_srcs(built["html"]))
     assert (int(m[1]), int(m[2])) == (n, n) and n == 12
+
+
+def test_the_degradation_line_breaks_between_operators():
+    """A narrow column breaks the degradation text after '+' or ',', not mid-word (issue
+    30, item 9)."""
+    from restoreflow.report.html import _fmt_spec
+
+    assert _fmt_spec("gaussian_blur(sigma=3,size=9)+gaussian_noise(sigma=0.05)") == (
+        "gaussian_blur(sigma=3,<wbr>size=9)+<wbr>gaussian_noise(sigma=0.05)")

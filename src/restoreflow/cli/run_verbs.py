@@ -347,8 +347,8 @@ def report_cmd(
 def demo_cmd(
     workdir: str = typer.Option("restoreflow-demo", "--dir", help="Working directory"),
 ) -> None:
-    """The main job on embedded defaults: bundled photos, blur+noise, adapt, restore,
-    calibrated bounds, report (local store, in-process Prefect, local Dask cluster)."""
+    """The main job on embedded defaults: bundled photos, blur+noise, restore, calibrated
+    bounds, report (local store, in-process Prefect, local Dask cluster)."""
     from restoreflow.demo import prepare_demo
     from restoreflow.spec import RunSpec
 

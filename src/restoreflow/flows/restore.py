@@ -55,7 +55,7 @@ def score_restored(uri: str, store, cfg: RestoreConfig, ids: list[str], run_id: 
     and its quality row. Returns the rows."""
     scores = score_images(store, cfg, ids, run_id, shash, calibration, truth, options)
     for i, w in scores.warnings:
-        get_run_logger().warning("%s: %s", i, w)
+        get_run_logger().warning("%s: %s", names.image_label(uri, i), w)
     futures = [intervals_task.submit(uri, i, pixel) for i, pixel in scores.intervals.items()]
     finish_intervals(store, [f.result() for f in futures])
     records.record_quality(store, scores.rows)

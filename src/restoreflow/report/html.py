@@ -93,7 +93,8 @@ def _fmt_spec(v: Any) -> str:
                          for k, x in d.items())
         head = str(kind) if kind is not None else ""
         return _e(f"{head} ({rest})" if head and rest else head or rest)
-    return _e(v)
+    # a narrow column breaks the line between operators, not inside a name
+    return _e(v).replace("+", "+<wbr>").replace(",", ",<wbr>")
 
 
 def _on_off(v: Any) -> str:

@@ -2,11 +2,14 @@
 to its first line of output and to its end, as a new user runs it (no Prefect server,
 the private per-process Prefect database).
 
-Two conditions, alternated over ``--repeats`` runs in one session (the machine is noisy):
-``template`` (the private database starts from the migrated copy the CLI caches once per
-machine and Prefect version) and ``fresh`` (no cached copy can be made:
-``XDG_CACHE_HOME`` points where nothing can be written, so Prefect's server migrates a
-new database, as every verb did before).
+Three conditions, alternated over ``--repeats`` runs in one session (the machine is
+noisy): ``template`` (the default: the verb starts its private Prefect server at once, in
+the background, and the private database starts from the migrated copy the CLI caches
+once per machine and Prefect version); ``late server`` (the same app invoked without
+``restoreflow.cli.main``, so Prefect starts its ephemeral server itself at the first
+flow call, as every verb did before); and ``fresh`` (no cached copy can be made:
+``XDG_CACHE_HOME`` points where nothing can be written, so the server migrates a new
+database).
 
     python -m benchmarks.bench_startup [--repeats 3]
 """
@@ -27,12 +30,18 @@ import numpy as np
 from benchmarks.common import write_results
 
 EXE = os.path.join(os.path.dirname(sys.executable), "restoreflow")
+CONDITIONS = ("template", "late server", "fresh")
 
 
-def _timed_verb(args: list[str], env: dict, cwd: str) -> dict:
+#: the app without restoreflow.cli.main: Prefect starts its server at the first flow call
+LATE_SERVER = [sys.executable, "-c", "import sys; from restoreflow.cli import app; "
+               "sys.argv[0] = 'restoreflow'; app()"]
+
+
+def _timed_verb(args: list[str], env: dict, cwd: str, cmd: list[str] | None = None) -> dict:
     """Seconds to the first line (stdout or stderr) and to the end of one verb."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([EXE, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+    p = subprocess.Popen([*(cmd or [EXE]), *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     first, lines = None, []
     for line in p.stdout:
@@ -66,15 +75,16 @@ def main(argv: list[str] | None = None) -> None:
                         "--collection", "warm"], env, str(work))
     print(f"first verb (makes the cached database): {made['total_s']:.1f} s", flush=True)
     for r in range(args.repeats):
-        for cond in ("template", "fresh"):
-            e = dict(env) if cond == "template" else {**env, "XDG_CACHE_HOME": "/proc/none"}
+        for cond in CONDITIONS:
+            e = dict(env) if cond != "fresh" else {**env, "XDG_CACHE_HOME": "/proc/none"}
             res = _timed_verb(["simulate", "-d", f"gaussian_noise(sigma=0.0{r + 2})",
-                               "--store", "st", "--collection", f"{cond}{r}"], e, str(work))
+                               "--store", "st", "--collection", f"{cond[0]}{r}"], e, str(work),
+                              LATE_SERVER if cond == "late server" else None)
             rows.append({"condition": cond, "repeat": r, **res})
-            print(f"{cond:8s} first line {res['first_line_s']:5.1f} s, total "
+            print(f"{cond:11s} first line {res['first_line_s']:5.1f} s, total "
                   f"{res['total_s']:5.1f} s", flush=True)
     summary = {c: {k: statistics.median(x[k] for x in rows if x["condition"] == c)
-                   for k in ("first_line_s", "total_s")} for c in ("template", "fresh")}
+                   for k in ("first_line_s", "total_s")} for c in CONDITIONS}
     md = ["# Start-up of a flow verb", "",
           "`restoreflow simulate` of one 64 px image into a new collection, as a new user "
           "(no Prefect server, a new HOME), run as a subprocess; medians of "

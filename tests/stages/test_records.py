@@ -101,8 +101,8 @@ def test_run_summary(monkeypatch):
         "counts": {"images": 3, "restored": 2, "skipped": 1, "rejected": 1, "flagged": 1,
                    "exported": 4, "out_of_calibration": 0},
         "mean_psnr_lower": 22.5, "mean_psnr_true": 25.0,
-        "timings": {"ingest": 1.0, "restore": 6.0, "retrieve_compute": 0.5,
-                    "adapt_compute": 0.0, "restore_compute": 5.0},
+        # adaptation off: no retrieve or adapt rows of zeros (issue 30, item 9)
+        "timings": {"ingest": 1.0, "restore": 6.0, "restore_compute": 5.0},
         "started": 100.0, "finished": 200.0, "status": "running"}
     with_report = records.with_report(summary, "/r.html", 0.25)
     assert with_report.to_row()["report"] == "/r.html"
@@ -195,7 +195,7 @@ def test_prefect_artifact_forms(monkeypatch):
         "- images 3: restored 2, skipped 1, rejected 1, flagged 1",
         "- calibration: h", "- report: `/r.html`", "",
         "| stage | seconds |", "|---|---|", "| ingest | 1.0 |", "| restore | 6.0 |",
-        "| retrieve_compute | 0.5 |", "| adapt_compute | 0.0 |", "| restore_compute | 5.0 |",
+        "| restore_compute | 5.0 |",
         "| report | 0.2 |"])
     assert records.quality_table(rows) == [
         {"image": "a.png", "image_id": "img1", "psnr_lower": 21.5, "ssim_lower": 0.6,

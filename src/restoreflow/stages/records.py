@@ -142,11 +142,13 @@ def run_summary(start: RunRow, cfg: RestoreConfig, settings_hash: str,
     """The run's row when its work is done (still ``running``: its manifest is next).
     ``calibration``: the one the images were scored with (None: not calibrated);
     ``results``: the restore task results of the images restored now (skipped ones are
-    absent), whose retrieve/adapt/restore times are summed into ``<stage>_compute``."""
+    absent), whose retrieve/adapt/restore times are summed into ``<stage>_compute``
+    (retrieve and adapt only with adaptation on)."""
     bounds = [r.psnr_lower for r in rows if r.psnr_lower is not None]
     certified = bool(calibration) and calibration["settings_hash"] == settings_hash
+    stages = ("retrieve", "adapt", "restore") if cfg.adapt.enabled else ("restore",)
     compute = {f"{k}_compute": sum(r["timings"].get(k, 0.0) for r in results.values())
-               for k in ("retrieve", "adapt", "restore")}
+               for k in stages}
     return RunRow(
         run_id=start.run_id, name=start.name, spec_hash=start.spec_hash, store=start.store,
         degradation=cfg.degradation, sampler=cfg.restore.sampler, steps=cfg.restore.steps,

@@ -203,7 +203,7 @@ def test_help_lists_the_verbs_in_their_order():
     group = typer.main.get_command(app)
     assert group.list_commands(click.Context(group)) == [
         "simulate", "ingest", "export", "ls", "serve-s3", "train-prior", "run", "rerun",
-        "restore", "calibrate", "report", "demo", "serve", "index"]
+        "restore", "score", "calibrate", "report", "demo", "serve", "index"]
 
 
 def test_sampler_choices_are_the_registry():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import typer
+
 from restoreflow.cli.runtime import fail
 from restoreflow.errors import pydantic_message
 
@@ -13,12 +15,28 @@ from restoreflow.errors import pydantic_message
 # (tests/cli/test_cli_store.py keeps them equal to restoreflow.samplers.SAMPLERS)
 SamplerName = Literal["ddpg", "ddnm", "dps", "diffpir", "hqs", "idbp"]
 ExportFormat = Literal["png", "tiff", "fits"]
-SAMPLES_HELP = ("Posterior samples J (J >= 2: uncertainty maps and per-pixel intervals) "
-                "[default: 1]; restore and calibrate must use the same")
+SAMPLES_HELP = ("Posterior samples J (J >= 2: uncertainty maps and per-pixel intervals); "
+                "restore and calibrate must use the same")
 # the one wording of every --store option (restoreflow.settings.Settings.store)
 STORE_HELP = "Store URI (default: $RESTOREFLOW_STORE, else ./restoreflow-store)."
 OPTION_HELP = ("A sampler option, repeatable (e.g. --option gamma=8); a wrong name is "
                 "refused with the sampler's options.")
+
+# the restore settings' flags, one declaration for restore, score and calibrate
+DEGRADATION = typer.Option(..., "--degradation", "-d", help="The degradation of y")
+# (defaults that are not the option's value go in show_default: rich markup would eat a
+# "[default: ...]" written into the help text)
+SAMPLER = typer.Option(None, "--sampler", help="Solver", show_default="per task, see README")
+STEPS = typer.Option(None, "--steps", min=1, max=1000,
+                     help="Prior evaluations", show_default="the solver's")
+SAMPLES = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP, show_default="1")
+SEED = typer.Option(0, "--seed")
+ADAPT = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation")
+NEIGHBOURS = typer.Option(8, "--neighbours", min=1)
+ADAPT_STEPS = typer.Option(None, "--adapt-steps", min=1)
+PRIOR = typer.Option(None, "--prior", help="ffdnet (default), unet, hybrid, a weight file, "
+                     "or a diffusers model dir / hub id")
+OPTION = typer.Option(None, "--option", metavar="KEY=VALUE", help=OPTION_HELP)
 
 
 # fields of RestoreConfig and CalibrationOptions -> the flag that sets them

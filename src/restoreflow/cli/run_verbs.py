@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from restoreflow.cli import options as opt
 from restoreflow.cli.flow_runs import (
     flow_failed,
     image_names,
@@ -15,8 +16,6 @@ from restoreflow.cli.flow_runs import (
     print_summary,
 )
 from restoreflow.cli.options import (
-    OPTION_HELP,
-    SAMPLES_HELP,
     STORE_HELP,
     SamplerName,
     restore_fields,
@@ -84,23 +83,19 @@ def rerun_cmd(
 
 @app.command("restore")
 def restore_cmd(
-    degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
+    degradation: str = opt.DEGRADATION,
     store: str = typer.Option(None, "--store", help=STORE_HELP),
-    sampler: SamplerName = typer.Option(None, "--sampler",
-                                        help="Solver [default: per task, see README]"),
-    steps: int = typer.Option(None, "--steps", min=1, max=1000,
-                              help="Prior evaluations [default: the solver's]"),
-    seed: int = typer.Option(0, "--seed"),
+    sampler: SamplerName = opt.SAMPLER,
+    steps: int = opt.STEPS,
+    seed: int = opt.SEED,
     collection: str = typer.Option("degraded", "--collection", help="Collection holding y"),
     out: str = typer.Option("restored", "--out", help="Output collection"),
-    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
-    adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
-    neighbours: int = typer.Option(8, "--neighbours", min=1),
-    adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
-    prior: str = typer.Option(None, "--prior", help="ffdnet (default), unet, hybrid, a weight "
-                              "file, or a diffusers model dir / hub id"),
-    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
-                                     help=OPTION_HELP),
+    samples_: int = opt.SAMPLES,
+    adapt: bool = opt.ADAPT,
+    neighbours: int = opt.NEIGHBOURS,
+    adapt_steps: int = opt.ADAPT_STEPS,
+    prior: str = opt.PRIOR,
+    option: list[str] = opt.OPTION,
 ) -> None:
     """Restore a degraded collection (one model task per image; reruns skip done images)."""
     cfg, ts = _restore_verb_setup(store, collection, degradation, prior, seed, sampler, steps,
@@ -127,21 +122,18 @@ def restore_cmd(
 
 @app.command("score")
 def score_cmd(
-    degradation: str = typer.Option(..., "--degradation", "-d", help="The degradation of y"),
+    degradation: str = opt.DEGRADATION,
     store: str = typer.Option(None, "--store", help=STORE_HELP),
-    sampler: SamplerName = typer.Option(None, "--sampler",
-                                        help="Solver [default: per task, see README]"),
-    steps: int = typer.Option(None, "--steps", min=1, max=1000,
-                              help="Prior evaluations [default: the solver's]"),
-    seed: int = typer.Option(0, "--seed"),
+    sampler: SamplerName = opt.SAMPLER,
+    steps: int = opt.STEPS,
+    seed: int = opt.SEED,
     out: str = typer.Option("restored", "--out", help="Collection of the restorations"),
-    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
-    adapt: bool = typer.Option(False, "--adapt/--no-adapt", help="ADIR adaptation"),
-    neighbours: int = typer.Option(8, "--neighbours", min=1),
-    adapt_steps: int = typer.Option(None, "--adapt-steps", min=1),
-    prior: str = typer.Option(None, "--prior"),
-    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
-                                     help=OPTION_HELP),
+    samples_: int = opt.SAMPLES,
+    adapt: bool = opt.ADAPT,
+    neighbours: int = opt.NEIGHBOURS,
+    adapt_steps: int = opt.ADAPT_STEPS,
+    prior: str = opt.PRIOR,
+    option: list[str] = opt.OPTION,
 ) -> None:
     """Score restored images against the calibration of their settings (restores nothing;
     the flags name the settings, as restore's)."""
@@ -209,21 +201,19 @@ def _restore_settings(degradation: str, prior: str | None, **fields):
 @app.command("calibrate")
 def calibrate_cmd(
     clean: list[str] = typer.Option(..., "--clean", help="Clean calibration images (sources)"),
-    degradation: str = typer.Option(..., "--degradation", "-d"),
+    degradation: str = opt.DEGRADATION,
     store: str = typer.Option(None, "--store", help=STORE_HELP),
-    sampler: SamplerName = typer.Option(None, "--sampler",
-                                        help="Solver [default: per task, see README]"),
-    steps: int = typer.Option(None, "--steps", min=1, max=1000,
-                              help="Prior evaluations [default: the solver's]"),
-    samples_: int = typer.Option(None, "--samples", min=1, max=64, help=SAMPLES_HELP),
+    sampler: SamplerName = opt.SAMPLER,
+    steps: int = opt.STEPS,
+    samples_: int = opt.SAMPLES,
     alpha: float = typer.Option(None, "--alpha", min=0.001, max=0.999,
-                                help="Miscoverage of the bounds [default: 0.1]"),
+                                help="Miscoverage of the bounds", show_default="0.1"),
     pixel_epsilon: float = typer.Option(
         None, "--pixel-epsilon", min=0.001, max=0.999,
-        help="Expected fraction of pixels outside their interval [default: 0.1]"),
+        help="Expected fraction of pixels outside their interval", show_default="0.1"),
     pixel_delta: float = typer.Option(
         None, "--pixel-delta", min=0.001, max=0.999,
-        help="Probability that the pixel guarantee fails [default: 0.1]"),
+        help="Probability that the pixel guarantee fails", show_default="0.1"),
     group_by: str = typer.Option(
         "image", "--group-by", help="Calibration sources: image, folder (crops of one "
         "photo in one folder) or metadata:KEY (e.g. metadata:OBJECT)"),
@@ -237,9 +227,8 @@ def calibrate_cmd(
     method: str = typer.Option(
         "full", "--method", help="PSNR/SSIM bound: full (full conformal ridge on every "
         "source), residual or cqr (split conformal: half the sources fit, half calibrate)"),
-    prior: str = typer.Option(None, "--prior"),
-    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
-                                     help=OPTION_HELP),
+    prior: str = opt.PRIOR,
+    option: list[str] = opt.OPTION,
 ) -> None:
     """Calibrate conformal PSNR/SSIM bounds for these restore settings."""
     from restoreflow.preflight import check_calibration_size, check_sources, check_store

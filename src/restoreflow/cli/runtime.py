@@ -214,8 +214,9 @@ def private_server_ready(timeout: float = 120.0) -> None:
 
 
 def stop_private_server() -> None:
-    """Stop the private Prefect server (if any) and forget it: at the end of the verb
-    (also when the CLI is invoked in-process) and at exit."""
+    """Stop the private Prefect server (if any) and forget it. At exit: registered before
+    Prefect is imported, it runs after Prefect's own exit handlers have sent their last
+    logs to it."""
     import os
     import subprocess
 

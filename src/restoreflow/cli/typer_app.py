@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from restoreflow import __version__
-from restoreflow.cli.runtime import prefect_env, start_private_server, stop_private_server
+from restoreflow.cli.runtime import prefect_env, start_private_server
 from restoreflow.clilog import quiet_asyncio_leftovers
 
 
@@ -76,7 +76,6 @@ def main(
     """restoreflow: ingest, degrade, adapt, restore, score and export images."""
     prefect_env()  # every verb, before anything imports Prefect
     start_private_server(ctx.invoked_subcommand)  # starts while the verb gets ready
-    ctx.call_on_close(stop_private_server)
     quiet_asyncio_leftovers()
 
 

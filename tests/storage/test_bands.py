@@ -1,0 +1,249 @@
+"""Images decoded in bands of rows: the same pixels, dtype, layout and metadata as the
+whole decode, for every layout the band readers take; ingest through bands stores the
+same image and attrs; bad bands reject the file and leave no image behind."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from storage_files import fits_bytes, png_bytes, rng_image, tiff_bytes
+
+from restoreflow.storage.decode import ImageRejected
+from restoreflow.storage.ingest import content_id, ingest
+from restoreflow.storage.readers import open_banded, read_image
+
+BAND = 16  # rows per band in these tests: every image spans several bands
+
+
+def _png16(a):
+    import imagecodecs
+
+    return imagecodecs.png_encode(a, level=6)
+
+
+def _comp_fits(a, tile_rows=3, compression="RICE_1"):
+    from astropy.io import fits
+
+    hdu = fits.CompImageHDU(a, compression_type=compression,
+                            tile_shape=(tile_rows, a.shape[-1]))
+    hdu.header["OBSERVER"] = "test"
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    return buf.getvalue()
+
+
+def _palette_tiff(shape):
+    idx = rng_image(shape, "uint8", 3)
+    cmap = rng_image((3, 256), "uint16", 4)
+    return tiff_bytes(idx, photometric="palette", colormap=cmap, rowsperstrip=7)
+
+
+H, W = 61, 45  # not multiples of the band or of the strips and tiles
+CASES = {
+    "png-grey8": ("png", lambda: png_bytes(rng_image((H, W), "uint8"))),
+    "png-grey16": ("png", lambda: png_bytes(rng_image((H, W), "uint16"))),
+    "png-rgb8": ("png", lambda: png_bytes(rng_image((H, W, 3), "uint8"))),
+    "png-rgba8": ("png", lambda: png_bytes(rng_image((H, W, 4), "uint8"))),
+    "png-la8": ("png", lambda: png_bytes(rng_image((H, W), "uint8"), mode="LA")),
+    "png-rgb16": ("png", lambda: _png16(rng_image((H, W, 3), "uint16"))),
+    "png-rgba16": ("png", lambda: _png16(rng_image((H, W, 4), "uint16"))),
+    "tiff-grey8-strips": ("tif", lambda: tiff_bytes(rng_image((H, W), "uint8"),
+                                                    rowsperstrip=5, compression="zlib")),
+    "tiff-rgb16-strips": ("tif", lambda: tiff_bytes(rng_image((H, W, 3), "uint16"),
+                                                    rowsperstrip=40, compression="zlib")),
+    "tiff-rgb8-tiles": ("tif", lambda: tiff_bytes(rng_image((H, W, 3), "uint8"),
+                                                  tile=(16, 32), compression="zlib")),
+    "tiff-float32-tiles": ("tif", lambda: tiff_bytes(rng_image((H, W), "float32"),
+                                                     tile=(32, 16), predictor=True,
+                                                     compression="zlib")),
+    "tiff-planar-uint16": ("tif", lambda: tiff_bytes(rng_image((3, H, W), "uint16"),
+                                                     planarconfig="separate",
+                                                     photometric="rgb", rowsperstrip=6)),
+    "tiff-planar-tiles": ("tif", lambda: tiff_bytes(rng_image((3, H, W), "uint8"),
+                                                    planarconfig="separate",
+                                                    photometric="rgb", tile=(16, 16),
+                                                    compression="zlib")),
+    "tiff-contiguous-bigendian": ("tif", lambda: tiff_bytes(rng_image((H, W), "int16"),
+                                                            byteorder=">")),
+    "tiff-contiguous-planar": ("tif", lambda: tiff_bytes(rng_image((3, H, W), "int32"),
+                                                         planarconfig="separate",
+                                                         photometric="rgb")),
+    "tiff-rgba8": ("tif", lambda: tiff_bytes(rng_image((H, W, 4), "uint8"),
+                                             photometric="rgb", extrasamples=["unassalpha"],
+                                             rowsperstrip=9, compression="lzw")),
+    "tiff-palette": ("tif", lambda: _palette_tiff((H, W))),
+    "tiff-jpeg": ("tif", lambda: tiff_bytes(rng_image((H, W, 3), "uint8"),
+                                            compression="jpeg", rowsperstrip=16)),
+    "fits-uint8": ("fits", lambda: fits_bytes(rng_image((H, W), "uint8"))),
+    "fits-int16": ("fits", lambda: fits_bytes(rng_image((H, W), "int16"))),
+    "fits-uint16-bzero": ("fits", lambda: fits_bytes(rng_image((H, W), "uint16"))),
+    "fits-int32": ("fits", lambda: fits_bytes(rng_image((H, W), "int32"))),
+    "fits-float32": ("fits", lambda: fits_bytes(rng_image((H, W), "float32"))),
+    "fits-float64": ("fits", lambda: fits_bytes(rng_image((H, W), "float64"))),
+    "fits-bscale": ("fits", lambda: fits_bytes(rng_image((H, W), "int16"),
+                                               {"BSCALE": 0.5, "BZERO": 10.0})),
+    "fits-rgb-cube": ("fits", lambda: fits_bytes(rng_image((3, H, W), "int16"))),
+    "fits-degenerate-axis": ("fits", lambda: fits_bytes(rng_image((1, H, W), "float32"))),
+    "fits-compressed-rice": ("fits", lambda: _comp_fits(rng_image((H, W), "int16"))),
+    "fits-compressed-gzip-float": ("fits", lambda: _comp_fits(
+        rng_image((H, W), "float32"), tile_rows=5, compression="GZIP_1")),
+}
+
+
+def _bands(img, rows=BAND) -> np.ndarray:
+    try:
+        parts = []
+        for y0, band in img.bands(rows):
+            assert y0 == sum(len(p) for p in parts)
+            assert band.shape[0] == min(rows, img.shape[0] - y0)
+            parts.append(band)
+        return np.concatenate(parts)
+    finally:
+        img.close()
+
+
+@pytest.mark.parametrize("as_path", [False, True], ids=["bytes", "path"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bands_equal_the_whole_decode(case, as_path, tmp_path):
+    ext, make = CASES[case]
+    data = make()
+    name = f"img.{ext}"
+    whole, meta = read_image(data, name)
+    src = data
+    if as_path:
+        (tmp_path / name).write_bytes(data)
+        src = str(tmp_path / name)
+    img = open_banded(src, name, tile=BAND, stream_min_bytes=0)
+    assert img is not None and img.streamed
+    assert img.shape == whole.shape and img.dtype == whole.dtype
+    assert img.meta == meta
+    got = _bands(img)
+    assert got.dtype == whole.dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, whole)
+
+
+def test_fits_rows_keep_the_file_order():
+    a = np.arange(H * W, dtype=np.int32).reshape(H, W)
+    img = open_banded(fits_bytes(a), "x.fits", tile=BAND, stream_min_bytes=0)
+    assert img.meta["row_order"] == "bottom-up"
+    np.testing.assert_array_equal(_bands(img), a)  # row 0 is the first row stored
+
+
+def test_small_images_and_other_layouts_are_decoded_whole():
+    small = png_bytes(rng_image((H, W), "uint8"))
+    assert open_banded(small, "a.png", tile=BAND) is None  # under stream_min_bytes
+    import pyvips
+    from PIL import Image
+
+    rgb = rng_image((H, W, 3), "uint8")
+    interlaced = pyvips.Image.new_from_array(rgb).pngsave_buffer(interlace=True)
+    assert open_banded(interlaced, "i.png", stream_min_bytes=0) is None
+    np.testing.assert_array_equal(read_image(interlaced, "i.png")[0], rgb)
+    pal = Image.fromarray(rng_image((H, W), "uint8")).convert("P")
+    assert open_banded(_pil_png(pal), "p.png", stream_min_bytes=0) is None
+    pages = tiff_bytes(rng_image((3, H, W), "uint8"), photometric="minisblack")  # 3 pages
+    assert open_banded(pages, "p.tif", stream_min_bytes=0) is None
+    assert open_banded(b"", "e.png", stream_min_bytes=0) is None  # read_image says why
+
+
+def _pil_png(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_header_checks_come_first():
+    from storage_files import huge_png_header
+
+    with pytest.raises(ImageRejected, match="too many pixels"):
+        open_banded(huge_png_header(50000, 50000), "bomb.png", stream_min_bytes=0)
+    with pytest.raises(ImageRejected, match="too many pixels"):
+        open_banded(tiff_bytes(rng_image((H, W), "uint8")), "x.tif", max_pixels=100,
+                    stream_min_bytes=0)
+
+
+def test_band_byte_limit():
+    data = _png16(rng_image((H, W, 3), "uint16"))
+    limit = BAND * W * 3 * 2
+    assert open_banded(data, "x.png", tile=BAND, max_band_bytes=limit,
+                       stream_min_bytes=0) is not None
+    with pytest.raises(ImageRejected, match=r"RESTOREFLOW_MAX_BAND_BYTES") as exc:
+        open_banded(data, "x.png", tile=BAND, max_band_bytes=limit - 1, stream_min_bytes=0)
+    assert "\n" not in exc.value.reason and f"{limit:,} bytes" in exc.value.reason
+    # a TIFF strip taller than the band counts as one band
+    tall = tiff_bytes(rng_image((H, W), "uint8"), rowsperstrip=40, compression="zlib")
+    with pytest.raises(ImageRejected, match="one strip or tile row of the file"):
+        open_banded(tall, "x.tif", tile=BAND, max_band_bytes=BAND * W, stream_min_bytes=0)
+
+
+def test_truncated_png_is_rejected_in_bands():
+    data = _png16(rng_image((H, W, 3), "uint16"))
+    img = open_banded(data[: len(data) // 2], "t.png", tile=BAND, stream_min_bytes=0)
+    with pytest.raises(ImageRejected, match="PNG"):
+        _bands(img)
+
+
+def _ingest_both(tmp_path, files, tile=BAND):
+    """Ingest ``files`` into a store decoding whole and one decoding in bands."""
+    from conftest import _plain_settings
+    from restoreflow.storage.store import TileStore
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    out = []
+    for label, stream_min in (("whole", 2**40), ("bands", 0)):
+        settings = _plain_settings(tile_size=tile, stream_min_bytes=stream_min)
+        store = TileStore(tmp_path / label, settings)
+        report = ingest([str(src)], store, settings, progress=False)
+        out.append((store, report))
+    return out
+
+
+def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path):
+    files = {
+        "grey16.png": png_bytes(rng_image((H, W), "uint16")),
+        "rgb16.png": _png16(rng_image((H, W, 3), "uint16", 1)),
+        "tiles.tif": tiff_bytes(rng_image((H, W, 3), "uint8", 2), tile=(16, 16),
+                                compression="zlib"),
+        "float.fits": fits_bytes(rng_image((H, W), "float32", 3)),
+        "unit.fits": fits_bytes(np.linspace(0, 1, H * W, dtype=np.float64).reshape(H, W)),
+        "int32.tif": tiff_bytes(rng_image((H, W), "int32", 4), rowsperstrip=3),
+    }
+    (whole, rw), (banded, rb) = _ingest_both(tmp_path, files)
+    assert rw.counts == rb.counts == {"ingested": len(files), "present": 0, "rejected": 0}
+    ids = sorted(content_id(d) for d in files.values())
+    assert whole.image_ids("input") == banded.image_ids("input") == ids
+    for iid in ids:
+        a, b = whole.attrs("input", iid), banded.attrs("input", iid)
+        a.pop("ingested_at"), b.pop("ingested_at")
+        assert a == b
+        np.testing.assert_array_equal(whole.read("input", iid), banded.read("input", iid))
+
+
+def test_a_band_that_fails_leaves_no_image(tmp_path):
+    bad = rng_image((H, W), "float32")
+    bad[H - 3, 5] = np.nan  # in the last band
+    (whole, rw), (banded, rb) = _ingest_both(tmp_path, {"nan.fits": fits_bytes(bad)})
+    assert rw.counts["rejected"] == rb.counts["rejected"] == 1
+    assert "non-finite pixels" in rb.rejected[0].reason
+    assert "rows 48-60" in rb.rejected[0].reason
+    assert banded.status("input", rb.rejected[0].image_id) is None
+    assert banded.image_ids("input", complete_only=False) == []
+
+
+def test_band_limit_rejects_by_file(tmp_path):
+    from conftest import _plain_settings
+    from restoreflow.storage.store import TileStore
+
+    (tmp_path / "wide.png").write_bytes(_png16(rng_image((H, W, 3), "uint16")))
+    settings = _plain_settings(tile_size=BAND, max_band_bytes=1000)
+    store = TileStore(tmp_path / "s", settings)
+    report = ingest([str(tmp_path / "wide.png")], store, settings, progress=False)
+    row = report.rejected[0]
+    assert row.source.endswith("wide.png")
+    assert "RESTOREFLOW_MAX_BAND_BYTES" in row.reason
+    assert store.image_ids("input", complete_only=False) == []

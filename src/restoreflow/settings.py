@@ -32,7 +32,7 @@ class Settings(BaseSettings):
                     "strip or tile row when taller) decodes to more bytes are rejected",
     )
     stream_min_bytes: int = Field(
-        64 * 2**20, ge=0,
+        16 * 2**20, ge=0,
         description="PNG, TIFF and FITS images that decode to more bytes than this are "
                     "ingested one band of tile rows at a time",
     )

@@ -185,9 +185,8 @@ def test_truncated_png_is_rejected_in_bands():
         _bands(img)
 
 
-def _ingest_both(tmp_path, files, tile=BAND):
+def _ingest_both(tmp_path, base, files, tile=BAND):
     """Ingest ``files`` into a store decoding whole and one decoding in bands."""
-    from conftest import _plain_settings
     from restoreflow.storage.store import TileStore
 
     src = tmp_path / "src"
@@ -196,14 +195,15 @@ def _ingest_both(tmp_path, files, tile=BAND):
         (src / name).write_bytes(data)
     out = []
     for label, stream_min in (("whole", 2**40), ("bands", 0)):
-        settings = _plain_settings(tile_size=tile, stream_min_bytes=stream_min)
+        settings = base.model_copy(update={"tile_size": tile,
+                                           "stream_min_bytes": stream_min})
         store = TileStore(tmp_path / label, settings)
         report = ingest([str(src)], store, settings, progress=False)
         out.append((store, report))
     return out
 
 
-def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path):
+def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path, local_settings):
     files = {
         "grey16.png": png_bytes(rng_image((H, W), "uint16")),
         "rgb16.png": _png16(rng_image((H, W, 3), "uint16", 1)),
@@ -213,7 +213,7 @@ def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path):
         "unit.fits": fits_bytes(np.linspace(0, 1, H * W, dtype=np.float64).reshape(H, W)),
         "int32.tif": tiff_bytes(rng_image((H, W), "int32", 4), rowsperstrip=3),
     }
-    (whole, rw), (banded, rb) = _ingest_both(tmp_path, files)
+    (whole, rw), (banded, rb) = _ingest_both(tmp_path, local_settings, files)
     assert rw.counts == rb.counts == {"ingested": len(files), "present": 0, "rejected": 0}
     ids = sorted(content_id(d) for d in files.values())
     assert whole.image_ids("input") == banded.image_ids("input") == ids
@@ -224,10 +224,11 @@ def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path):
         np.testing.assert_array_equal(whole.read("input", iid), banded.read("input", iid))
 
 
-def test_a_band_that_fails_leaves_no_image(tmp_path):
+def test_a_band_that_fails_leaves_no_image(tmp_path, local_settings):
     bad = rng_image((H, W), "float32")
     bad[H - 3, 5] = np.nan  # in the last band
-    (whole, rw), (banded, rb) = _ingest_both(tmp_path, {"nan.fits": fits_bytes(bad)})
+    (whole, rw), (banded, rb) = _ingest_both(tmp_path, local_settings,
+                                             {"nan.fits": fits_bytes(bad)})
     assert rw.counts["rejected"] == rb.counts["rejected"] == 1
     assert "non-finite pixels" in rb.rejected[0].reason
     assert "rows 48-60" in rb.rejected[0].reason
@@ -235,15 +236,65 @@ def test_a_band_that_fails_leaves_no_image(tmp_path):
     assert banded.image_ids("input", complete_only=False) == []
 
 
-def test_band_limit_rejects_by_file(tmp_path):
-    from conftest import _plain_settings
+def test_band_limit_rejects_by_file(tmp_path, local_settings):
     from restoreflow.storage.store import TileStore
 
     (tmp_path / "wide.png").write_bytes(_png16(rng_image((H, W, 3), "uint16")))
-    settings = _plain_settings(tile_size=BAND, max_band_bytes=1000)
+    settings = local_settings.model_copy(update={"tile_size": BAND, "max_band_bytes": 1000})
     store = TileStore(tmp_path / "s", settings)
     report = ingest([str(tmp_path / "wide.png")], store, settings, progress=False)
     row = report.rejected[0]
     assert row.source.endswith("wide.png")
     assert "RESTOREFLOW_MAX_BAND_BYTES" in row.reason
     assert store.image_ids("input", complete_only=False) == []
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "fits"])
+def test_export_in_bands_writes_the_same_pixels(tmp_path, local_settings, fmt):
+    from astropy.io import fits
+    from PIL import Image
+
+    from restoreflow.storage.export import export
+    from restoreflow.storage.store import TileStore
+
+    files = {
+        "rgb8.png": png_bytes(rng_image((H, W, 3), "uint8")),
+        "rgb16.png": _png16(rng_image((H, W, 3), "uint16", 1)),
+        "grey16.tif": tiff_bytes(rng_image((H, W), "uint16", 2)),
+        "float.fits": fits_bytes(rng_image((H, W), "float32", 3)),  # bottom-up rows
+        "cube.fits": fits_bytes(rng_image((3, H, W), "int16", 4)),
+    }
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    settings = local_settings.model_copy(update={"tile_size": BAND})
+    store = TileStore(tmp_path / "store", settings)
+    ingest([str(src)], store, settings, progress=False)
+    ids = store.image_ids("input")
+    # a derived collection (float32, normalised units) exports in the source's units
+    for iid in ids:
+        c, h, w = store.shape("input", iid)
+        store.create_image("restored", iid, (c, h, w), "float32")
+        store.write_image("restored", iid, store.read("input", iid, normalised=True) * 0.9)
+        store.mark_complete("restored", iid)
+    for collection in ("input", "restored"):
+        outs = {}
+        for label, stream_min in (("whole", 2**40), ("bands", 0)):
+            s = settings.model_copy(update={"stream_min_bytes": stream_min})
+            paths = export(TileStore(tmp_path / "store", s), collection, fmt,
+                           tmp_path / f"{collection}-{label}")
+            outs[label] = paths
+        for pw, pb in zip(outs["whole"], outs["bands"], strict=True):
+            a, ma = read_image(pw.read_bytes(), pw.name)
+            b, mb = read_image(pb.read_bytes(), pb.name)
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+            if fmt == "png":
+                assert Image.open(pw).info["restoreflow"] == Image.open(pb).info["restoreflow"]
+            elif fmt == "tiff":
+                assert ma["source_metadata"]["description"] == mb["source_metadata"][
+                    "description"]
+            else:
+                ha, hb = fits.getheader(pw), fits.getheader(pb)
+                assert list(ha.items()) == list(hb.items())

@@ -117,7 +117,7 @@ class _VipsPng(BandedImage):
         import pyvips
 
         pyvips.cache_set_max(0)  # the operation cache would keep decoded regions alive
-        opts = {"access": "sequential", "fail_on": "warning"}
+        opts = {"access": "sequential", "fail_on": "error"}
         if isinstance(src, str):
             self._im = pyvips.Image.new_from_file(src, **opts)
         else:

@@ -5,6 +5,7 @@ same image and attrs; bad bands reject the file and leave no image behind."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -145,7 +146,11 @@ def test_small_images_and_other_layouts_are_decoded_whole():
     assert open_banded(_pil_png(pal), "p.png", stream_min_bytes=0) is None
     pages = tiff_bytes(rng_image((3, H, W), "uint8"), photometric="minisblack")  # 3 pages
     assert open_banded(pages, "p.tif", stream_min_bytes=0) is None
-    assert open_banded(b"", "e.png", stream_min_bytes=0) is None  # read_image says why
+    for data, name in ((b"", "e.png"), (b"GIF89a....", "g.tif"), (small, "a.gif")):
+        with pytest.raises(ImageRejected) as exc:  # the reason read_image gives
+            open_banded(data, name, stream_min_bytes=0)
+        with pytest.raises(ImageRejected, match=re.escape(exc.value.reason)):
+            read_image(data, name)
 
 
 def _pil_png(im) -> bytes:

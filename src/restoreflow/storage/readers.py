@@ -124,10 +124,7 @@ def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side:
     same dtype and layout, as the whole decode."""
     size = source_size(src)
     head = source_head(src, 64)
-    try:
-        fmt, extra = _format(head, size, name)
-    except ImageRejected:
-        return None  # read_image gives the same reason
+    fmt, extra = _format(head, size, name)
     args = (max_pixels, min_side, tile, max_band_bytes, stream_min_bytes)
     try:
         if fmt == "png":

@@ -303,3 +303,14 @@ def test_export_in_bands_writes_the_same_pixels(tmp_path, local_settings, fmt):
             else:
                 ha, hb = fits.getheader(pw), fits.getheader(pb)
                 assert list(ha.items()) == list(hb.items())
+
+
+def test_band_png_from_any_file_name(tmp_path):
+    """libvips gets a descriptor: brackets (its option syntax) and bytes that are not
+    UTF-8 in a file name are just part of the name."""
+    a = rng_image((H, W, 3), "uint16")
+    for name in ("img[0].png", b"caf\xe9.png".decode("utf-8", "surrogateescape")):
+        path = tmp_path / name
+        path.write_bytes(_png16(a))
+        img = open_banded(str(path), name, tile=BAND, stream_min_bytes=0)
+        np.testing.assert_array_equal(_bands(img), a)

@@ -84,8 +84,8 @@ def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
     stored = np.dtype(attrs.get("dtype") or "float32")
     if collection == INPUT:
         stored = store.dtype(collection, image_id)
-    to_unit16 = fmt == "png" and stored not in (np.uint8, np.uint16)
-    dtype = np.dtype("uint16") if to_unit16 else stored
+    to_uint16 = fmt == "png" and stored not in (np.uint8, np.uint16)
+    dtype = np.dtype("uint16") if to_uint16 else stored
     flip = attrs.get("row_order", "top-down") != ROW_ORDER[fmt]
     offset = float(attrs.get("norm_offset", 0.0))
     scale = float(attrs.get("norm_scale", 1.0))
@@ -95,11 +95,11 @@ def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
     def convert(y0: int, y1: int) -> np.ndarray:
         if collection != INPUT:
             data = store.read_region(collection, image_id, y0, y1, 0, w)
-            if to_unit16:
+            if to_uint16:
                 data = from_normalised(np.clip(data, 0.0, 1.0), 0.0, 65535.0, "uint16")
             else:
                 data = from_normalised(data, offset, scale, dtype.name)
-        elif to_unit16:
+        elif to_uint16:
             norm = store.read_region(collection, image_id, y0, y1, 0, w, normalised=True)
             data = from_normalised(np.clip(norm, 0.0, 1.0), 0.0, 65535.0, "uint16")
         else:
@@ -117,8 +117,8 @@ def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
 
 def export_array(store: TileStore, collection: str, image_id: str, fmt: str) -> np.ndarray:
     """The (H, W) / (H, W, 3) array that export writes for one image, before encoding."""
-    shape, _, bands = export_bands(store, collection, image_id, fmt, rows=store.shape(
-        collection, image_id)[1])
+    height = store.shape(collection, image_id)[1]
+    _, _, bands = export_bands(store, collection, image_id, fmt, rows=height)
     return next(bands())
 
 

@@ -10,6 +10,7 @@ decoded at a time; its pixels are the same as those of the whole decode.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
@@ -118,8 +119,13 @@ class _VipsPng(BandedImage):
 
         pyvips.cache_set_max(0)  # the operation cache would keep decoded regions alive
         opts = {"access": "sequential", "fail_on": "error"}
+        self._fd = None
         if isinstance(src, str):
-            self._im = pyvips.Image.new_from_file(src, **opts)
+            # through a descriptor: libvips would parse "name[options]" in a file name,
+            # and pyvips cannot pass names that are not UTF-8
+            self._fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            source = pyvips.Source.new_from_descriptor(self._fd)
+            self._im = pyvips.Image.pngload_source(source, **opts)
         else:
             self._im = pyvips.Image.pngload_buffer(src, **opts)
         self.shape, self.dtype, self.meta = shape, dtype, meta
@@ -134,6 +140,9 @@ class _VipsPng(BandedImage):
 
     def close(self) -> None:
         self._im = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def stream_png(src: Source, head: bytes, max_pixels: int, min_side: int, tile: int,

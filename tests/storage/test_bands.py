@@ -314,3 +314,68 @@ def test_band_png_from_any_file_name(tmp_path):
         path.write_bytes(_png16(a))
         img = open_banded(str(path), name, tile=BAND, stream_min_bytes=0)
         np.testing.assert_array_equal(_bands(img), a)
+
+
+_PEAK_CHILD = r"""
+import json, sys
+import astropy.io.fits, dask.array, imagecodecs, numpy, PIL.Image, tifffile, xarray, zarr
+from restoreflow.settings import Settings
+from restoreflow.storage.ingest import ingest
+from restoreflow.storage.store import TileStore
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+settings = Settings(tile_size=256, store=sys.argv[2])
+before = hwm()
+report = ingest([sys.argv[1]], TileStore(sys.argv[2], settings), settings, progress=False)
+print(json.dumps({"counts": report.counts, "grew_mib": hwm() - before}))
+"""
+
+
+def _zeros_file(path, fmt, side):
+    """A side x side all-zero 16-bit image written without holding it in memory."""
+    if fmt == "png":
+        import pyvips
+
+        im = pyvips.Image.black(side, side, bands=3).cast("ushort")
+        im.copy(interpretation="rgb16").pngsave(str(path))
+    elif fmt == "tif":
+        import tifffile
+
+        tile = np.zeros((512, 512, 3), np.uint16)
+        tifffile.imwrite(path, data=(tile for _ in range((-(-side // 512)) ** 2)),
+                         shape=(side, side, 3), dtype=np.uint16, tile=(512, 512),
+                         compression="zlib", photometric="rgb")
+    else:
+        from astropy.io import fits
+
+        hdr = fits.Header([("SIMPLE", True), ("BITPIX", 16), ("NAXIS", 2),
+                           ("NAXIS1", side), ("NAXIS2", side)])
+        with fits.StreamingHDU(str(path), hdr) as out:
+            for _ in range(0, side, 500):
+                out.write(np.zeros((500, side), ">i2"))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"),
+                    reason="reads VmHWM from /proc")
+@pytest.mark.parametrize(("fmt", "decoded_mib"), [("png", 206), ("tif", 206), ("fits", 69)])
+def test_ingest_memory_does_not_grow_with_the_image(tmp_path, fmt, decoded_mib):
+    """A 6000 x 6000 16-bit image (RGB for PNG and TIFF) ingests in a fresh process whose
+    peak RSS grows by well under its decoded size (decoded whole it grew by 225-275 MiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / f"zeros.{fmt}"
+    _zeros_file(path, fmt, 6000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(path), str(tmp_path / "s")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["counts"]["ingested"] == 1
+    assert out["grew_mib"] < min(120, decoded_mib * 0.8), out

@@ -223,10 +223,10 @@ class _TiffBands(BandedImage):
 def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band_bytes: int,
                 stream_min_bytes: int) -> BandedImage | None:
     """A one-page TIFF decoded in bands of rows, or None where the whole decode is used:
-    an image that decodes to at most ``stream_min_bytes``, and multi-page series and
-    volumes. The header checks of :func:`read_tiff` come first; then one band of
-    ``tile`` rows, and one strip or tile row of the file, must each decode to at most
-    ``max_band_bytes``."""
+    an image that decodes to at most ``stream_min_bytes``, multi-page series, volumes
+    and compressions tifffile cannot decode. The header checks of :func:`read_tiff` come
+    first; then one band of ``tile`` rows, and one strip or tile row of the file, must
+    each decode to at most ``max_band_bytes``."""
     import tifffile
 
     tif = tifffile.TiffFile(src if isinstance(src, str) else io.BytesIO(src))
@@ -238,8 +238,9 @@ def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band
         c = 3 if (palette or not grey) else 1
         itemsize = page.colormap.dtype.itemsize if palette else dtype.itemsize
         if (h * w * c * itemsize <= stream_min_bytes or len(s.pages) != 1
-                or page.imagedepth != 1 or page.shaped[2:4] != (h, w)):
-            tif.close()
+                or page.imagedepth != 1 or page.shaped[2:4] != (h, w)
+                or page.compression not in tifffile.TIFF.DECOMPRESSORS):
+            tif.close()  # the whole decode (with its Pillow fallback for codecs) takes it
             return None
         check_band(min(tile, h), w, c, itemsize, max_band_bytes)
         if not page.is_contiguous:

@@ -1,11 +1,12 @@
 """Images read one band of rows at a time, so that ingesting an image needs memory for a
 band (a few tile rows), not for the whole image.
 
-A source is either the file's bytes (small files, S3 objects) or the path of a local
-file. :class:`BandedImage` is what a reader returns: the image's shape and dtype (known
-from the header), its metadata, and :meth:`BandedImage.bands`, which yields consecutive
-row bands ``(y0, rows)`` of shape (h, W) or (h, W, 3) in the native dtype, top to bottom
-in the file's row order. :class:`WholeImage` serves an already decoded array the same way.
+A source is the file's bytes (small files), the path of a local file, or a
+:class:`RemoteFile` (a large S3 object, read in ranges). :class:`BandedImage` is what a
+reader returns: the image's shape and dtype (known from the header), its metadata, and
+:meth:`BandedImage.bands`, which yields consecutive row bands ``(y0, rows)`` of shape
+(h, W) or (h, W, 3) in the native dtype, top to bottom in the file's row order.
+:class:`WholeImage` serves an already decoded array the same way.
 """
 
 from __future__ import annotations
@@ -19,41 +20,59 @@ import numpy as np
 
 from restoreflow.storage.decode import FORMAT_NAMES, ImageRejected
 
-Source = bytes | str  # the file's bytes, or a local path
 _READ_STEP = 1 << 20
+_REMOTE_BLOCK = 8 << 20  # bytes fetched per request from an object store
+
+
+class RemoteFile:
+    """An object on an fsspec filesystem (S3), opened for reading in ranges."""
+
+    def __init__(self, fs, path: str, size: int) -> None:
+        self.fs, self.path, self.size = fs, path, int(size)
+
+    def open(self):
+        return self.fs.open(self.path, "rb", block_size=_REMOTE_BLOCK, cache_type="readahead")
+
+
+Source = bytes | str | RemoteFile  # the file's bytes, a local path, or an S3 object
 
 
 def source_size(src: Source) -> int:
+    if isinstance(src, RemoteFile):
+        return src.size
     return len(src) if isinstance(src, (bytes, bytearray, memoryview)) else os.path.getsize(src)
+
+
+def open_source(src: Source):
+    """A seekable binary file object over the source (close it after use)."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return io.BytesIO(src)
+    if isinstance(src, RemoteFile):
+        return src.open()
+    return open(src, "rb")
 
 
 def source_head(src: Source, n: int) -> bytes:
     """The first ``n`` bytes (fewer for a shorter file)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[:n])
-    with open(src, "rb") as f:
+    with open_source(src) as f:
         return f.read(n)
-
-
-def open_source(src: Source):
-    """A binary file object over the source (close it after use)."""
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return io.BytesIO(src)
-    return open(src, "rb")
 
 
 def read_all(src: Source) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src)
-    with open(src, "rb") as f:
+    with open_source(src) as f:
         return f.read()
 
 
-def file_sha256(path: str) -> str:
-    """SHA-256 hex digest of a file, read in steps of 1 MiB."""
+def source_sha256(src: str | RemoteFile) -> str:
+    """SHA-256 hex digest of a local file or an object, read in steps."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_STEP):
+    step = _REMOTE_BLOCK if isinstance(src, RemoteFile) else _READ_STEP
+    with open_source(src) as f:
+        while chunk := f.read(step):
             h.update(chunk)
     return h.hexdigest()
 

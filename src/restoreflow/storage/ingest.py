@@ -29,11 +29,12 @@ import numpy as np
 from restoreflow.settings import Settings
 from restoreflow.storage.bands import (
     BandedImage,
+    RemoteFile,
     Source,
     WholeImage,
     check_band,
-    file_sha256,
     read_all,
+    source_sha256,
 )
 from restoreflow.storage.decode import ImageRejected
 from restoreflow.storage.layout import INPUT, REJECTED_TABLE, SOURCE_DTYPES, STATUS_COMPLETE
@@ -43,6 +44,7 @@ from restoreflow.storage.sources import (
     expand_sources,
     printable,
     read_source,
+    s3_filesystem,
     strip_credentials,
 )
 from restoreflow.storage.store import TileStore
@@ -249,12 +251,20 @@ class _Prepared:
 
 
 def _open(item: SourceItem, settings: Settings, fs_cache: dict) -> tuple[Source, int, str]:
-    """The item as a source (its bytes; the path of a large local file), its size and
-    its image id. A large local file is hashed in steps instead of held in memory."""
+    """The item as a source, its size and its image id: the bytes of a small file; a
+    large local file by its path and a large S3 object as a :class:`RemoteFile`, both
+    hashed in steps and later decoded from the file, not held in memory."""
     if item.kind == "file" and not item.error:
         size = os.path.getsize(item.uri)
         if size > settings.stream_min_bytes:
-            return item.uri, size, file_sha256(item.uri)[:20]
+            return item.uri, size, source_sha256(item.uri)[:20]
+    if item.kind == "s3" and not item.error:
+        fs = fs_cache.get("s3") or s3_filesystem(settings)
+        path = item.uri[len("s3://"):]
+        size = item.size if item.size is not None else fs.size(path)
+        if size > settings.stream_min_bytes:
+            remote = RemoteFile(fs, path, size)
+            return remote, size, source_sha256(remote)[:20]
     data = read_source(item, settings, fs_cache.get("s3"))
     return data, len(data), content_id(data)
 
@@ -284,7 +294,7 @@ def _prepare(item: SourceItem, store: TileStore, settings: Settings, fs_cache: d
         p.image = open_banded(src, item.name, settings.max_pixels, settings.min_side, tile,
                               settings.max_band_bytes, settings.stream_min_bytes)
         if p.image is None:
-            data = src if isinstance(src, bytes) else read_all(src)
+            data = src if isinstance(src, bytes) else read_all(src)  # JPEG, interlaced, ...
             arr, meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
             c = 1 if arr.ndim == 2 else arr.shape[2]
             check_band(min(tile, arr.shape[0]), arr.shape[1], c, arr.itemsize,
@@ -367,8 +377,6 @@ def ingest(sources: list[str], store: TileStore, settings: Settings | None = Non
             bar.start()
             task = bar.add_task("", total=len(items))
         if any(it.kind == "s3" and not it.error for it in items):
-            from restoreflow.storage.sources import s3_filesystem
-
             fs_cache["s3"] = s3_filesystem(settings)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
             ahead = None

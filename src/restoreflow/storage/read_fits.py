@@ -6,13 +6,12 @@ Large images are read in bands of rows (:func:`stream_fits`).
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 
 import numpy as np
 
-from restoreflow.storage.bands import BandedImage, check_band, source_size
+from restoreflow.storage.bands import BandedImage, check_band, open_source, source_size
 from restoreflow.storage.decode import ImageRejected, check_pixels, clip_text, finish_array
 from restoreflow.storage.layout import SOURCE_DTYPES
 
@@ -97,12 +96,15 @@ def _fits_layout(hdul, nbytes: int, max_pixels: int, min_side: int) -> tuple:
 
 
 def _open_fits(src):
+    """``(hdul, file)``: the HDU list and the file object to close after it (or None)."""
     from astropy.io import fits
 
-    f = src if isinstance(src, str) else io.BytesIO(src)
+    f = None if isinstance(src, str) else open_source(src)
     try:
-        return fits.open(f, memmap=False, lazy_load_hdus=True)
+        return fits.open(src if f is None else f, memmap=False, lazy_load_hdus=True), f
     except Exception as exc:  # noqa: BLE001
+        if f is not None:
+            f.close()
         raise ImageRejected(f"corrupt FITS: {type(exc).__name__}: {exc}") from exc
 
 
@@ -111,7 +113,7 @@ def read_fits(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarray, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        hdul = _open_fits(data)
+        hdul, _ = _open_fits(data)
         with hdul:
             index, hdu, shape, core, h, w = _fits_layout(hdul, len(data), max_pixels,
                                                          min_side)
@@ -133,9 +135,9 @@ class _FitsBands(BandedImage):
     """Rows of a FITS image HDU read through astropy's ``section`` (only the rows asked
     for are read, or for a tile-compressed HDU only the tiles that hold them)."""
 
-    def __init__(self, hdul, hdu, shape: list, core: list, out_shape: tuple,
+    def __init__(self, hdul, file, hdu, shape: list, core: list, out_shape: tuple,
                  dtype: np.dtype, meta: dict) -> None:
-        self._hdul, self._hdu = hdul, hdu
+        self._hdul, self._file, self._hdu = hdul, file, hdu
         self._lead = tuple(0 if d == 1 else slice(None) for d in shape[:-2])
         self._core = core
         self.shape, self.dtype, self.meta = out_shape, dtype, meta
@@ -149,6 +151,8 @@ class _FitsBands(BandedImage):
 
     def close(self) -> None:
         self._hdul.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def stream_fits(src, max_pixels: int, min_side: int, tile: int, max_band_bytes: int,
@@ -163,7 +167,7 @@ def stream_fits(src, max_pixels: int, min_side: int, tile: int, max_band_bytes: 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        hdul = _open_fits(src)
+        hdul, file = _open_fits(src)
         try:
             index, hdu, shape, core, h, w = _fits_layout(hdul, source_size(src), max_pixels,
                                                          min_side)
@@ -177,6 +181,8 @@ def stream_fits(src, max_pixels: int, min_side: int, tile: int, max_band_bytes: 
                 )
             if h * w * c * dtype.itemsize <= stream_min_bytes:
                 hdul.close()
+                if file is not None:
+                    file.close()
                 return None
             check_band(min(tile, h), w, c, dtype.itemsize, max_band_bytes)
             if isinstance(hdu, fits.CompImageHDU):
@@ -186,7 +192,9 @@ def stream_fits(src, max_pixels: int, min_side: int, tile: int, max_band_bytes: 
             meta = {"source_metadata": fits_header_dict(hdu.header), "fits_hdu": index,
                     "row_order": "bottom-up", "format": "fits"}
             out_shape = (h, w, 3) if c == 3 else (h, w)
-            return _FitsBands(hdul, hdu, shape, core, out_shape, dtype, meta)
+            return _FitsBands(hdul, file, hdu, shape, core, out_shape, dtype, meta)
         except BaseException:
             hdul.close()
+            if file is not None:
+                file.close()
             raise

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from restoreflow.storage.bands import BandedImage, Source, check_band, open_source
+from restoreflow.storage.bands import BandedImage, RemoteFile, Source, check_band, open_source
 from restoreflow.storage.decode import (
     FORMAT_NAMES,
     ImageRejected,
@@ -119,13 +119,20 @@ class _VipsPng(BandedImage):
 
         pyvips.cache_set_max(0)  # the operation cache would keep decoded regions alive
         opts = {"access": "sequential", "fail_on": "error"}
-        self._fd = None
+        self._fd = self._file = self._source = None
         if isinstance(src, str):
             # through a descriptor: libvips would parse "name[options]" in a file name,
             # and pyvips cannot pass names that are not UTF-8
             self._fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            source = pyvips.Source.new_from_descriptor(self._fd)
-            self._im = pyvips.Image.pngload_source(source, **opts)
+            self._source = pyvips.Source.new_from_descriptor(self._fd)
+            self._im = pyvips.Image.pngload_source(self._source, **opts)
+        elif isinstance(src, RemoteFile):
+            self._file = f = src.open()
+            # kept on self: libvips calls back into it for as long as the image lives
+            self._source = pyvips.SourceCustom()
+            self._source.on_read(lambda size: f.read(size))
+            self._source.on_seek(lambda offset, whence: f.seek(offset, whence))
+            self._im = pyvips.Image.pngload_source(self._source, **opts)
         else:
             self._im = pyvips.Image.pngload_buffer(src, **opts)
         self.shape, self.dtype, self.meta = shape, dtype, meta
@@ -139,10 +146,13 @@ class _VipsPng(BandedImage):
         return np.frombuffer(buf, dtype=self.dtype).reshape(y1 - y0, im.width, im.bands)
 
     def close(self) -> None:
-        self._im = None
+        self._im = self._source = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def stream_png(src: Source, head: bytes, max_pixels: int, min_side: int, tile: int,

@@ -10,7 +10,13 @@ import io
 
 import numpy as np
 
-from restoreflow.storage.bands import BandedImage, Source, check_band, source_size
+from restoreflow.storage.bands import (
+    BandedImage,
+    Source,
+    check_band,
+    open_source,
+    source_size,
+)
 from restoreflow.storage.decode import ImageRejected, check_pixels, clip_text, finish_array
 from restoreflow.storage.layout import SOURCE_DTYPES
 
@@ -151,8 +157,8 @@ class _TiffBands(BandedImage):
     """Rows of a one-page TIFF, read strip by strip or tile row by tile row through
     tifffile's segment decoder; uncompressed contiguous data is read row by row."""
 
-    def __init__(self, tif, page, shape: tuple, dtype: np.dtype, meta: dict) -> None:
-        self._tif, self._page = tif, page
+    def __init__(self, tif, close, page, shape: tuple, dtype: np.dtype, meta: dict) -> None:
+        self._tif, self._close, self._page = tif, close, page
         self.shape, self.dtype, self.meta = shape, dtype, meta
         self._cache: dict[int, tuple] = {}  # segment index -> decode result
         self._shaped = page.shaped  # (separate samples, depth, length, width, contig)
@@ -217,7 +223,7 @@ class _TiffBands(BandedImage):
         return arr
 
     def close(self) -> None:
-        self._tif.close()
+        self._close()
 
 
 def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band_bytes: int,
@@ -229,7 +235,19 @@ def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band
     each decode to at most ``max_band_bytes``."""
     import tifffile
 
-    tif = tifffile.TiffFile(src if isinstance(src, str) else io.BytesIO(src))
+    f = None if isinstance(src, str) else open_source(src)  # tifffile leaves it open
+
+    def close() -> None:
+        tif.close()
+        if f is not None:
+            f.close()
+
+    try:
+        tif = tifffile.TiffFile(src if f is None else f)
+    except BaseException:
+        if f is not None:
+            f.close()
+        raise
     try:
         s, page, shape, axes, dtype, planar, h, w = _tiff_layout(
             tif, source_size(src), max_pixels, min_side)
@@ -240,7 +258,7 @@ def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band
         if (h * w * c * itemsize <= stream_min_bytes or len(s.pages) != 1
                 or page.imagedepth != 1 or page.shaped[2:4] != (h, w)
                 or page.compression not in tifffile.TIFF.DECOMPRESSORS):
-            tif.close()  # the whole decode (with its Pillow fallback for codecs) takes it
+            close()  # the whole decode (with its Pillow fallback for codecs) takes it
             return None
         check_band(min(tile, h), w, c, itemsize, max_band_bytes)
         if not page.is_contiguous:
@@ -257,9 +275,9 @@ def stream_tiff(src: Source, max_pixels: int, min_side: int, tile: int, max_band
         out_shape = (h, w, 3) if c == 3 else (h, w)
         out_dtype = page.colormap.dtype if palette else dtype
         out_dtype = out_dtype.newbyteorder("=")
-        return _TiffBands(tif, page, out_shape, out_dtype, meta)
+        return _TiffBands(tif, close, page, out_shape, out_dtype, meta)
     except BaseException:
-        tif.close()
+        close()
         raise
 
 

@@ -114,8 +114,9 @@ def _format(head: bytes, size: int, name: str) -> tuple[str, dict]:
 def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side: int = 8,
                 tile: int = 256, max_band_bytes: int = 256 * 2**20,
                 stream_min_bytes: int = 16 * 2**20) -> BandedImage | None:
-    """Open a PNG, TIFF or FITS image (its bytes or a local path) to be decoded in bands
-    of rows (see :mod:`restoreflow.storage.bands`), or None where :func:`read_image`
+    """Open a PNG, TIFF or FITS image (its bytes, a local path or a
+    :class:`~restoreflow.storage.bands.RemoteFile`) to be decoded in bands of rows (see
+    :mod:`restoreflow.storage.bands`), or None where :func:`read_image`
     decodes it whole: images that decode to at most ``stream_min_bytes``, other formats
     and layouts the band readers do not take (interlaced, palette and 1/2/4-bit PNG,
     multi-page TIFF). Header checks and the PNG data check run first and raise

@@ -26,6 +26,16 @@ class Settings(BaseSettings):
         400_000_000, ge=1, description="Images with more pixels are rejected (decompression bombs)"
     )
     min_side: int = Field(8, ge=1, description="Images with a side shorter than this are rejected")
+    max_band_bytes: int = Field(
+        256 * 2**20, ge=1,
+        description="Images whose band of one tile row (tile_size rows, or the file's own "
+                    "strip or tile row when taller) decodes to more bytes are rejected",
+    )
+    stream_min_bytes: int = Field(
+        16 * 2**20, ge=0,
+        description="PNG, TIFF and FITS images that decode to more bytes than this are "
+                    "ingested one band of tile rows at a time",
+    )
 
     s3_endpoint_url: str | None = Field(
         None, validation_alias=AliasChoices("RESTOREFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")

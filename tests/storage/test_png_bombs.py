@@ -171,3 +171,21 @@ def test_pillow_alone_is_bounded_on_a_png_bomb(tmp_path):
     print(f"\nPillow alone on a 2 GiB-inflating PNG: peak RSS {res['peak_MB']:.0f} MB")
     assert res["peak_MB"] < PEAK_LIMIT_MB
 
+
+
+@pytest.mark.parametrize("as_path", [False, True], ids=["bytes", "path"])
+def test_png_bomb_is_rejected_before_band_decoding(as_path, tmp_path):
+    """The band reader runs the same check on the file, read in steps, before libvips."""
+    from restoreflow.storage.readers import open_banded
+
+    data = png_bomb(64 * MB, 16, 2)
+    src = data
+    if as_path:
+        (tmp_path / "bomb.png").write_bytes(data)
+        src = str(tmp_path / "bomb.png")
+    with pytest.raises(ImageRejected, match="decompression bomb"):
+        open_banded(src, "bomb.png", stream_min_bytes=0)
+    exact = png_bomb(_declared(16, 2, 0), 16, 2)
+    img = open_banded(exact, "ok.png", tile=16, stream_min_bytes=0)
+    assert img is not None and img.shape == (64, 64, 3)
+    assert all(not band.any() for _, band in img.bands(16))

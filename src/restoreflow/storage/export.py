@@ -10,6 +10,11 @@ the normalised values (clipped to [0, 1]).
 Rows are flipped when the target's row order differs from the source's (FITS files
 store the bottom row first), so an image looks the same in every format.
 
+An image whose exported array is larger than ``settings.stream_min_bytes`` is read from
+the store and encoded one band of tile rows at a time (:func:`export_bands`,
+:func:`restoreflow.storage.writers.write_bands`), so export needs memory for a band,
+not for the image; the file holds the same pixels as the whole encode.
+
 File names are ``<image_id>_<stem>.<ext>`` with the stem sanitised to [A-Za-z0-9._-]
 (every other character, path separators included, becomes ``_``: no part of a name is
 dropped), and every path is checked to resolve inside ``out_dir`` whatever the store holds.
@@ -17,7 +22,9 @@ dropped), and every path is checked to resolve inside ``out_dir`` whatever the s
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,28 +68,58 @@ def _inside(path: Path, root: Path) -> Path:
     return resolved
 
 
+def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
+                 rows: int | None = None) -> tuple[tuple[int, ...], np.dtype, Callable]:
+    """What export writes for one image, one band of rows at a time.
+
+    Returns ``(shape, dtype, bands)``: the (H, W) / (H, W, 3) shape and dtype of the
+    array export encodes, and ``bands()``, a function returning an iterator over its rows
+    in bands of at most ``rows`` rows (default: the store's tile size), top to bottom in
+    the target's row order. Each call of ``bands()`` reads the store again.
+    """
+    attrs = store.attrs(collection, image_id)
+    c, h, w = store.shape(collection, image_id)
+    if c not in (1, 3):
+        raise ValueError(f"{collection}/{image_id}: {c} bands cannot be exported")
+    stored = np.dtype(attrs.get("dtype") or "float32")
+    if collection == INPUT:
+        stored = store.dtype(collection, image_id)
+    to_uint16 = fmt == "png" and stored not in (np.uint8, np.uint16)
+    dtype = np.dtype("uint16") if to_uint16 else stored
+    flip = attrs.get("row_order", "top-down") != ROW_ORDER[fmt]
+    offset = float(attrs.get("norm_offset", 0.0))
+    scale = float(attrs.get("norm_scale", 1.0))
+    rows = int(rows or store.tile_size)
+    starts = list(range(0, h, rows))
+
+    def convert(y0: int, y1: int) -> np.ndarray:
+        if collection != INPUT:
+            data = store.read_region(collection, image_id, y0, y1, 0, w)
+            if to_uint16:
+                data = from_normalised(np.clip(data, 0.0, 1.0), 0.0, 65535.0, "uint16")
+            else:
+                data = from_normalised(data, offset, scale, dtype.name)
+        elif to_uint16:
+            norm = store.read_region(collection, image_id, y0, y1, 0, w, normalised=True)
+            data = from_normalised(np.clip(norm, 0.0, 1.0), 0.0, 65535.0, "uint16")
+        else:
+            data = store.read_region(collection, image_id, y0, y1, 0, w)
+        hwc = data[0] if c == 1 else np.moveaxis(data, 0, -1)
+        return np.ascontiguousarray(hwc[::-1] if flip else hwc)
+
+    def bands() -> Iterator[np.ndarray]:
+        for y0 in (reversed(starts) if flip else starts):
+            yield convert(y0, min(h, y0 + rows))
+
+    shape = (h, w) if c == 1 else (h, w, 3)
+    return shape, dtype, bands
+
+
 def export_array(store: TileStore, collection: str, image_id: str, fmt: str) -> np.ndarray:
     """The (H, W) / (H, W, 3) array that export writes for one image, before encoding."""
-    attrs = store.attrs(collection, image_id)
-    data = store.read(collection, image_id)  # (C, H, W)
-    if collection != INPUT:
-        src = attrs
-        dtype = src.get("dtype") or "float32"
-        offset = float(src.get("norm_offset", 0.0))
-        scale = float(src.get("norm_scale", 1.0))
-        if fmt == "png" and dtype not in ("uint8", "uint16"):
-            data = from_normalised(np.clip(data, 0.0, 1.0), 0.0, 65535.0, "uint16")
-        else:
-            data = from_normalised(data, offset, scale, dtype)
-    elif fmt == "png" and data.dtype not in (np.uint8, np.uint16):
-        norm = store.read(collection, image_id, normalised=True)
-        data = from_normalised(np.clip(norm, 0.0, 1.0), 0.0, 65535.0, "uint16")
-    hwc = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-    if data.shape[0] not in (1, 3):
-        raise ValueError(f"{collection}/{image_id}: {data.shape[0]} bands cannot be exported")
-    if attrs.get("row_order", "top-down") != ROW_ORDER[fmt]:
-        hwc = hwc[::-1]
-    return np.ascontiguousarray(hwc)
+    height = store.shape(collection, image_id)[1]
+    _, _, bands = export_bands(store, collection, image_id, fmt, rows=height)
+    return next(bands())
 
 
 def export(store: TileStore, collection: str, fmt: str, out_dir: str | Path,
@@ -107,7 +144,6 @@ def export(store: TileStore, collection: str, fmt: str, out_dir: str | Path,
     written: list[Path] = []
     for image_id in ids:
         attrs = store.attrs(collection, image_id)
-        arr = export_array(store, collection, image_id, fmt)
         path = _inside(out / export_filename(image_id, attrs.get("name"), fmt), root)
         provenance = {
             "image_id": image_id,
@@ -119,6 +155,13 @@ def export(store: TileStore, collection: str, fmt: str, out_dir: str | Path,
         if attrs.get("collection_attrs"):
             provenance["collection_attrs"] = attrs["collection_attrs"]
         source_header = attrs.get("source_metadata") if attrs.get("format") == "fits" else None
+        shape, dtype, bands = export_bands(store, collection, image_id, fmt)
+        if math.prod(shape) * dtype.itemsize > store.settings.stream_min_bytes:
+            written.append(writers.write_bands(path, fmt, shape, dtype, bands,
+                                               provenance=provenance,
+                                               source_metadata=source_header))
+            continue
+        arr = export_array(store, collection, image_id, fmt)
         data = writers.encode(arr, fmt, provenance=provenance, source_metadata=source_header)
         written.append(writers.write_atomic(path, data))
     return written

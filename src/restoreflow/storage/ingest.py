@@ -7,11 +7,18 @@ again from scratch. A bad file never stops the batch: it is rejected with a reas
 listed in the report and appended to the store's ``rejected`` table. Status "complete"
 is set in the last metadata write, after every tile, so nothing half-written is ever
 marked complete.
+
+Images are written one band of tile rows at a time. A PNG, TIFF or FITS image that
+decodes to more than ``settings.stream_min_bytes`` is also decoded one band at a time
+(:func:`restoreflow.storage.readers.open_banded`), so its memory is a few bands, not the
+image; smaller ones are decoded whole, one item ahead of the writes. The value range
+(and from it the normalisation) is the running min and max over the bands.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -20,19 +27,29 @@ from datetime import UTC, datetime
 import numpy as np
 
 from restoreflow.settings import Settings
+from restoreflow.storage.bands import (
+    BandedImage,
+    RemoteFile,
+    Source,
+    WholeImage,
+    check_band,
+    read_all,
+    source_sha256,
+)
 from restoreflow.storage.decode import ImageRejected
 from restoreflow.storage.layout import INPUT, REJECTED_TABLE, SOURCE_DTYPES, STATUS_COMPLETE
-from restoreflow.storage.readers import read_image
+from restoreflow.storage.readers import open_banded, read_image
 from restoreflow.storage.sources import (
     SourceItem,
     expand_sources,
     printable,
     read_source,
+    s3_filesystem,
     strip_credentials,
 )
 from restoreflow.storage.store import TileStore
 from restoreflow.storage.tables import jsonable
-from restoreflow.storage.values import normalisation
+from restoreflow.storage.values import normalisation_of
 
 INGESTED, PRESENT, REJECTED = "ingested", "present", "rejected"
 
@@ -144,21 +161,17 @@ def _validate_array(array: np.ndarray) -> np.ndarray:
     return a
 
 
-def _input_attrs(a: np.ndarray, image_id: str, *, source: str, name: str, fmt: str,
+def _input_attrs(shape, dtype, image_id: str, *, source: str, name: str, fmt: str,
                  meta: dict | None = None) -> dict:
-    offset, scale = normalisation(a)
-    lo, hi = a.min(), a.max()
+    """An input image's attrs except its value range (:func:`_range_attrs`)."""
     meta = dict(meta or {})
     attrs = {
         "image_id": image_id,
         "source": printable(strip_credentials(source)),
         "name": printable(name),
         "format": fmt,
-        "shape": list(a.shape),
-        "dtype": a.dtype.name,
-        "value_range": [lo.item(), hi.item()],
-        "norm_offset": float(offset),
-        "norm_scale": float(scale),
+        "shape": list(shape),
+        "dtype": np.dtype(dtype).name,
         "source_metadata": meta.pop("source_metadata", {}),
         "row_order": meta.pop("row_order", "top-down"),
     }
@@ -167,12 +180,42 @@ def _input_attrs(a: np.ndarray, image_id: str, *, source: str, name: str, fmt: s
     return jsonable(attrs)
 
 
+def _range_attrs(dtype, lo, hi) -> dict:
+    """``value_range``, ``norm_offset`` and ``norm_scale`` of pixels spanning [lo, hi]."""
+    offset, scale = normalisation_of(dtype, lo, hi)
+    return {"value_range": [lo.item(), hi.item()], "norm_offset": float(offset),
+            "norm_scale": float(scale)}
+
+
 def _store_input(store: TileStore, a: np.ndarray, image_id: str, attrs: dict,
                  overwrite: bool) -> None:
     chw = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
     store.create_image(INPUT, image_id, chw.shape, a.dtype, attrs, overwrite=overwrite)
     store.write_image(INPUT, image_id, chw)
     store.mark_complete(INPUT, image_id, ingested_at=_now())
+
+
+def _store_bands(store: TileStore, image: BandedImage, image_id: str, attrs: dict,
+                 overwrite: bool) -> None:
+    """Create the image, write it one band of tile rows at a time while keeping its
+    running min and max, then record the value range with status "complete" in one
+    metadata write. An ImageRejected from a band deletes the half-written image."""
+    shape = image.shape
+    chw = (1, *shape[:2]) if len(shape) == 2 else (3, *shape[:2])
+    store.create_image(INPUT, image_id, chw, image.dtype, attrs, overwrite=overwrite)
+    lo = hi = None
+    try:
+        for y0, band in image.bands(store.tile_size):
+            blo, bhi = band.min(), band.max()
+            lo = blo if lo is None else min(lo, blo)
+            hi = bhi if hi is None else max(hi, bhi)
+            region = band[None] if band.ndim == 2 else np.moveaxis(band, -1, 0)
+            store.write_region(INPUT, image_id, region, y0, 0)
+    except ImageRejected:
+        store.delete_image(INPUT, image_id)
+        raise
+    store.mark_complete(INPUT, image_id, ingested_at=_now(),
+                        **_range_attrs(image.dtype, lo, hi))
 
 
 def ingest_array(store: TileStore, array: np.ndarray, name: str, *, image_id: str | None = None,
@@ -188,8 +231,9 @@ def ingest_array(store: TileStore, array: np.ndarray, name: str, *, image_id: st
     st = store.status(INPUT, image_id)
     if st == STATUS_COMPLETE and not overwrite:
         return image_id
-    attrs = _input_attrs(a, image_id, source=source or f"array:{name}", name=name, fmt=fmt,
-                         meta=metadata)
+    attrs = _input_attrs(a.shape, a.dtype, image_id, source=source or f"array:{name}",
+                         name=name, fmt=fmt, meta=metadata)
+    attrs.update(_range_attrs(a.dtype, a.min(), a.max()))
     _store_input(store, a, image_id, attrs, overwrite=st is not None)
     return image_id
 
@@ -203,30 +247,61 @@ class _Prepared:
     nbytes: int = 0
     image_id: str | None = None
     status: str | None = None
-    array: np.ndarray | None = None
-    meta: dict | None = None
+    image: BandedImage | None = None
+
+
+def _open(item: SourceItem, settings: Settings, fs_cache: dict) -> tuple[Source, int, str]:
+    """The item as a source, its size and its image id: the bytes of a small file; a
+    large local file by its path and a large S3 object as a :class:`RemoteFile`, both
+    hashed in steps and later decoded from the file, not held in memory."""
+    if item.kind == "file" and not item.error:
+        size = os.path.getsize(item.uri)
+        if size > settings.stream_min_bytes:
+            return item.uri, size, source_sha256(item.uri)[:20]
+    if item.kind == "s3" and not item.error:
+        fs = fs_cache.get("s3") or s3_filesystem(settings)
+        path = item.uri[len("s3://"):]
+        size = item.size if item.size is not None else fs.size(path)
+        if size > settings.stream_min_bytes:
+            remote = RemoteFile(fs, path, size)
+            return remote, size, source_sha256(remote)[:20]
+    data = read_source(item, settings, fs_cache.get("s3"))
+    return data, len(data), content_id(data)
 
 
 def _prepare(item: SourceItem, store: TileStore, settings: Settings, fs_cache: dict,
              seen: dict) -> _Prepared:
-    """Read, hash and (unless already complete) decode one item. Runs one item ahead of
-    the writes, in a thread, so decoding overlaps the previous image's tile writes."""
+    """Read, hash and (unless already complete) open one item: a small image is decoded
+    here, a large one only opened to be decoded in bands by :func:`_commit`. Runs one
+    item ahead of the writes, in a thread, so decoding overlaps the previous image's
+    tile writes."""
     if item.error:
         return _Prepared(item, reason=item.error)
     try:
-        data = read_source(item, settings, fs_cache.get("s3"))
+        src, nbytes, image_id = _open(item, settings, fs_cache)
     except OSError as exc:
         return _Prepared(item, reason=f"cannot read: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - e.g. botocore errors: reported per file
         return _Prepared(item, reason=f"cannot read: {type(exc).__name__}: {exc}")
-    p = _Prepared(item, nbytes=len(data), image_id=content_id(data))
+    p = _Prepared(item, nbytes=nbytes, image_id=image_id)
     if p.image_id in seen:
         return p
     p.status = store.status(INPUT, p.image_id)
     if p.status == STATUS_COMPLETE:
         return p  # present: not decoded
+    tile = store.tile_size
     try:
-        p.array, p.meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
+        p.image = open_banded(src, item.name, settings.max_pixels, settings.min_side, tile,
+                              settings.max_band_bytes, settings.stream_min_bytes)
+        if p.image is None:
+            data = src if isinstance(src, bytes) else read_all(src)  # JPEG, interlaced, ...
+            arr, meta = read_image(data, item.name, settings.max_pixels, settings.min_side)
+            c = 1 if arr.ndim == 2 else arr.shape[2]
+            check_band(min(tile, arr.shape[0]), arr.shape[1], c, arr.itemsize,
+                       settings.max_band_bytes)
+            p.image = WholeImage(arr, meta)
+    except OSError as exc:
+        p.reason = f"cannot read: {exc.strerror or exc}"
     except ImageRejected as exc:
         p.reason = exc.reason
     return p
@@ -248,12 +323,19 @@ def _commit(p: _Prepared, store: TileStore, seen: dict) -> IngestRow:
         row.status, row.shape, row.dtype = PRESENT, a.get("shape"), a.get("dtype")
         seen[p.image_id] = printable(item.uri)
         return row
-    arr, meta = p.array, p.meta
-    attrs = _input_attrs(arr, p.image_id, source=item.uri, name=item.name,
-                         fmt=meta["format"], meta=meta)
-    _store_input(store, arr, p.image_id, attrs, overwrite=p.status is not None)
+    image = p.image
+    try:
+        attrs = _input_attrs(image.shape, image.dtype, p.image_id, source=item.uri,
+                             name=item.name, fmt=image.meta["format"], meta=image.meta)
+        _store_bands(store, image, p.image_id, attrs, overwrite=p.status is not None)
+    except ImageRejected as exc:
+        row.reason = exc.reason
+        return row
+    finally:
+        image.close()
+        p.image = None
     seen[p.image_id] = printable(item.uri)
-    row.status, row.shape, row.dtype = INGESTED, list(arr.shape), arr.dtype.name
+    row.status, row.shape, row.dtype = INGESTED, list(image.shape), image.dtype.name
     if p.status is not None:
         row.reason = f"rewrote an incomplete image (status {p.status})"
     return row
@@ -295,8 +377,6 @@ def ingest(sources: list[str], store: TileStore, settings: Settings | None = Non
             bar.start()
             task = bar.add_task("", total=len(items))
         if any(it.kind == "s3" and not it.error for it in items):
-            from restoreflow.storage.sources import s3_filesystem
-
             fs_cache["s3"] = s3_filesystem(settings)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
             ahead = None

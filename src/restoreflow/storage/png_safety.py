@@ -6,6 +6,7 @@ so a small file that inflates to gigabytes costs no more than its declared image
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -58,42 +59,50 @@ def _png_data_size(ihdr: dict) -> int:
     return total
 
 
-def check_png_data(data: bytes, ihdr: dict) -> None:
+def check_png_data(data, ihdr: dict) -> None:
     """Reject a PNG whose image data inflates to more than its IHDR declares (a
     decompression bomb: decoders would inflate all of it, or keep it in memory) before
-    any decoder sees it. Inflates in steps of at most ``_INFLATE_STEP`` bytes and stops
-    at the first byte past the declared size, so memory and time are bounded by the
-    declared size whatever the stream holds. Chunk CRCs and short data are left to the
-    decoder."""
+    any decoder sees it. ``data`` is the file's bytes or a seekable binary file object.
+    Reads and inflates in steps of at most ``_INFLATE_STEP`` bytes and stops at the first
+    byte past the declared size, so memory and time are bounded by the declared size
+    whatever the stream holds. Chunk CRCs and short data are left to the decoder."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     expected = _png_data_size(ihdr)
     inflater = zlib.decompressobj()
     total = 0
-    view = memoryview(data)
-    pos, n = 8, len(data)
+    f.seek(8)
     seen_idat = False
-    while pos + 8 <= n and not inflater.eof:
-        length, ctype = struct.unpack(">I4s", view[pos:pos + 8])
+    while not inflater.eof:
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        length, ctype = struct.unpack(">I4s", head)
         if ctype != b"IDAT":
             if seen_idat or ctype == b"IEND":
                 break  # the image data is one run of consecutive IDAT chunks
-            pos += 12 + length
+            f.seek(length + 4, io.SEEK_CUR)
             continue
         seen_idat = True
-        buf = view[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        while True:
-            try:
-                out = inflater.decompress(buf, _INFLATE_STEP)
-            except zlib.error as exc:
-                raise ImageRejected(f"corrupt PNG: compressed image data: {exc}") from exc
-            total += len(out)
-            if total > expected:
-                raise ImageRejected(
-                    f"corrupt PNG: image data inflates to more than the {expected:,} bytes "
-                    f"its {ihdr['width']}x{ihdr['height']} header declares "
-                    "(decompression bomb?)"
-                )
-            buf = inflater.unconsumed_tail
-            # a full step may leave output pending with all input consumed: go on
-            if not buf and len(out) < _INFLATE_STEP:
-                break
+        left = length
+        while left > 0 and not inflater.eof:
+            buf = f.read(min(left, _INFLATE_STEP))
+            if not buf:
+                break  # truncated file: left to the decoder
+            left -= len(buf)
+            while True:
+                try:
+                    out = inflater.decompress(buf, _INFLATE_STEP)
+                except zlib.error as exc:
+                    raise ImageRejected(f"corrupt PNG: compressed image data: {exc}") from exc
+                total += len(out)
+                if total > expected:
+                    raise ImageRejected(
+                        f"corrupt PNG: image data inflates to more than the {expected:,} "
+                        f"bytes its {ihdr['width']}x{ihdr['height']} header declares "
+                        "(decompression bomb?)"
+                    )
+                buf = inflater.unconsumed_tail
+                # a full step may leave output pending with all input consumed: go on
+                if not buf and len(out) < _INFLATE_STEP:
+                    break
+        f.seek(left + 4, io.SEEK_CUR)  # the unread rest of the chunk and its CRC

@@ -1,14 +1,20 @@
 """PNG and JPEG through Pillow's format plugins (16-bit colour PNG through libpng, which
 keeps the 16 bits Pillow would drop). The pixel count is checked from the header, and a
 PNG's image data by :mod:`restoreflow.storage.png_safety`, before decoding.
+
+Large non-interlaced 8/16-bit grey, grey+alpha, RGB and RGBA PNGs are decoded in bands
+(:func:`stream_png`) by libvips' sequential PNG loader, which keeps only a few rows
+decoded at a time; its pixels are the same as those of the whole decode.
 """
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
+from restoreflow.storage.bands import BandedImage, RemoteFile, Source, check_band, open_source
 from restoreflow.storage.decode import (
     FORMAT_NAMES,
     ImageRejected,
@@ -28,7 +34,7 @@ def _pil_open(data: bytes, fmt: str):
     return cls(io.BytesIO(data))
 
 
-def _pil_info(im) -> dict:
+def _pil_info(im, load_exif: bool = True) -> dict:
     meta: dict = {"mode": im.mode}
     for k, v in im.info.items():
         if k in ("dpi", "gamma", "srgb", "aspect", "jfif_version", "jfif_unit",
@@ -38,7 +44,7 @@ def _pil_info(im) -> dict:
             meta[k] = f"<{len(v)} bytes>"
         elif isinstance(v, str):
             meta[k] = clip_text(v)
-    if hasattr(im, "getexif"):
+    if hasattr(im, "getexif") and (load_exif or "exif" in im.info):
         orientation = im.getexif().get(0x0112)
         if orientation:
             meta["exif_orientation"] = int(orientation)
@@ -100,3 +106,84 @@ def read_pil(data: bytes, fmt: str, max_pixels: int, min_side: int) -> tuple[np.
     finally:
         im.close()
     return finish_array(arr, fmt, meta, max_pixels, min_side)
+
+
+_PNG_BANDS = {0: 1, 2: 3, 4: 1, 6: 3}  # colour type -> channels stored (alpha dropped)
+
+
+class _VipsPng(BandedImage):
+    """Rows of a PNG decoded by libvips' sequential loader (top to bottom only)."""
+
+    def __init__(self, src: Source, shape: tuple, dtype: np.dtype, meta: dict) -> None:
+        import pyvips
+
+        pyvips.cache_set_max(0)  # the operation cache would keep decoded regions alive
+        opts = {"access": "sequential", "fail_on": "error"}
+        self._fd = self._file = self._source = None
+        if isinstance(src, str):
+            # through a descriptor: libvips would parse "name[options]" in a file name,
+            # and pyvips cannot pass names that are not UTF-8
+            self._fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._source = pyvips.Source.new_from_descriptor(self._fd)
+            self._im = pyvips.Image.pngload_source(self._source, **opts)
+        elif isinstance(src, RemoteFile):
+            self._file = f = src.open()
+            # kept on self: libvips calls back into it for as long as the image lives
+            self._source = pyvips.SourceCustom()
+            self._source.on_read(lambda size: f.read(size))
+            self._source.on_seek(lambda offset, whence: f.seek(offset, whence))
+            self._im = pyvips.Image.pngload_source(self._source, **opts)
+        else:
+            self._im = pyvips.Image.pngload_buffer(src, **opts)
+        self.shape, self.dtype, self.meta = shape, dtype, meta
+        if (self._im.height, self._im.width) != shape[:2]:
+            raise ImageRejected(f"corrupt PNG: decoder reads {self._im.width}x"
+                                f"{self._im.height}, the header declares {shape[1]}x{shape[0]}")
+
+    def _read(self, y0: int, y1: int) -> np.ndarray:
+        im = self._im
+        buf = im.crop(0, y0, im.width, y1 - y0).write_to_memory()
+        return np.frombuffer(buf, dtype=self.dtype).reshape(y1 - y0, im.width, im.bands)
+
+    def close(self) -> None:
+        self._im = self._source = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def stream_png(src: Source, head: bytes, max_pixels: int, min_side: int, tile: int,
+               max_band_bytes: int, stream_min_bytes: int) -> BandedImage | None:
+    """A PNG decoded in bands of rows, or None where the whole decode is used: an image
+    that decodes to at most ``stream_min_bytes``, and interlaced, palette and 1/2/4-bit
+    PNGs. The same checks as :func:`read_pil` come first (pixel count, image data no
+    larger than declared); then one band of ``tile`` rows must decode to at most
+    ``max_band_bytes``. Metadata chunks after the image data are not read."""
+    ihdr = png_ihdr(head)
+    h, w = ihdr["height"], ihdr["width"]
+    check_pixels("png", h, w, max_pixels, min_side)
+    colour, depth = ihdr["colour_type"], ihdr["bit_depth"]
+    if ihdr["interlace"] or colour not in _PNG_BANDS or depth not in (8, 16):
+        return None
+    c, itemsize = _PNG_BANDS[colour], depth // 8
+    if h * w * c * itemsize <= stream_min_bytes:
+        return None
+    check_band(min(tile, h), w, c, itemsize, max_band_bytes)
+    with open_source(src) as f:
+        check_png_data(f, ihdr)
+        if depth == 16 and colour != 0:
+            meta: dict = {"source_metadata": {"mode": f"16-bit colour type {colour}"}}
+        else:
+            from PIL import PngImagePlugin
+
+            f.seek(0)
+            with PngImagePlugin.PngImageFile(f) as im:  # the header chunks only
+                meta = {"source_metadata": _pil_info(im, load_exif=False)}
+    if colour in (4, 6):
+        meta["dropped_alpha"] = True
+    meta["format"] = "png"
+    shape = (h, w, 3) if c == 3 else (h, w)
+    return _VipsPng(src, shape, np.dtype(f"uint{depth}"), meta)

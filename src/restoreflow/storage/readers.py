@@ -12,6 +12,9 @@ to more than its header declares is rejected after inflating at most the declare
 Row order is the file's: FITS row 0 is the first row stored (the bottom of the image
 as astronomers display it); the metadata says ``row_order: "bottom-up"`` for FITS.
 
+:func:`open_banded` opens a large PNG, TIFF or FITS image to be decoded one band of rows
+at a time instead (same checks, same pixels).
+
 This module picks the format (extension and magic bytes) and dispatches; each format's
 reader has its own module (``read_pil``, ``read_tiff``, ``read_fits``), the PNG bomb
 checks are :mod:`restoreflow.storage.png_safety` and the checks every reader shares
@@ -24,11 +27,12 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from restoreflow.storage.bands import BandedImage, Source, source_head, source_size
 from restoreflow.storage.decode import FORMAT_NAMES, ImageRejected
 from restoreflow.storage.png_safety import PNG_SIGNATURE
-from restoreflow.storage.read_fits import read_fits
-from restoreflow.storage.read_pil import read_pil
-from restoreflow.storage.read_tiff import read_tiff
+from restoreflow.storage.read_fits import read_fits, stream_fits
+from restoreflow.storage.read_pil import read_pil, stream_png
+from restoreflow.storage.read_tiff import read_tiff, stream_tiff
 
 # extension -> format
 IMAGE_EXTENSIONS: dict[str, str] = {
@@ -84,6 +88,67 @@ def _describe(data: bytes) -> str:
     return "unrecognised content"
 
 
+def _format(head: bytes, size: int, name: str) -> tuple[str, dict]:
+    """The format by extension and magic bytes, and the ``extension_mismatch`` note."""
+    if size == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    by_ext = image_format(name)
+    if by_ext is None:
+        suffix = PurePosixPath(name.replace("\\", "/")).suffix or "(none)"
+        raise ImageRejected(
+            f"unsupported file extension {suffix!r} (supported: "
+            f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    fmt = sniff(head)
+    extra: dict = {}
+    if fmt is None:
+        raise ImageRejected(
+            f"not a {FORMAT_NAMES[by_ext]} file: bad signature ({_describe(head)}, "
+            f"{size:,} bytes)"
+        )
+    if fmt != by_ext:
+        extra["extension_mismatch"] = f"named {by_ext}, content is {fmt}"
+    return fmt, extra
+
+
+def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side: int = 8,
+                tile: int = 256, max_band_bytes: int = 256 * 2**20,
+                stream_min_bytes: int = 16 * 2**20) -> BandedImage | None:
+    """Open a PNG, TIFF or FITS image (its bytes, a local path or a
+    :class:`~restoreflow.storage.bands.RemoteFile`) to be decoded in bands of rows (see
+    :mod:`restoreflow.storage.bands`), or None where :func:`read_image`
+    decodes it whole: images that decode to at most ``stream_min_bytes``, other formats
+    and layouts the band readers do not take (interlaced, palette and 1/2/4-bit PNG,
+    multi-page TIFF). Header checks and the PNG data check run first and raise
+    :class:`ImageRejected` with the reasons :func:`read_image` gives; one band of ``tile``
+    rows must decode to at most ``max_band_bytes``. Bands hold the same pixels, in the
+    same dtype and layout, as the whole decode."""
+    size = source_size(src)
+    head = source_head(src, 64)
+    fmt, extra = _format(head, size, name)
+    args = (max_pixels, min_side, tile, max_band_bytes, stream_min_bytes)
+    try:
+        if fmt == "png":
+            img = stream_png(src, head, *args)
+        elif fmt == "tiff":
+            img = stream_tiff(src, *args)
+        elif fmt == "fits":
+            img = stream_fits(src, *args)
+        else:
+            img = None
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile bytes can break a decoder anywhere
+        raise ImageRejected(
+            f"corrupt {FORMAT_NAMES[fmt]}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+    if img is not None:
+        img.meta.update(extra)
+        img.meta.setdefault("row_order", "top-down")
+        img.meta.setdefault("source_metadata", {})
+    return img
+
+
 def read_image(data: bytes, name: str, max_pixels: int = 400_000_000,
                min_side: int = 8) -> tuple[np.ndarray, dict]:
     """Decode an image file's bytes.
@@ -94,24 +159,7 @@ def read_image(data: bytes, name: str, max_pixels: int = 400_000_000,
     ``planar``, ``fits_hdu``, ``row_order`` and ``extension_mismatch``.
     Raises :class:`ImageRejected` with a one-line reason.
     """
-    if len(data) == 0:
-        raise ImageRejected("empty file (0 bytes)")
-    by_ext = image_format(name)
-    if by_ext is None:
-        suffix = PurePosixPath(name.replace("\\", "/")).suffix or "(none)"
-        raise ImageRejected(
-            f"unsupported file extension {suffix!r} (supported: "
-            f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    fmt = sniff(data)
-    extra: dict = {}
-    if fmt is None:
-        raise ImageRejected(
-            f"not a {FORMAT_NAMES[by_ext]} file: bad signature ({_describe(data)}, "
-            f"{len(data):,} bytes)"
-        )
-    if fmt != by_ext:
-        extra["extension_mismatch"] = f"named {by_ext}, content is {fmt}"
+    fmt, extra = _format(data[:64], len(data), name)
     try:
         if fmt in ("png", "jpeg"):
             arr, meta = read_pil(data, fmt, max_pixels, min_side)

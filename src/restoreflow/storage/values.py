@@ -16,11 +16,19 @@ def normalisation(array: np.ndarray) -> tuple[float, float]:
     else data min / (max - min); a constant image gets scale 1.
     """
     dt = np.dtype(array.dtype)
+    if dt in (np.uint8, np.uint16):
+        return normalisation_of(dt, 0, 0)
+    return normalisation_of(dt, np.min(array), np.max(array))
+
+
+def normalisation_of(dtype, lo, hi) -> tuple[float, float]:
+    """:func:`normalisation` of an array of ``dtype`` whose values span [lo, hi]."""
+    dt = np.dtype(dtype)
     if dt == np.uint8:
         return 0.0, 255.0
     if dt == np.uint16:
         return 0.0, 65535.0
-    lo, hi = float(np.min(array)), float(np.max(array))
+    lo, hi = float(lo), float(hi)
     if lo >= 0.0 and hi <= 1.0:
         return 0.0, 1.0
     if hi == lo:

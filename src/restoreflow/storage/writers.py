@@ -7,6 +7,9 @@
   convention), which reads back as uint16. RGB is written as a 3 x H x W cube.
 
 All three round-trip bit-exactly through :func:`restoreflow.storage.readers.read_image`.
+:func:`write_bands` writes the same formats from row bands, for images too large to hold
+whole (PNG by a scanline writer with the Up filter over zlib, TIFF by tifffile from an
+iterator of 256 x 256 tiles, FITS by astropy's StreamingHDU).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import secrets
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +118,15 @@ def encode_fits(array: np.ndarray, cards: dict | None = None,
         raise ValueError(f"FITS export does not support {a.dtype}")
     data = np.moveaxis(a, -1, 0) if a.ndim == 3 else a
     hdu = fits.PrimaryHDU(data=np.ascontiguousarray(data))
+    _fits_cards(hdu, cards, source_header)
+    buf = io.BytesIO()
+    hdu.writeto(buf, output_verify="silentfix")
+    return buf.getvalue()
+
+
+def _fits_cards(hdu, cards: dict | None, source_header: dict | None) -> None:
+    """Copy ``source_header`` (less structural keywords) and then ``cards`` into
+    ``hdu.header``; cards FITS cannot hold are counted in a HISTORY card."""
     skipped = 0
     for src in (source_header or {}), (cards or {}):
         for key, value in src.items():
@@ -131,9 +144,14 @@ def encode_fits(array: np.ndarray, cards: dict | None = None,
         hdu.header.add_comment(str(line))
     if skipped:
         hdu.header.add_history(f"restoreflow: {skipped} source header cards not copied")
-    buf = io.BytesIO()
-    hdu.writeto(buf, output_verify="silentfix")
-    return buf.getvalue()
+
+
+def _provenance_cards(provenance: dict | None) -> dict:
+    cards = {}
+    for k, v in (provenance or {}).items():
+        if isinstance(v, (str, int, float, bool)):
+            cards[f"HIERARCH RF {k.upper()}"[:60]] = v
+    return cards
 
 
 def encode(array: np.ndarray, fmt: str, provenance: dict | None = None,
@@ -145,13 +163,120 @@ def encode(array: np.ndarray, fmt: str, provenance: dict | None = None,
     if fmt == "tiff":
         return encode_tiff(array, description=prov)
     if fmt == "fits":
-        cards = {}
-        if provenance:
-            for k, v in provenance.items():
-                if isinstance(v, (str, int, float, bool)):
-                    cards[f"HIERARCH RF {k.upper()}"[:60]] = v
-        return encode_fits(array, cards=cards, source_header=source_metadata)
+        return encode_fits(array, cards=_provenance_cards(provenance),
+                           source_header=source_metadata)
     raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
+
+
+def _png_bands(f, shape: tuple, dtype: np.dtype, bands: Iterable[np.ndarray],
+               text: dict[str, str]) -> None:
+    """A non-interlaced PNG of (h, W[, 3]) row bands: every scanline with the Up filter
+    (its bytes minus those of the row above, mod 256), one zlib stream (level 6) over
+    IDAT chunks, ``text`` as tEXt chunks before them."""
+    h, w = shape[:2]
+    colour = 0 if len(shape) == 2 else 2
+    f.write(b"\x89PNG\r\n\x1a\n")
+    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, dtype.itemsize * 8, colour,
+                                            0, 0, 0)))
+    for k, v in text.items():
+        f.write(_png_chunk(b"tEXt", k.encode("latin-1", errors="replace")[:79] + b"\0"
+                           + v.encode("latin-1", errors="replace")))
+    z = zlib.compressobj(6)
+    above = None
+    for band in bands:
+        raw = np.ascontiguousarray(band, dtype=dtype.newbyteorder(">"))
+        raw = raw.reshape(len(raw), -1).view(np.uint8)  # big-endian samples, row by row
+        lines = np.empty((len(raw), raw.shape[1] + 1), np.uint8)
+        lines[:, 0] = 2  # filter type Up
+        lines[1:, 1:] = raw[1:] - raw[:-1]
+        lines[0, 1:] = raw[0] if above is None else raw[0] - above
+        above = raw[-1].copy()
+        out = z.compress(lines.tobytes())
+        if out:
+            f.write(_png_chunk(b"IDAT", out))
+    f.write(_png_chunk(b"IDAT", z.flush()))
+    f.write(_png_chunk(b"IEND", b""))
+
+
+def _fits_bands(path: str, shape: tuple, dtype: np.dtype, bands: Callable,
+                cards: dict, source_header: dict | None) -> None:
+    """A FITS primary HDU streamed from row bands; (H, W, 3) as a (3, H, W) cube, one
+    plane after another (``bands()`` is called once per plane)."""
+    from astropy.io import fits
+
+    planes = 3 if len(shape) == 3 else 1
+    probe = np.zeros((planes, 1, 1) if planes == 3 else (1, 1), dtype)
+    hdu = fits.PrimaryHDU(data=probe)
+    _fits_cards(hdu, cards, source_header)
+    hdu.verify("silentfix")
+    header = hdu.header.copy()
+    header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
+    if planes == 3:
+        header["NAXIS3"] = 3
+    with fits.StreamingHDU(path, header) as out:
+        for p in range(planes):
+            for band in bands():
+                plane = band[..., p] if planes == 3 else band
+                if dtype == np.uint16:  # stored as int16 with BZERO 32768
+                    plane = (plane.astype(np.int32) - 32768).astype(np.int16)
+                out.write(np.ascontiguousarray(plane))
+
+
+_TIFF_TILE = 256  # tile edge of TIFFs written from bands (tifffile takes tiles from iterators)
+
+
+def _rebanded(bands: Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """The same rows in bands of exactly ``rows`` rows (the last one shorter)."""
+    held: list[np.ndarray] = []
+    n = 0
+    for band in bands:
+        held.append(band)
+        n += len(band)
+        while n >= rows:
+            joined = np.concatenate(held) if len(held) > 1 else held[0]
+            yield joined[:rows]
+            held, n = [joined[rows:]], n - rows
+    if n:
+        yield np.concatenate(held) if len(held) > 1 else held[0]
+
+
+def write_bands(path: str | os.PathLike, fmt: str, shape: tuple, dtype, bands: Callable,
+                provenance: dict | None = None, source_metadata: dict | None = None) -> Path:
+    """Write an image given as row bands (``bands()`` returns an iterator over (h, W[, 3])
+    arrays, top to bottom) in ``fmt`` without holding it whole: the same pixels and
+    provenance as :func:`encode`. Written to a temp file beside ``path``, then renamed."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
+    dtype = np.dtype(dtype)
+    prov = json.dumps(provenance or {}, sort_keys=True)
+    path = Path(path)
+    fd, tmp = open_temp_beside(path)
+    os.close(fd)
+    try:
+        if fmt == "png":
+            if dtype not in (np.uint8, np.uint16):
+                raise ValueError(f"PNG holds uint8 or uint16, not {dtype}")
+            with open(tmp, "wb") as f:
+                _png_bands(f, shape, dtype, bands(), {"restoreflow": prov})
+        elif fmt == "tiff":
+            import tifffile
+
+            tiles = (band[:, x:x + _TIFF_TILE] for band in _rebanded(bands(), _TIFF_TILE)
+                     for x in range(0, shape[1], _TIFF_TILE))
+            tifffile.imwrite(tmp, data=tiles, shape=shape, dtype=dtype,
+                             tile=(_TIFF_TILE, _TIFF_TILE),
+                             photometric="rgb" if len(shape) == 3 else "minisblack",
+                             compression="zlib", description=prov, metadata=None,
+                             software="restoreflow")
+        else:
+            _fits_bands(tmp, shape, dtype, bands, _provenance_cards(provenance),
+                        source_metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def open_temp_beside(path: str | os.PathLike) -> tuple[int, str]:

@@ -23,6 +23,7 @@ checks are :mod:`restoreflow.storage.png_safety` and the checks every reader sha
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -127,7 +128,7 @@ def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side:
     head = source_head(src, 64)
     fmt, extra = _format(head, size, name)
     args = (max_pixels, min_side, tile, max_band_bytes, stream_min_bytes)
-    try:
+    with _rejected_as(fmt):
         if fmt == "png":
             img = stream_png(src, head, *args)
         elif fmt == "tiff":
@@ -136,17 +137,28 @@ def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side:
             img = stream_fits(src, *args)
         else:
             img = None
+    if img is not None:
+        _complete_meta(img.meta, extra)
+    return img
+
+
+@contextlib.contextmanager
+def _rejected_as(fmt: str):
+    """Any decoder failure inside as :class:`ImageRejected` naming the format."""
+    try:
+        yield
     except ImageRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - hostile bytes can break a decoder anywhere
         raise ImageRejected(
             f"corrupt {FORMAT_NAMES[fmt]}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
-    if img is not None:
-        img.meta.update(extra)
-        img.meta.setdefault("row_order", "top-down")
-        img.meta.setdefault("source_metadata", {})
-    return img
+
+
+def _complete_meta(meta: dict, extra: dict) -> None:
+    meta.update(extra)
+    meta.setdefault("row_order", "top-down")
+    meta.setdefault("source_metadata", {})
 
 
 def read_image(data: bytes, name: str, max_pixels: int = 400_000_000,
@@ -160,20 +172,12 @@ def read_image(data: bytes, name: str, max_pixels: int = 400_000_000,
     Raises :class:`ImageRejected` with a one-line reason.
     """
     fmt, extra = _format(data[:64], len(data), name)
-    try:
+    with _rejected_as(fmt):
         if fmt in ("png", "jpeg"):
             arr, meta = read_pil(data, fmt, max_pixels, min_side)
         elif fmt == "tiff":
             arr, meta = read_tiff(data, max_pixels, min_side)
         else:
             arr, meta = read_fits(data, max_pixels, min_side)
-    except ImageRejected:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hostile bytes can break a decoder anywhere
-        raise ImageRejected(
-            f"corrupt {FORMAT_NAMES[fmt]}: {type(exc).__name__}: {str(exc)[:300]}"
-        ) from exc
-    meta.update(extra)
-    meta.setdefault("row_order", "top-down")
-    meta.setdefault("source_metadata", {})
+    _complete_meta(meta, extra)
     return arr, meta

@@ -14,6 +14,7 @@ iterator of 256 x 256 tiles, FITS by astropy's StreamingHDU).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -250,9 +251,8 @@ def write_bands(path: str | os.PathLike, fmt: str, shape: tuple, dtype, bands: C
     dtype = np.dtype(dtype)
     prov = json.dumps(provenance or {}, sort_keys=True)
     path = Path(path)
-    fd, tmp = open_temp_beside(path)
-    os.close(fd)
-    try:
+    with replacing(path) as (fd, tmp):
+        os.close(fd)
         if fmt == "png":
             if dtype not in (np.uint8, np.uint16):
                 raise ValueError(f"PNG holds uint8 or uint16, not {dtype}")
@@ -271,11 +271,6 @@ def write_bands(path: str | os.PathLike, fmt: str, shape: tuple, dtype, bands: C
         else:
             _fits_bands(tmp, shape, dtype, bands, _provenance_cards(provenance),
                         source_metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -303,13 +298,20 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
     The file gets the permissions of a normal write (0o666 & ~umask)."""
     path = Path(path)
+    with replacing(path) as (fd, _), os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+@contextlib.contextmanager
+def replacing(path: Path):
+    """``(fd, temp path)`` of a new temp file beside ``path`` (:func:`open_temp_beside`),
+    renamed to ``path`` when the block ends, removed if it fails."""
     fd, tmp = open_temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path

@@ -32,7 +32,7 @@ def test_auto_device_is_resolved_on_the_worker(prefect_api, tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: threading.get_ident() != driver)
     seen = []
 
-    def fake_restore(store, image_id, cfg, y_collection, out, device):
+    def fake_restore(store, image_id, cfg, y_collection, out, device, progress=None):
         seen.append(device)
         return {"image_id": image_id, "features": {}, "timings": {}, "device": device}
 

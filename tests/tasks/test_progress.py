@@ -26,3 +26,33 @@ def test_the_restore_bar_counts_tiles():
     assert tile_count((3, 64, 64), 256) == 1
     assert tile_count((3, 1000, 600), 256) == 4 * 3
     assert tile_count((1, 20000, 20000), 256) == 79 * 79
+
+
+def _work_with_progress(key):
+    from restoreflow.tasks.progress import report_progress
+
+    progress = report_progress(key, every=0.0)
+    for i in range(1, 5):
+        progress(i, 4)
+    return key
+
+
+def test_a_task_on_a_dask_worker_moves_the_bar_while_it_runs():
+    """Progress inside a task reaches the driver as worker events (a large image moves
+    its bar before it finishes); outside a worker there is nothing to report to."""
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from restoreflow.tasks.progress import report_progress, worker_progress
+
+    assert report_progress("x") is None
+    seen = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        with worker_progress(client, lambda k, f: seen.append((k, f))):
+            assert client.submit(_work_with_progress, "img").result() == "img"
+            t0 = time.monotonic()
+            while len(seen) < 4 and time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+    assert seen == [("img", 0.25), ("img", 0.5), ("img", 0.75), ("img", 1.0)]

@@ -41,7 +41,7 @@ def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_c
     if sum(tiles) > len(todo):
         label = f"{label} (tiles)"
     results = {}
-    for f in track_futures(futures, label, progress, tiles, artifact=f"{label}: images restored"):
+    for f in track_futures(futures, label, progress, tiles, f"{label}: images restored", todo):
         res = f.result()
         finish_restore(store, res["image_id"], cfg, res, out)
         results[res["image_id"]] = res

@@ -69,9 +69,10 @@ def matched_index_task(store_uri: str, name: str, degradation: str, seed: int, e
 def restore_task(store_uri: str, image_id: str, cfg: RestoreConfig, y_collection: str,
                  out: str, device: str) -> dict:
     from restoreflow.stages.restore import restore_stored
+    from restoreflow.tasks.progress import report_progress
 
     return restore_stored(open_store(store_uri), image_id, cfg, y_collection, out,
-                          resolve_device(device))
+                          resolve_device(device), report_progress(image_id))
 
 
 @task(name="truth-metrics", task_run_name=names.metrics_task_name, cache_policy=NO_CACHE,

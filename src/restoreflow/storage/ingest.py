@@ -369,9 +369,12 @@ def ingest(sources: list[str], store: TileStore, settings: Settings | None = Non
             TimeRemainingColumn,
         )
 
+        # speed over the whole ingest (rich's default, the last 30 s, gives no ETA while
+        # one large image takes longer than that)
         bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn(), TextColumn("{task.description}"),
-                       console=Console(stderr=True), transient=True)
+                       console=Console(stderr=True), transient=True,
+                       speed_estimate_period=7 * 24 * 3600)
     try:
         if bar is not None:
             bar.start()

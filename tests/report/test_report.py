@@ -375,3 +375,18 @@ def test_the_degradation_line_breaks_between_operators():
 
     assert _fmt_spec("gaussian_blur(sigma=3,size=9)+gaussian_noise(sigma=0.05)") == (
         "gaussian_blur(sigma=3,<wbr>size=9)+<wbr>gaussian_noise(sigma=0.05)")
+
+
+def test_the_calibration_panel_says_why_images_are_unused(tmp_path):
+    """A full conformal calibration keeps one image per source; the panel says why the
+    others are 'unused' instead of leaving a bare count."""
+    from restoreflow.report.html import _calibration_section
+
+    store = TileStore(tmp_path / "s", tile_size=TILE)
+    cal = calibration_json(np.random.default_rng(3), n=10)
+    for i, r in enumerate(cal["rows"]):
+        r["fold"] = "calibration" if i % 2 else "unused"
+    store.put_bytes(f"calibrations/{SHASH}.json", json.dumps(cal).encode())
+    html, alpha, _ = _calibration_section(store, [SHASH], [])
+    assert "5 calibration, 5 unused; one image per source calibrates the bound" in html
+    assert alpha == 0.1

@@ -382,6 +382,8 @@ def _calibration_section(store: TileStore, hashes: Sequence[str], rows: Sequence
         for r in cal.get("rows") or []:
             folds[r.get("fold", "cal")] = folds.get(r.get("fold", "cal"), 0) + 1
         fold_text = ", ".join(f"{v} {k}" for k, v in sorted(folds.items()))
+        if "unused" in folds:  # the full conformal bound keeps one image per source
+            fold_text += "; one image per source calibrates the bound"
         notes = ""
         cov = cal.get("coverage")
         if isinstance(cov, Mapping) and cov.get("pixel_note"):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from restoreflow.storage.decode import FORMAT_NAMES, ImageRejected
+from restoreflow.storage.decode import FORMAT_NAMES, ImageRejected, check_finite
 
 _READ_STEP = 1 << 20
 _REMOTE_BLOCK = 8 << 20  # bytes fetched per request from an object store
@@ -125,14 +125,7 @@ class BandedImage:
                 f"corrupt {FORMAT_NAMES[self.fmt]}: rows {y0}-{y1} decode to shape "
                 f"{band.shape}, expected {expected}"
             )
-        if band.dtype.kind == "f":
-            bad = int(np.count_nonzero(~np.isfinite(band)))
-            if bad:
-                n_nan = int(np.count_nonzero(np.isnan(band)))
-                raise ImageRejected(
-                    f"{bad} non-finite pixels in rows {y0}-{y1 - 1} ({n_nan} NaN, "
-                    f"{bad - n_nan} Inf); blank pixels are not supported"
-                )
+        check_finite(band, f" in rows {y0}-{y1 - 1}")
         return band
 
     def bands(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -70,13 +70,18 @@ def finish_array(arr: np.ndarray, fmt: str, meta: dict, max_pixels: int,
         )
     h, w = arr.shape[:2]
     check_pixels(fmt, h, w, max_pixels, min_side, what="image is")
-    if arr.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if bad:
-            n_nan = int(np.count_nonzero(np.isnan(arr)))
-            raise ImageRejected(
-                f"{bad} non-finite pixels ({n_nan} NaN, {bad - n_nan} Inf); "
-                "blank pixels are not supported"
-            )
+    check_finite(arr)
     meta["format"] = fmt
     return arr, meta
+
+
+def check_finite(arr: np.ndarray, where: str = "") -> None:
+    """ImageRejected when float pixels (of ``where``, e.g. ``in rows 0-255``) are NaN or
+    Inf: blank pixels are not supported."""
+    if arr.dtype.kind != "f":
+        return
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        n_nan = int(np.count_nonzero(np.isnan(arr)))
+        raise ImageRejected(f"{bad} non-finite pixels{where} ({n_nan} NaN, {bad - n_nan} "
+                            "Inf); blank pixels are not supported")

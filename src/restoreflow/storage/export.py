@@ -81,9 +81,7 @@ def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
     c, h, w = store.shape(collection, image_id)
     if c not in (1, 3):
         raise ValueError(f"{collection}/{image_id}: {c} bands cannot be exported")
-    stored = np.dtype(attrs.get("dtype") or "float32")
-    if collection == INPUT:
-        stored = store.dtype(collection, image_id)
+    stored = np.dtype(attrs.get("dtype") or "float32")  # the source's (input: as stored)
     to_uint16 = fmt == "png" and stored not in (np.uint8, np.uint16)
     dtype = np.dtype("uint16") if to_uint16 else stored
     flip = attrs.get("row_order", "top-down") != ROW_ORDER[fmt]
@@ -113,13 +111,6 @@ def export_bands(store: TileStore, collection: str, image_id: str, fmt: str,
 
     shape = (h, w) if c == 1 else (h, w, 3)
     return shape, dtype, bands
-
-
-def export_array(store: TileStore, collection: str, image_id: str, fmt: str) -> np.ndarray:
-    """The (H, W) / (H, W, 3) array that export writes for one image, before encoding."""
-    height = store.shape(collection, image_id)[1]
-    _, _, bands = export_bands(store, collection, image_id, fmt, rows=height)
-    return next(bands())
 
 
 def export(store: TileStore, collection: str, fmt: str, out_dir: str | Path,
@@ -161,7 +152,7 @@ def export(store: TileStore, collection: str, fmt: str, out_dir: str | Path,
                                                provenance=provenance,
                                                source_metadata=source_header))
             continue
-        arr = export_array(store, collection, image_id, fmt)
+        arr = np.concatenate(list(bands()))  # small: the whole array, encoded at once
         data = writers.encode(arr, fmt, provenance=provenance, source_metadata=source_header)
         written.append(writers.write_atomic(path, data))
     return written

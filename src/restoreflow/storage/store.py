@@ -400,10 +400,6 @@ class TileStore:
     def shape(self, collection: str, image_id: str) -> tuple[int, int, int]:
         return tuple(self._open_array(collection, image_id).shape)
 
-    def dtype(self, collection: str, image_id: str) -> np.dtype:
-        """The stored dtype of the image's pixels."""
-        return np.dtype(self._open_array(collection, image_id).dtype)
-
     def tiles(self, collection: str, image_id: str) -> list[tuple[int, int, int, int, int, int]]:
         """The chunk grid ``(ty, tx, y0, y1, x0, x1)`` of an image, row-major."""
         _, h, w = self.shape(collection, image_id)

@@ -102,3 +102,23 @@ def test_timestep_for_sigma(tiny_unet):
         t = prior.timestep_for_sigma(sigma)
         ab = float(prior.abar(t))
         assert abs(((1 - ab) / ab) ** 0.5 - sigma) < 0.02
+
+
+def test_hashes_read_a_file_once_until_it_changes(saved_prior, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from restoreflow.models.denoiser import file_sha256
+
+    _, path, h = saved_prior
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 100)
+    first = file_sha256(f)
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read again"))
+    assert file_sha256(f) == first and hash_model_dir(path) == h  # remembered
+    monkeypatch.setattr(Path, "open", real_open)
+    f.write_bytes(b"b" * 101)
+    assert file_sha256(f) != first
+    cfg = path / "scheduler_config.json"
+    cfg.write_text(cfg.read_text() + " ")
+    assert hash_model_dir(path) != h

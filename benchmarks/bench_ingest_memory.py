@@ -6,7 +6,8 @@ file into a new local store, tile 256), which reports its own peak RSS
 numpy — and the ingest itself) and the RSS after the imports, before the ingest; then the
 peak is reset (/proc/self/clear_refs) and the image exported in the same format
 (``restoreflow.storage.export.export``), whose peak is recorded too. The test images
-are RGB for PNG and TIFF (tiled 512 x 512, zlib) and grey for FITS (uncompressed, and
+are RGB for PNG, JPEG (8-bit, baseline 4:2:0; ingest only: there is no JPEG export) and
+TIFF (tiled 512 x 512, zlib) and grey for FITS (uncompressed, and
 tile-compressed with RICE_1 one row per tile), all zeros, written without holding the
 image in memory (libvips, tifffile from an iterator of tiles, astropy's StreamingHDU),
 except the compressed FITS, which astropy writes from a whole array.
@@ -33,8 +34,8 @@ from pathlib import Path
 from benchmarks.common import RESULTS, write_results
 
 NAME = "ingest_memory"
-FORMATS = ("png", "tiff", "fits", "fits-rice")
-EXT = {"png": "png", "tiff": "tif", "fits": "fits", "fits-rice": "fits"}
+FORMATS = ("png", "jpeg", "tiff", "fits", "fits-rice")
+EXT = {"png": "png", "jpeg": "jpg", "tiff": "tif", "fits": "fits", "fits-rice": "fits"}
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
@@ -86,6 +87,10 @@ def make_image(path: Path, fmt: str, side: int, bits: int) -> None:
         im = pyvips.Image.black(side, side, bands=3).cast("uchar" if bits == 8 else "ushort")
         im = im.copy(interpretation="srgb" if bits == 8 else "rgb16")
         im.pngsave(str(path), compression=6)
+    elif fmt == "jpeg":  # 8-bit only (baseline, 4:2:0)
+        import pyvips
+
+        pyvips.Image.black(side, side, bands=3).copy(interpretation="srgb").jpegsave(str(path))
     elif fmt == "tiff":
         import tifffile
 
@@ -165,7 +170,8 @@ def _markdown(rows: list[dict]) -> str:
         "images are taken). The peak includes the interpreter and the storage imports; "
         "'imports' is the RSS after importing the storage libraries (zarr, "
         "xarray, dask, astropy, tifffile, imagecodecs, Pillow), before the ingest. Images "
-        "are all zeros: PNG and TIFF RGB (TIFF tiled 512 x 512, zlib), FITS grey "
+        "are all zeros: PNG, JPEG (8-bit, no export) and TIFF RGB (TIFF tiled 512 x 512, "
+        "zlib), FITS grey "
         "(uncompressed, or RICE_1 tile-compressed one row per tile). Decoded size = "
         "side^2 x channels x bytes per sample.",
         "",
@@ -218,15 +224,18 @@ def main(argv: list[str] | None = None) -> None:
     args.data.mkdir(parents=True, exist_ok=True)
     for fmt in args.formats:
         for bits in args.bits:
+            if fmt == "jpeg" and bits != 8:
+                continue
             for side in args.sides:
                 path = args.data / f"zeros-{side}-{bits}bit-{fmt}.{EXT[fmt]}"
                 if not path.exists():
                     t0 = time.perf_counter()
                     make_image(path, fmt, side, bits)
                     print(f"made {path.name} in {time.perf_counter() - t0:.1f} s", flush=True)
-                export_fmt = "none" if args.no_export else fmt.split("-")[0]
+                # no JPEG writer (exports are lossless): a JPEG's ingest only
+                export_fmt = "none" if args.no_export or fmt == "jpeg" else fmt.split("-")[0]
                 res = measure(path, args.code, args.timeout, export_fmt)
-                channels = 3 if fmt in ("png", "tiff") else 1
+                channels = 3 if fmt in ("png", "jpeg", "tiff") else 1
                 row = {"label": args.label, "code": str(args.code), "format": fmt,
                        "bits": bits, "side": side,
                        "decoded_mib": side * side * channels * bits / 8 / 2**20,

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from storage_files import fits_bytes, png_bytes, rng_image, tiff_bytes
+from storage_files import fits_bytes, jpeg_bytes, png_bytes, rng_image, tiff_bytes
 
 from restoreflow.storage.decode import ImageRejected
 from restoreflow.storage.ingest import content_id, ingest
@@ -35,6 +35,19 @@ def _comp_fits(a, tile_rows=3, compression="RICE_1"):
     return buf.getvalue()
 
 
+def _jpeg(a, **kw):
+    """A JPEG with EXIF (orientation), an ICC profile and a comment in its markers."""
+    from PIL import Image
+
+    im = Image.fromarray(a)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85, exif=exif, icc_profile=b"icc" * 40,
+            comment=b"a comment", dpi=(300, 300), **kw)
+    return buf.getvalue()
+
+
 def _palette_tiff(shape):
     idx = rng_image(shape, "uint8", 3)
     cmap = rng_image((3, 256), "uint16", 4)
@@ -50,6 +63,14 @@ CASES = {
     "png-la8": ("png", lambda: png_bytes(rng_image((H, W), "uint8"), mode="LA")),
     "png-rgb16": ("png", lambda: _png16(rng_image((H, W, 3), "uint16"))),
     "png-rgba16": ("png", lambda: _png16(rng_image((H, W, 4), "uint16"))),
+    "jpeg-rgb-420": ("jpg", lambda: jpeg_bytes(rng_image((H, W, 3), "uint8"))),
+    "jpeg-rgb-444-markers": ("jpg", lambda: _jpeg(rng_image((H, W, 3), "uint8"),
+                                                  subsampling=0)),
+    "jpeg-rgb-progressive": ("jpg", lambda: _jpeg(rng_image((H, W, 3), "uint8"),
+                                                  progressive=True)),
+    "jpeg-grey": ("jpg", lambda: jpeg_bytes(rng_image((H, W), "uint8"))),
+    "jpeg-grey-progressive": ("jpg", lambda: _jpeg(rng_image((H, W), "uint8"),
+                                                   progressive=True)),
     "tiff-grey8-strips": ("tif", lambda: tiff_bytes(rng_image((H, W), "uint8"),
                                                     rowsperstrip=5, compression="zlib")),
     "tiff-rgb16-strips": ("tif", lambda: tiff_bytes(rng_image((H, W, 3), "uint16"),
@@ -144,6 +165,10 @@ def test_small_images_and_other_layouts_are_decoded_whole():
     np.testing.assert_array_equal(read_image(interlaced, "i.png")[0], rgb)
     pal = Image.fromarray(rng_image((H, W), "uint8")).convert("P")
     assert open_banded(_pil_png(pal), "p.png", stream_min_bytes=0) is None
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG")
+    assert open_banded(cmyk.getvalue(), "c.jpg", stream_min_bytes=0) is None
+    assert read_image(cmyk.getvalue(), "c.jpg")[1]["converted_from"] == "CMYK"
     pages = tiff_bytes(rng_image((3, H, W), "uint8"), photometric="minisblack")  # 3 pages
     assert open_banded(pages, "p.tif", stream_min_bytes=0) is None
     for data, name in ((b"", "e.png"), (b"GIF89a....", "g.tif"), (small, "a.gif")):
@@ -190,6 +215,15 @@ def test_truncated_png_is_rejected_in_bands():
         _bands(img)
 
 
+def test_truncated_jpeg_is_rejected_in_bands():
+    data = jpeg_bytes(rng_image((H, W, 3), "uint8"))
+    with pytest.raises(ImageRejected, match="JPEG"):
+        read_image(data[: len(data) // 2], "t.jpg")
+    img = open_banded(data[: len(data) // 2], "t.jpg", tile=BAND, stream_min_bytes=0)
+    with pytest.raises(ImageRejected, match="JPEG"):
+        _bands(img)
+
+
 def _ingest_both(tmp_path, base, files, tile=BAND):
     """Ingest ``files`` into a store decoding whole and one decoding in bands."""
     from restoreflow.storage.store import TileStore
@@ -217,6 +251,7 @@ def test_ingest_in_bands_stores_the_same_images_and_attrs(tmp_path, local_settin
         "float.fits": fits_bytes(rng_image((H, W), "float32", 3)),
         "unit.fits": fits_bytes(np.linspace(0, 1, H * W, dtype=np.float64).reshape(H, W)),
         "int32.tif": tiff_bytes(rng_image((H, W), "int32", 4), rowsperstrip=3),
+        "photo.jpg": _jpeg(rng_image((H, W, 3), "uint8", 5), progressive=True),
     }
     (whole, rw), (banded, rb) = _ingest_both(tmp_path, local_settings, files)
     assert rw.counts == rb.counts == {"ingested": len(files), "present": 0, "rejected": 0}
@@ -336,8 +371,13 @@ print(json.dumps({"counts": report.counts, "grew_mib": hwm() - before}))
 
 
 def _zeros_file(path, fmt, side):
-    """A side x side all-zero 16-bit image written without holding it in memory."""
-    if fmt == "png":
+    """A side x side all-zero 16-bit image (8-bit for JPEG) written without holding it in
+    memory."""
+    if fmt == "jpg":
+        import pyvips
+
+        pyvips.Image.black(side, side, bands=3).copy(interpretation="srgb").jpegsave(str(path))
+    elif fmt == "png":
         import pyvips
 
         im = pyvips.Image.black(side, side, bands=3).cast("ushort")
@@ -361,10 +401,12 @@ def _zeros_file(path, fmt, side):
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"),
                     reason="reads VmHWM from /proc")
-@pytest.mark.parametrize(("fmt", "decoded_mib"), [("png", 206), ("tif", 206), ("fits", 69)])
+@pytest.mark.parametrize(("fmt", "decoded_mib"),
+                         [("png", 206), ("tif", 206), ("fits", 69), ("jpg", 103)])
 def test_ingest_memory_does_not_grow_with_the_image(tmp_path, fmt, decoded_mib):
-    """A 6000 x 6000 16-bit image (RGB for PNG and TIFF) ingests in a fresh process whose
-    peak RSS grows by well under its decoded size (decoded whole it grew by 225-275 MiB)."""
+    """A 6000 x 6000 16-bit image (RGB for PNG and TIFF; 8-bit RGB JPEG) ingests in a fresh
+    process whose peak RSS grows by well under its decoded size (decoded whole it grew by
+    225-275 MiB)."""
     import json
     import os
     import subprocess
@@ -381,8 +423,8 @@ def test_ingest_memory_does_not_grow_with_the_image(tmp_path, fmt, decoded_mib):
     assert out["grew_mib"] < min(120, decoded_mib * 0.8), out
 
 
-S3_CASES = ["png-rgb16", "png-grey8", "tiff-rgb8-tiles", "tiff-contiguous-bigendian",
-            "fits-int16", "fits-compressed-rice"]
+S3_CASES = ["png-rgb16", "png-grey8", "jpeg-rgb-progressive", "tiff-rgb8-tiles",
+            "tiff-contiguous-bigendian", "fits-int16", "fits-compressed-rice"]
 
 
 @pytest.mark.s3

@@ -2,9 +2,10 @@
 keeps the 16 bits Pillow would drop). The pixel count is checked from the header, and a
 PNG's image data by :mod:`restoreflow.storage.png_safety`, before decoding.
 
-Large non-interlaced 8/16-bit grey, grey+alpha, RGB and RGBA PNGs are decoded in bands
-(:func:`stream_png`) by libvips' sequential PNG loader, which keeps only a few rows
-decoded at a time; its pixels are the same as those of the whole decode.
+Large non-interlaced 8/16-bit grey, grey+alpha, RGB and RGBA PNGs (:func:`stream_png`)
+and large grey and colour (YCbCr) JPEGs, baseline or progressive (:func:`stream_jpeg`),
+are decoded in bands by libvips' sequential loaders, which keep only a few rows decoded at
+a time; their pixels are the same as those of the whole decode (libpng, libjpeg-turbo).
 """
 
 from __future__ import annotations
@@ -111,33 +112,36 @@ def read_pil(data: bytes, fmt: str, max_pixels: int, min_side: int) -> tuple[np.
 _PNG_BANDS = {0: 1, 2: 3, 4: 1, 6: 3}  # colour type -> channels stored (alpha dropped)
 
 
-class _VipsPng(BandedImage):
-    """Rows of a PNG decoded by libvips' sequential loader (top to bottom only)."""
+class _VipsBands(BandedImage):
+    """Rows of a PNG or JPEG (``meta["format"]``) decoded by libvips' sequential loader
+    (top to bottom only)."""
 
     def __init__(self, src: Source, shape: tuple, dtype: np.dtype, meta: dict) -> None:
         import pyvips
 
         pyvips.cache_set_max(0)  # the operation cache would keep decoded regions alive
-        opts = {"access": "sequential", "fail_on": "error"}
+        opts = {"access": "sequential", "fail_on": "error"}  # truncation included
+        load = getattr(pyvips.Image, f"{meta['format']}load_source")
         self._fd = self._file = self._source = None
         if isinstance(src, str):
             # through a descriptor: libvips would parse "name[options]" in a file name,
             # and pyvips cannot pass names that are not UTF-8
             self._fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             self._source = pyvips.Source.new_from_descriptor(self._fd)
-            self._im = pyvips.Image.pngload_source(self._source, **opts)
+            self._im = load(self._source, **opts)
         elif isinstance(src, RemoteFile):
             self._file = f = src.open()
             # kept on self: libvips calls back into it for as long as the image lives
             self._source = pyvips.SourceCustom()
             self._source.on_read(lambda size: f.read(size))
             self._source.on_seek(lambda offset, whence: f.seek(offset, whence))
-            self._im = pyvips.Image.pngload_source(self._source, **opts)
+            self._im = load(self._source, **opts)
         else:
-            self._im = pyvips.Image.pngload_buffer(src, **opts)
+            self._im = getattr(pyvips.Image, f"{meta['format']}load_buffer")(src, **opts)
         self.shape, self.dtype, self.meta = shape, dtype, meta
         if (self._im.height, self._im.width) != shape[:2]:
-            raise ImageRejected(f"corrupt PNG: decoder reads {self._im.width}x"
+            raise ImageRejected(f"corrupt {FORMAT_NAMES[meta['format']]}: decoder reads "
+                                f"{self._im.width}x"
                                 f"{self._im.height}, the header declares {shape[1]}x{shape[0]}")
 
     def _read(self, y0: int, y1: int) -> np.ndarray:
@@ -186,4 +190,26 @@ def stream_png(src: Source, head: bytes, max_pixels: int, min_side: int, tile: i
         meta["dropped_alpha"] = True
     meta["format"] = "png"
     shape = (h, w, 3) if c == 3 else (h, w)
-    return _VipsPng(src, shape, np.dtype(f"uint{depth}"), meta)
+    return _VipsBands(src, shape, np.dtype(f"uint{depth}"), meta)
+
+
+def stream_jpeg(src: Source, max_pixels: int, min_side: int, tile: int,
+                max_band_bytes: int, stream_min_bytes: int) -> BandedImage | None:
+    """A grey or colour JPEG decoded in bands of rows, or None where the whole decode is
+    used: an image that decodes to at most ``stream_min_bytes``, and CMYK / YCCK JPEGs
+    (Pillow converts those). The pixel count is checked from the header first; one band of
+    ``tile`` rows must decode to at most ``max_band_bytes``."""
+    from PIL import JpegImagePlugin
+
+    with open_source(src) as f, JpegImagePlugin.JpegImageFile(f) as im:  # the markers only
+        (w, h), mode = im.size, im.mode
+        check_pixels("jpeg", h, w, max_pixels, min_side)
+        meta: dict = {"source_metadata": _pil_info(im)}
+    if mode not in ("L", "RGB"):
+        return None
+    c = 3 if mode == "RGB" else 1
+    if h * w * c <= stream_min_bytes:
+        return None
+    check_band(min(tile, h), w, c, 1, max_band_bytes)
+    meta["format"] = "jpeg"
+    return _VipsBands(src, (h, w, 3) if c == 3 else (h, w), np.dtype("uint8"), meta)

@@ -32,7 +32,7 @@ from restoreflow.storage.bands import BandedImage, Source, source_head, source_s
 from restoreflow.storage.decode import FORMAT_NAMES, ImageRejected
 from restoreflow.storage.png_safety import PNG_SIGNATURE
 from restoreflow.storage.read_fits import read_fits, stream_fits
-from restoreflow.storage.read_pil import read_pil, stream_png
+from restoreflow.storage.read_pil import read_pil, stream_jpeg, stream_png
 from restoreflow.storage.read_tiff import read_tiff, stream_tiff
 
 # extension -> format
@@ -115,12 +115,12 @@ def _format(head: bytes, size: int, name: str) -> tuple[str, dict]:
 def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side: int = 8,
                 tile: int = 256, max_band_bytes: int = 256 * 2**20,
                 stream_min_bytes: int = 16 * 2**20) -> BandedImage | None:
-    """Open a PNG, TIFF or FITS image (its bytes, a local path or a
+    """Open a PNG, JPEG, TIFF or FITS image (its bytes, a local path or a
     :class:`~restoreflow.storage.bands.RemoteFile`) to be decoded in bands of rows (see
     :mod:`restoreflow.storage.bands`), or None where :func:`read_image`
     decodes it whole: images that decode to at most ``stream_min_bytes``, other formats
     and layouts the band readers do not take (interlaced, palette and 1/2/4-bit PNG,
-    multi-page TIFF). Header checks and the PNG data check run first and raise
+    CMYK JPEG, multi-page TIFF). Header checks and the PNG data check run first and raise
     :class:`ImageRejected` with the reasons :func:`read_image` gives; one band of ``tile``
     rows must decode to at most ``max_band_bytes``. Bands hold the same pixels, in the
     same dtype and layout, as the whole decode."""
@@ -131,6 +131,8 @@ def open_banded(src: Source, name: str, max_pixels: int = 400_000_000, min_side:
     with _rejected_as(fmt):
         if fmt == "png":
             img = stream_png(src, head, *args)
+        elif fmt == "jpeg":
+            img = stream_jpeg(src, *args)
         elif fmt == "tiff":
             img = stream_tiff(src, *args)
         elif fmt == "fits":

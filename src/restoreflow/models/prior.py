@@ -64,14 +64,19 @@ def hash_model_dir(path: str | Path) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        hash_file_into(h, p)
     _DIR_SHA256[key] = h.hexdigest()
     return _DIR_SHA256[key]
 
 
 _DIR_SHA256: dict[tuple, str] = {}
+
+
+def hash_file_into(h, path: Path) -> None:
+    """Feed a file's bytes to the hash ``h``, a MiB at a time."""
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
 
 
 def stat_key(p: Path) -> tuple[int, int, int, int]:

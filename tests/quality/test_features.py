@@ -153,3 +153,14 @@ def test_measurement_statistics_known_values():
     assert g["y_saturation"] == pytest.approx(1.0)
     assert g["y_p10"] == pytest.approx((0.8 + 0.2 + 0.4 / 9) / 3, abs=0.01)
     assert measurement_statistics(np.zeros((1, 4, 4)))["y_saturation"] == 0.0  # black
+
+
+def test_log10_features():
+    from restoreflow.quality.features import LOG_FLOOR, feature_vector
+
+    v = feature_vector({"a": 100.0, "b": 0.0}, ["log10:a", "b", "log10:b", "a"])
+    np.testing.assert_allclose(v, [2.0, 0.0, math.log10(LOG_FLOOR), 100.0])
+    with pytest.raises(KeyError, match="'c'"):
+        feature_vector({"a": 1.0}, ["log10:c"])
+    with pytest.raises(ValueError, match="log10:a"):
+        feature_vector({"a": float("inf")}, ["log10:a"])

@@ -26,6 +26,12 @@ Features (names as in :data:`FEATURE_NAMES`):
   the shift guard (:mod:`restoreflow.quality.novelty`), not of the bounds.
 
 Infinite PSNRs (identical images) are capped at :data:`PSNR_CAP` so features stay finite.
+
+A name ``log10:NAME`` in :func:`feature_vector` is the derived feature
+``log10(max(NAME, LOG_FLOOR))``: PSNR is a log of the error energy, and the energies above
+(gradients, high-frequency energy, the samples' spread) predict it linearly once logged
+(the calibration's defaults, ``calibrate.feature_names``;
+benchmarks/results/explore_conformal_features.md).
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ __all__ = [
 PSNR_CAP = 100.0
 #: Smallest noise level used to normalise the measurement residual (sigma_y = 0 guard).
 SIGMA_FLOOR = 1e-6
+#: Floor of a ``log10:`` feature's argument (an exactly flat image has zero gradients).
+LOG_FLOOR = 1e-12
+LOG_PREFIX = "log10:"
 
 FEATURE_NAMES: tuple[str, ...] = (
     "measurement_consistency",
@@ -348,12 +357,16 @@ def compute_features(
 def feature_vector(
     features: Mapping[str, float], names: Sequence[str] = FEATURE_NAMES
 ) -> np.ndarray:
-    """The features as a float64 vector in the order of ``names``; raises KeyError naming
-    every missing feature and ValueError for non-finite values."""
-    missing = [n for n in names if n not in features]
+    """The features as a float64 vector in the order of ``names`` (``log10:NAME`` the
+    log10 of feature NAME, floored at :data:`LOG_FLOOR`); raises KeyError naming every
+    missing feature and ValueError for non-finite values."""
+    base = [n.removeprefix(LOG_PREFIX) for n in names]
+    missing = [n for n in base if n not in features]
     if missing:
         raise KeyError(f"missing features: {missing}")
-    v = np.array([float(features[n]) for n in names], dtype=np.float64)
+    v = np.array([math.log10(max(float(features[b]), LOG_FLOOR)) if n.startswith(LOG_PREFIX)
+                  else float(features[b]) for n, b in zip(names, base, strict=True)],
+                 dtype=np.float64)
     bad = [n for n, x in zip(names, v, strict=True) if not np.isfinite(x)]
     if bad:
         raise ValueError(f"non-finite features: {bad}")

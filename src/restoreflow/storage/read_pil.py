@@ -196,15 +196,19 @@ def stream_png(src: Source, head: bytes, max_pixels: int, min_side: int, tile: i
 def stream_jpeg(src: Source, max_pixels: int, min_side: int, tile: int,
                 max_band_bytes: int, stream_min_bytes: int) -> BandedImage | None:
     """A grey or colour JPEG decoded in bands of rows, or None where the whole decode is
-    used: an image that decodes to at most ``stream_min_bytes``, and CMYK / YCCK JPEGs
-    (Pillow converts those). The pixel count is checked from the header first; one band of
-    ``tile`` rows must decode to at most ``max_band_bytes``."""
+    used: an image that decodes to at most ``stream_min_bytes``, CMYK / YCCK JPEGs (Pillow
+    converts those) and markers Pillow cannot parse (the whole decode rejects the file with
+    its reason). The pixel count is checked from the header first; one band of ``tile``
+    rows must decode to at most ``max_band_bytes``."""
     from PIL import JpegImagePlugin
 
-    with open_source(src) as f, JpegImagePlugin.JpegImageFile(f) as im:  # the markers only
-        (w, h), mode = im.size, im.mode
-        check_pixels("jpeg", h, w, max_pixels, min_side)
-        meta: dict = {"source_metadata": _pil_info(im)}
+    try:
+        with open_source(src) as f, JpegImagePlugin.JpegImageFile(f) as im:  # the markers
+            (w, h), mode = im.size, im.mode
+            meta: dict = {"source_metadata": _pil_info(im)}
+    except Exception:  # noqa: BLE001 - the whole decode rejects it, with its reason
+        return None
+    check_pixels("jpeg", h, w, max_pixels, min_side)
     if mode not in ("L", "RGB"):
         return None
     c = 3 if mode == "RGB" else 1

@@ -50,11 +50,12 @@ def pil_bytes(image, fmt="PNG", **kw):
     return buf.getvalue()
 
 
-def jpeg_bytes(array, quality=90):
+def jpeg_bytes(array, quality=90, **save):
+    """A JPEG of ``array``; ``save``: more of Pillow's JPEG options (exif, progressive...)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(array)).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(np.asarray(array)).save(buf, format="JPEG", quality=quality, **save)
     return buf.getvalue()
 
 

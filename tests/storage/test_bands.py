@@ -39,13 +39,10 @@ def _jpeg(a, **kw):
     """A JPEG with EXIF (orientation), an ICC profile and a comment in its markers."""
     from PIL import Image
 
-    im = Image.fromarray(a)
     exif = Image.Exif()
     exif[0x0112] = 6
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85, exif=exif, icc_profile=b"icc" * 40,
-            comment=b"a comment", dpi=(300, 300), **kw)
-    return buf.getvalue()
+    return jpeg_bytes(a, quality=85, exif=exif, icc_profile=b"icc" * 40, comment=b"a comment",
+                      dpi=(300, 300), **kw)
 
 
 def _palette_tiff(shape):

@@ -45,7 +45,7 @@ from restoreflow.spec import RestoreOptions
 from restoreflow.stages.adapt import adapted_prior, retrieve_neighbours
 from restoreflow.stages.config import RestoreConfig
 from restoreflow.stages.models import MODEL_LOCK, load_prior, prior_hash
-from restoreflow.storage.layout import INPUT, RESTORED
+from restoreflow.storage.layout import INPUT, RESTORED, STATUS_COMPLETE
 from restoreflow.storage.store import TileStore
 
 
@@ -186,22 +186,35 @@ def restore_outputs(cfg: RestoreConfig, out: str = RESTORED) -> list[str]:
     return [out, f"{out}.samples_lower", f"{out}.samples_upper"]
 
 
+def _stored_settings(store: TileStore, image_id: str, out: str) -> tuple[bool, str | None]:
+    """(complete, settings hash) of what ``out`` holds of the image, from one read of its
+    attrs ((False, None) when there is none)."""
+    try:
+        attrs = store.attrs(out, image_id)
+    except KeyError:
+        return False, None
+    return (attrs.get("status") == STATUS_COMPLETE,
+            attrs.get("collection_attrs", {}).get("settings_hash"))
+
+
 def is_restored(store: TileStore, image_id: str, shash: str, out: str = RESTORED,
                 legacy: Sequence[str] = ()) -> bool:
     """Whether ``out`` holds this image restored with settings hash ``shash`` (or one of
     the ``legacy`` hashes older versions gave the same settings)."""
-    if not store.has(out, image_id):
-        return False
-    stored = store.attrs(out, image_id).get("collection_attrs", {}).get("settings_hash")
-    return stored == shash or stored in legacy
+    complete, stored = _stored_settings(store, image_id, out)
+    return complete and (stored == shash or stored in legacy)
 
 
 def restored_otherwise(store: TileStore, image_ids: Sequence[str], key: SettingsKey,
                        out: str = RESTORED) -> list[str]:
     """The images of ``image_ids`` that ``out`` holds complete but restored with other
     settings than ``key``'s: restoring them with ``key``'s replaces those restorations."""
-    return [i for i in image_ids
-            if store.has(out, i) and not is_restored(store, i, key.current, out, key.legacy)]
+    out_ids = []
+    for i in image_ids:
+        complete, stored = _stored_settings(store, i, out)
+        if complete and stored != key.current and stored not in key.legacy:
+            out_ids.append(i)
+    return out_ids
 
 
 @dataclass(frozen=True)
